@@ -1,0 +1,310 @@
+"""Run settings (llm.c's flags, each with a long name) and engine settings (the DeepSpeed JSON), reconciled once.
+
+The JSON holds engine concerns (ZeRO stage, micro-batch, accumulation, precision, activation checkpointing,
+optimizer implementation, offload, monitors); the command line holds run concerns. Where both give a value
+the flag wins and a note says so. `resolve()` returns the RunConfig that the trainer reads and the effective
+DeepSpeed config that the engine gets; nothing else reads the raw flags or the raw JSON.
+"""
+
+import argparse
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from ds_train.errors import UserError
+from ds_train.model import RECOMPUTE_LEVELS, GPTConfig, config_from_descriptor
+from ds_train.schedule import SCHEDULES
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+DEFAULT_TRAIN = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_train.bin")
+DEFAULT_VAL = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_val.bin")
+ADAMW_DEFAULTS = {"betas": [0.9, 0.95], "eps": 1e-8}  # llm.c's fixed AdamW
+ACTIVATION_CHECKPOINTING_DEFAULTS = {"partition_activations": False, "cpu_checkpointing": False,
+                                     "contiguous_memory_optimization": False,
+                                     "synchronize_checkpoint_boundary": False, "profile": False}
+QUIET_STEPS_PER_PRINT = 2**31 - 1  # ds_train prints its own step line
+
+# (short, long, type, default, help). A default of None means "from the JSON, else the llm.c default in resolve()".
+FLAGS = [
+    ("Data and output", [
+        ("-i", "--train_data", str, DEFAULT_TRAIN, "train shard glob (default: the shipped tinyshakespeare)"),
+        ("-j", "--val_data", str, DEFAULT_VAL, "val shard glob (default: the shipped tinyshakespeare)"),
+        ("-e", "--init", str, "d12", "model descriptor: d12, gpt2:d24, gpt3:c768, gpt2:dL:cC:hH"),
+        ("-o", "--output_dir", str, None, "where main.log and the effective config go (default: none)"),
+        ("-n", "--checkpoint_every", int, 0, "checkpoint every N steps (0 = never)"),
+        ("-nk", "--checkpoints_keep", int, 0, "keep the last k checkpoints (0 = all)"),
+        ("-nm", "--major_checkpoint_every", int, 0, "never delete checkpoints at multiples of M"),
+        ("-y", "--resume", int, 0, "1 = resume from the newest checkpoint in -o, 0 = start over"),
+    ]),
+    ("Batch", [
+        ("-b", "--micro_batch_size", int, None, "micro-batch B per GPU (JSON: train_micro_batch_size_per_gpu; default 4)"),
+        ("-t", "--seq_len", int, 1024, "sequence length T"),
+        ("-d", "--total_batch_size", int, None, "tokens per optimizer step (JSON: train_batch_size x T; default B*T*world)"),
+        ("-x", "--max_steps", int, -1, "optimizer steps (-1 = one epoch of the train data)"),
+        ("-a", "--overfit_single_batch", int, 0, "1 = train on the first val batch over and over (debugging)"),
+        (None, "--shuffle", int, 1, "1 = shuffle the train order per epoch as llm.c does, 0 = read it in file order"),
+    ]),
+    ("Optimization", [
+        ("-k", "--lr_schedule", str, "cosine", f"learning-rate schedule: {' | '.join(SCHEDULES)}"),
+        ("-l", "--learning_rate", float, None, "peak learning rate (JSON: optimizer.params.lr; default 3e-4)"),
+        ("-u", "--warmup_steps", int, 0, "linear warmup steps"),
+        ("-q", "--final_lr_frac", float, 1.0, "final learning rate as a fraction of -l"),
+        ("-c", "--weight_decay", float, None, "AdamW weight decay on 2-D weights (JSON: optimizer.params.weight_decay; default 0)"),
+        ("-sl", "--skip_loss_z", float, 0.0, "skip the update when the loss z-score exceeds this (0 = off)"),
+        ("-sg", "--skip_grad_z", float, 0.0, "skip the update when the grad-norm z-score exceeds this (0 = off)"),
+    ]),
+    ("Evaluation", [
+        ("-v", "--val_every", int, 20, "val loss every N steps (and at step 0 and the last step)"),
+        ("-m", "--val_max_steps", int, 20, "val batches per evaluation (-1 = the whole split)"),
+        ("-s", "--sample_every", int, 20, "print a sample every N steps and at the end (0 = never)"),
+        ("-g", "--gen_tokens", int, 64, "tokens to sample"),
+        ("-h", "--hellaswag", int, 0, "1 = HellaSwag eval every -v steps"),
+    ]),
+    ("Memory and speed", [
+        ("-z", "--zero_stage", int, None, "ZeRO stage 0-3 (JSON: zero_optimization.stage; default 0)"),
+        ("-r", "--recompute", int, None, "recompute 0 none, 1 GELU, 2 GELU+LayerNorm, 3 whole blocks "
+                                         "(default: 3 if the JSON has an activation_checkpointing section, else 0)"),
+        ("-ge", "--gelu_fusion", int, -1, "llm.c's CUDA GELU fusion: accepted and ignored"),
+    ]),
+]
+NOT_YET = {  # flag: (value that needs no implementation, what is missing)
+    "checkpoint_every": (0, "checkpointing"), "checkpoints_keep": (0, "checkpoint retention"),
+    "major_checkpoint_every": (0, "checkpoint retention"), "resume": (0, "resuming"),
+    "skip_loss_z": (0.0, "outlier update skipping"), "skip_grad_z": (0.0, "outlier update skipping"),
+    "hellaswag": (0, "HellaSwag evaluation"),
+}
+
+
+def flag_names(dest: str) -> str:
+    """'-h/--hellaswag' for a setting's name, as error messages quote it."""
+    for _, flags in FLAGS:
+        for short, long, *_ in flags:
+            if long[2:] == dest:
+                return f"{short}/{long}" if short else long
+    raise KeyError(dest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ds_train/main.py", add_help=False, allow_abbrev=False,
+        description="Train GPT-2 / GPT-3 on llm.c token shards with a DeepSpeed engine. "
+                    "Flags are llm.c's (train_gpt2cu), each with a long name.")
+    parser.add_argument("--help", action="help", help="show this message and exit")
+    parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (engine settings), e.g. ds_configs/gpt2_124M.json")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # added by the deepspeed launcher
+    for title, flags in FLAGS:
+        group = parser.add_argument_group(title)
+        for short, long, kind, default, text in flags:
+            names = [short, long] if short else [long]
+            group.add_argument(*names, dest=long[2:], type=kind, default=default, help=text, metavar=kind.__name__.upper())
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    parser.error = lambda message: _raise(f"{message} (see --help)")
+    return parser.parse_args(argv)
+
+
+def _raise(message):
+    raise UserError(message)
+
+
+@dataclass
+class RunConfig:
+    """Everything the trainer needs, settled: flags merged with the JSON, defaults applied, values checked."""
+    ds_config_path: str
+    train_data: str
+    val_data: str
+    init: str
+    model: GPTConfig
+    output_dir: str
+    B: int
+    T: int
+    world_size: int
+    total_batch_size: int  # tokens per optimizer step
+    grad_accum: int
+    max_steps: int
+    shuffle: bool
+    overfit_single_batch: bool
+    lr_schedule: str
+    learning_rate: float
+    warmup_steps: int
+    final_lr_frac: float
+    weight_decay: float
+    val_every: int
+    val_max_steps: int
+    sample_every: int
+    gen_tokens: int
+    zero_stage: int
+    recompute: int
+    bf16: bool
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = {"descriptor": self.init, **asdict(self.model), "num_params": self.model.num_params}
+        return d
+
+
+def load_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"--ds_config {path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"--ds_config {path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--ds_config {path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"--ds_config {path}: expected a JSON object at the top level")
+    return cfg
+
+
+class _Merge:
+    """Picks flag over JSON over default for one setting, and records a note when a flag overrides the JSON."""
+
+    def __init__(self):
+        self.notes = []
+
+    def __call__(self, flag, flag_value, json_key, json_value, default):
+        if flag_value is not None:
+            if json_value is not None and json_value != flag_value:
+                self.notes.append(f"{flag} {flag_value} overrides {json_key} = {json_value} from the JSON")
+            return flag_value
+        return json_value if json_value is not None else default
+
+
+def _check(condition: bool, message: str):
+    if not condition:
+        raise UserError(message)
+
+
+def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
+    """-> (RunConfig, effective DeepSpeed config dict, notes). Raises UserError on any bad or conflicting setting."""
+    for name, (inert, what) in NOT_YET.items():
+        _check(getattr(args, name) == inert, f"{flag_names(name)} {getattr(args, name)}: {what} is not implemented yet in ds_train")
+    if args.init.endswith(".bin"):
+        raise UserError(f"-e {args.init}: starting from an llm.c model file is not implemented yet; use a descriptor such as d12")
+    try:
+        model = config_from_descriptor(args.init)
+    except ValueError as e:
+        raise UserError(f"-e {args.init}: {e}") from None
+
+    path = args.ds_config
+    ds = copy.deepcopy(load_json(path))
+    merge = _Merge()
+    zero = ds.get("zero_optimization", {})
+    _check(isinstance(zero, dict), f"--ds_config {path}: zero_optimization must be an object")
+    optimizer = ds.get("optimizer", {"type": "AdamW", "params": {}})
+    opt_params = optimizer.get("params", {})
+
+    B = merge("-b", args.micro_batch_size, "train_micro_batch_size_per_gpu", ds.get("train_micro_batch_size_per_gpu"), 4)
+    T = args.seq_len
+    _check(B >= 1, f"-b {B}: the micro-batch must be at least 1")
+    _check(1 <= T <= model.block_size, f"-t {T}: the sequence length must be between 1 and the model's {model.block_size} ({args.init})")
+    tokens_per_micro_step = B * T * world_size
+    total = merge("-d", args.total_batch_size, "the JSON's batch size x T", _json_total_tokens(ds, path, T, world_size), tokens_per_micro_step)
+    _check(total > 0 and total % tokens_per_micro_step == 0,
+           f"-d {total}: the total batch must be a positive multiple of B*T*world = {B}*{T}*{world_size} = "
+           f"{tokens_per_micro_step} tokens, so that gradient accumulation is a whole number of micro-steps")
+    grad_accum = total // tokens_per_micro_step
+
+    zero_stage = merge("-z", args.zero_stage, "zero_optimization.stage", zero.get("stage"), 0)
+    _check(zero_stage in (0, 1, 2, 3), f"-z {zero_stage}: the ZeRO stage must be 0, 1, 2 or 3")
+    recompute = _resolve_recompute(args.recompute, ds, merge)
+    lr = merge("-l", args.learning_rate, "optimizer.params.lr", opt_params.get("lr"), 3e-4)
+    weight_decay = merge("-c", args.weight_decay, "optimizer.params.weight_decay", opt_params.get("weight_decay"), 0.0)
+    bf16 = _resolve_bf16(ds, path, has_gpu)
+
+    _check(lr > 0, f"-l {lr}: the learning rate must be positive")
+    _check(weight_decay >= 0, f"-c {weight_decay}: weight decay must be >= 0")
+    _check(args.lr_schedule in SCHEDULES, f"-k {args.lr_schedule}: unknown schedule; expected one of {', '.join(SCHEDULES)}")
+    _check(args.warmup_steps >= 0, f"-u {args.warmup_steps}: warmup steps must be >= 0")
+    _check(0.0 <= args.final_lr_frac <= 1.0, f"-q {args.final_lr_frac}: the final lr fraction must be between 0 and 1")
+    _check(args.max_steps == -1 or args.max_steps >= 1, f"-x {args.max_steps}: max steps must be -1 (one epoch) or >= 1")
+    _check(args.val_every >= 1, f"-v {args.val_every}: val loss interval must be >= 1")
+    _check(args.val_max_steps == -1 or args.val_max_steps >= 1, f"-m {args.val_max_steps}: val batches must be -1 (all) or >= 1")
+    _check(args.sample_every >= 0, f"-s {args.sample_every}: sample interval must be >= 0 (0 = never)")
+    _check(args.gen_tokens >= 1, f"-g {args.gen_tokens}: tokens to generate must be >= 1")
+    _check(args.overfit_single_batch in (0, 1), f"-a {args.overfit_single_batch}: expected 0 or 1")
+    _check(args.shuffle in (0, 1), f"--shuffle {args.shuffle}: expected 0 or 1")
+    _check(args.gelu_fusion in (-1, 0, 1, 2), f"-ge {args.gelu_fusion}: expected -1, 0, 1 or 2")
+    _check(args.output_dir is None or not os.path.isfile(args.output_dir), f"-o {args.output_dir}: is a file, expected a directory")
+
+    overfit = bool(args.overfit_single_batch)
+    run = RunConfig(
+        ds_config_path=path, train_data=args.val_data if overfit else args.train_data, val_data=args.val_data,
+        init=args.init, model=model, output_dir=args.output_dir, B=B, T=T, world_size=world_size,
+        total_batch_size=total, grad_accum=grad_accum, max_steps=args.max_steps,
+        shuffle=bool(args.shuffle) and not overfit, overfit_single_batch=overfit, lr_schedule=args.lr_schedule,
+        learning_rate=lr, warmup_steps=args.warmup_steps, final_lr_frac=args.final_lr_frac,
+        weight_decay=weight_decay, val_every=args.val_every, val_max_steps=args.val_max_steps,
+        sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
+        bf16=bf16)
+    return run, _effective_ds_config(ds, path, run, optimizer), merge.notes
+
+
+def _json_total_tokens(ds: dict, path: str, T: int, world_size: int):
+    """The JSON's batch size in tokens, or None when it names none. DeepSpeed counts sequences."""
+    micro, accum, total = (ds.get(k) for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"))
+    if total is not None and micro is not None and accum is not None and total != micro * accum * world_size:
+        raise UserError(f"--ds_config {path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x "
+                        f"gradient_accumulation_steps {accum} x world size {world_size}; give two of the three")
+    if total is not None:
+        return total * T
+    if accum is not None and micro is not None:
+        return micro * accum * world_size * T
+    return None
+
+
+def _resolve_recompute(flag_value, ds: dict, merge: _Merge) -> int:
+    # without -r the JSON decides: its activation_checkpointing section means whole blocks, no section none
+    json_level = 3 if "activation_checkpointing" in ds else None
+    level = merge("-r", flag_value, "the activation_checkpointing section (level 3)", json_level, 0)
+    _check(level in RECOMPUTE_LEVELS, f"-r {level}: recompute must be one of " +
+           ", ".join(f"{k} ({v})" for k, v in RECOMPUTE_LEVELS.items()))
+    return level
+
+
+def _resolve_bf16(ds: dict, path: str, has_gpu: bool) -> bool:
+    if ds.get("fp16", {}).get("enabled") is True:
+        raise UserError(f"--ds_config {path}: fp16 is not supported (llm.c trains in bf16); use \"bf16\": {{\"enabled\": true}} or fp32")
+    enabled = ds.get("bf16", {}).get("enabled", "auto")
+    _check(enabled in (True, False, "auto"), f"--ds_config {path}: bf16.enabled must be true, false or \"auto\", got {enabled!r}")
+    return has_gpu if enabled == "auto" else enabled
+
+
+def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict) -> dict:
+    if "scheduler" in ds:
+        raise UserError(f"--ds_config {path}: remove the \"scheduler\" section; ds_train applies llm.c's schedules itself (-k -l -u -q)")
+    kind = str(optimizer.get("type", "")).lower()
+    params = dict(optimizer.get("params", {}))
+    _check(kind in ("adam", "adamw") and params.get("adam_w_mode", True) is not False,
+           f"--ds_config {path}: the optimizer must be AdamW (type \"AdamW\", or \"Adam\" without adam_w_mode false), got {optimizer.get('type')!r}")
+    params = {**ADAMW_DEFAULTS, **params, "lr": run.learning_rate, "weight_decay": run.weight_decay}
+
+    ds["train_micro_batch_size_per_gpu"] = run.B
+    ds["gradient_accumulation_steps"] = run.grad_accum
+    ds["train_batch_size"] = run.B * run.grad_accum * run.world_size
+    ds["optimizer"] = {**optimizer, "params": params}
+    ds.setdefault("gradient_clipping", 1.0)
+    ds.setdefault("steps_per_print", QUIET_STEPS_PER_PRINT)
+    ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": run.zero_stage}
+    if run.zero_stage == 3 and run.recompute in (1, 2):
+        # ZeRO-3's default linear adds the bias in place onto the matmul output that selective recompute
+        # keeps, so recompute would add it twice; torch's own linear (addmm) is out of place
+        _check(ds["zero_optimization"].get("memory_efficient_linear") is not True,
+               f"--ds_config {path}: zero_optimization.memory_efficient_linear true gives wrong gradients with "
+               f"-r {run.recompute} at ZeRO-3; remove it or use -r 0 or -r 3")
+        ds["zero_optimization"]["memory_efficient_linear"] = False
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": run.bf16}
+    if run.bf16 and run.zero_stage > 0:
+        # accumulate gradients in fp32 across micro-steps (DeepSpeed's default would be bf16)
+        ds["data_types"] = {"grad_accum_dtype": "fp32", **ds.get("data_types", {})}
+    if run.recompute == 3:
+        ds["activation_checkpointing"] = {**ACTIVATION_CHECKPOINTING_DEFAULTS, **ds.get("activation_checkpointing", {})}
+    else:
+        ds.pop("activation_checkpointing", None)
+    return ds

@@ -1,0 +1,155 @@
+"""llm.c token shards: reading, writing, and the distributed loader that serves them.
+
+A shard is a 256-int32 header [20240520, 1, ntokens, 0, ...] followed by ntokens uint16 GPT-2 tokens.
+The loader reproduces llm.c's layout and order: one step's sample is B*T*world + 1 contiguous tokens of a
+shard and rank r reads the B*T + 1 tokens at offset r*B*T; the train split is shuffled per epoch (shard
+order, then sample order inside each shard) with llm.c's mt19937 seeded 42 + rank; val is read in order.
+"""
+
+import glob
+import os
+
+import numpy as np
+import torch
+
+from ds_train.errors import UserError
+from ds_train.mt19937 import MT19937, random_permutation
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_BYTES = 2
+
+
+def read_shard_header(path: str) -> int:
+    """Validate a shard's header and size; return its token count."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read token shard: {e.strerror}") from None
+    if len(header) < HEADER_INTS:
+        raise UserError(f"{path}: {size} bytes is shorter than the {HEADER_BYTES}-byte header of an llm.c token shard")
+    magic, version, ntok = int(header[0]), int(header[1]), int(header[2])
+    if magic != SHARD_MAGIC:
+        raise UserError(f"{path}: bad magic {magic}, expected {SHARD_MAGIC} (not an llm.c token shard)")
+    if version != SHARD_VERSION:
+        raise UserError(f"{path}: unsupported shard version {version}, expected {SHARD_VERSION}")
+    expected = HEADER_BYTES + TOKEN_BYTES * ntok
+    if ntok <= 0 or size != expected:
+        raise UserError(f"{path}: header says {ntok} tokens ({expected} bytes) but the file has {size} bytes (truncated or corrupt)")
+    return ntok
+
+
+def read_shard(path: str) -> np.ndarray:
+    """The shard's tokens as a read-only uint16 memory map (header validated first)."""
+    ntok = read_shard_header(path)
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
+
+
+def write_shard(path: str, tokens) -> None:
+    """Write tokens as an llm.c shard, through a temporary file so a crash never leaves a valid-looking half."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+        raise ValueError(f"{path}: token ids must fit in uint16")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2").tobytes())
+    os.replace(tmp, path)
+
+
+def find_shards(pattern: str, flag: str) -> list:
+    """Files matching a glob pattern, sorted as llm.c's glob() sorts them."""
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise UserError(f"{flag} {pattern}: no file matches this pattern")
+    return files
+
+
+class ShardLoader:
+    """Serves (inputs, targets) micro-batches of shape (B, T) for one rank.
+
+    Its position (shard, sample, both permutations and the RNG) is `state_dict()`: a few KB of plain
+    Python values that a checkpoint can store and `load_state_dict()` restores exactly.
+    """
+
+    def __init__(self, pattern: str, B: int, T: int, rank: int, world: int, shuffle: bool, flag: str = "-i"):
+        self.files = find_shards(pattern, flag)
+        self.B, self.T, self.rank, self.world, self.shuffle = B, T, rank, world, shuffle
+        self.sample_tokens = B * T * world  # a step's sample; +1 for the last target
+        self.shard_tokens = []
+        for path in self.files:
+            ntok = read_shard_header(path)
+            if ntok < self.sample_tokens + 1:
+                raise UserError(
+                    f"{path}: {ntok} tokens is shorter than one sample of B*T*world+1 = {self.sample_tokens + 1} "
+                    f"tokens (B={B}, T={T}, world={world}); use a smaller -b/-t or a longer shard")
+            self.shard_tokens.append(ntok)
+        self.num_tokens = sum(self.shard_tokens)
+        self.rng = MT19937(42 + rank) if shuffle else None
+        self.shard_order = list(range(len(self.files)))
+        self.reset()
+
+    def samples_in_shard(self, shard: int) -> int:
+        # the last sample needs one token past its end, so a sample may not start in the final token
+        return (self.shard_tokens[shard] - 1) // self.sample_tokens
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return sum(self.samples_in_shard(i) for i in range(len(self.files)))
+
+    def reset(self):
+        """Back to the first sample; with shuffling this starts a new epoch (a new shard order)."""
+        self.shard_pos = 0
+        if self.shuffle:
+            random_permutation(self.shard_order, self.rng)
+        self._open_shard()
+
+    def _open_shard(self):
+        shard = self.shard_order[self.shard_pos]
+        self.tokens = read_shard(self.files[shard])
+        self.sample_pos = 0
+        self.sample_order = list(range(self.samples_in_shard(shard)))
+        if self.shuffle:
+            random_permutation(self.sample_order, self.rng)
+
+    def next_batch(self):
+        if self.sample_pos >= len(self.sample_order):
+            if self.shard_pos == len(self.files) - 1:
+                self.reset()
+            else:
+                self.shard_pos += 1
+                self._open_shard()
+        start = self.sample_order[self.sample_pos] * self.sample_tokens + self.rank * self.B * self.T
+        self.sample_pos += 1
+        buf = torch.from_numpy(self.tokens[start:start + self.B * self.T + 1].astype(np.int64))
+        return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
+
+    def state_dict(self) -> dict:
+        return {
+            "files": [os.path.basename(f) for f in self.files],
+            "layout": [self.B, self.T, self.rank, self.world, self.shuffle],
+            "shard_order": list(self.shard_order),
+            "shard_pos": self.shard_pos,
+            "sample_order": list(self.sample_order),
+            "sample_pos": self.sample_pos,
+            "rng": self.rng.state_dict() if self.rng else None,
+        }
+
+    def load_state_dict(self, state: dict):
+        mine = self.state_dict()
+        for key in ("files", "layout"):
+            if state[key] != mine[key]:
+                raise UserError(f"data loader state does not match this run: saved {key} {state[key]}, now {mine[key]}")
+        self.shard_order = list(state["shard_order"])
+        self.shard_pos = state["shard_pos"]
+        self.tokens = read_shard(self.files[self.shard_order[self.shard_pos]])
+        self.sample_order = list(state["sample_order"])
+        self.sample_pos = state["sample_pos"]
+        if self.rng:
+            self.rng.load_state_dict(state["rng"])

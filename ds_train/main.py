@@ -1,0 +1,175 @@
+"""Train GPT-2 / GPT-3 on llm.c token shards with a DeepSpeed engine.
+
+    deepspeed --num_gpus 8 ds_train/main.py --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 ...
+    python ds_train/main.py --ds_config ds_configs/quickstart.json ...        (one process, CPU or GPU)
+    mpirun -np 2 python ds_train/main.py --ds_config ...                      (ranks found through mpi4py)
+
+Flags are llm.c's (train_gpt2cu); `--help` lists them with their long names.
+"""
+
+import json
+import os
+import sys
+import time
+import warnings
+
+if __package__ in (None, ""):  # run as a script: import the package from the repo, not this folder's modules
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import torch
+
+from ds_train import config, distributed, metrics
+from ds_train.data import ShardLoader
+from ds_train.errors import UserError
+from ds_train.evals import sample_text, val_loss
+from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
+from ds_train.schedule import learning_rate
+
+# DeepSpeed 0.19 still calls this deprecated torch collective on every ZeRO step; the warning is not ours to fix
+warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+
+
+def build_engine(run: config.RunConfig, ds_config: dict):
+    import deepspeed
+    import pydantic
+
+    model = GPT(run.model, recompute=run.recompute)
+    if run.zero_stage == 3:  # gather each block's parameters at once, outside its recompute region
+        deepspeed.utils.set_z3_leaf_modules(model, [Block])
+    if run.recompute == 3:  # DeepSpeed parses this section but leaves applying it to the model
+        ac = ds_config["activation_checkpointing"]
+        deepspeed.checkpointing.configure(
+            None, partition_activations=ac["partition_activations"], checkpoint_in_cpu=ac["cpu_checkpointing"],
+            contiguous_checkpointing=ac["contiguous_memory_optimization"], num_checkpoints=ac.get("number_checkpoints"),
+            synchronize=ac["synchronize_checkpoint_boundary"], profile=ac["profile"])
+    try:
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.param_groups(run.weight_decay),
+                                          config=ds_config)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"--ds_config {run.ds_config_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return engine
+
+
+def grad_norm(module) -> float:
+    grads = [p.grad.float() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+
+
+def train_step(engine, loader, grad_accum: int, lr: float, norm_from_engine: bool):
+    """One optimizer step over grad_accum micro-batches -> (mean loss over all ranks, grad norm before clipping)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=engine.device)
+    norm = None
+    for _ in range(grad_accum):
+        x, y = loader.next_batch()
+        loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
+        engine.backward(loss)  # divides by grad_accum; reduces gradients at the accumulation boundary
+        loss_sum += loss.detach().float()
+        if not norm_from_engine and engine.is_gradient_accumulation_boundary():
+            norm = grad_norm(engine.module)  # fp32 without ZeRO: DeepSpeed clips but does not report the norm
+        engine.step()  # steps the optimizer only at the boundary
+    if norm is None:
+        norm = float(engine.get_global_grad_norm())
+    return distributed.all_reduce_mean(loss_sum / grad_accum), norm
+
+
+def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, device: str) -> str:
+    m = run.model
+    return metrics.table([
+        ("train data pattern", run.train_data), ("val data pattern", run.val_data),
+        ("output log dir", run.output_dir or "none"), ("micro batch size B", run.B), ("sequence length T", run.T),
+        ("total batch size", run.total_batch_size), ("LR scheduler", run.lr_schedule),
+        ("learning rate (LR)", f"{run.learning_rate:e}"), ("warmup iterations", run.warmup_steps),
+        ("final LR fraction", f"{run.final_lr_frac:e}"), ("weight decay", f"{run.weight_decay:e}"),
+        ("max_steps", run.max_steps), ("val_loss_every", run.val_every), ("val_max_steps", run.val_max_steps),
+        ("sample_every", run.sample_every), ("genT", run.gen_tokens),
+        ("overfit_single_batch", int(run.overfit_single_batch)), ("shuffle", int(run.shuffle)),
+        ("recompute", f"{run.recompute} ({RECOMPUTE_LEVELS[run.recompute]})"), (None, None),
+        ("device", device), ("precision", "bf16 (fp32 master weights)" if run.bf16 else "fp32"),
+        ("DeepSpeed config", run.ds_config_path), (None, None),
+        ("model", run.init), ("max_sequence_length T", m.block_size), ("vocab_size V", m.vocab_size),
+        ("padded_vocab_size Vp", m.padded_vocab_size), ("num_layers L", m.n_layer), ("num_heads NH", m.n_head),
+        ("channels C", m.n_embd), ("num_parameters", f"{m.num_params:,}"), (None, None),
+        ("train_num_batches", num_steps), ("val_num_batches", val_batches), (None, None),
+        ("num_processes", place.world_size), ("zero_stage", run.zero_stage), ("grad_accum_steps", run.grad_accum),
+    ])
+
+
+def train(argv=None):
+    args = config.parse_args(argv)
+    place = distributed.discover()
+    run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
+    train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
+    train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag)
+    val_loader = ShardLoader(run.val_data, run.B, run.T, place.rank, place.world_size, shuffle=False, flag="-j")
+    num_steps = run.max_steps if run.max_steps > 0 else train_loader.num_tokens // run.total_batch_size
+    if num_steps < 1:
+        raise UserError(f"{train_flag} {run.train_data}: {train_loader.num_tokens} tokens is less than one step of "
+                        f"{run.total_batch_size} tokens (-d); give -x or more data")
+    if run.lr_schedule in ("cosine", "linear") and run.warmup_steps >= num_steps:
+        raise UserError(f"-u {run.warmup_steps}: warmup must be shorter than the {num_steps} training steps for -k {run.lr_schedule}")
+    val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
+    if run.output_dir and place.rank == 0:
+        metrics.prepare_output_dir(run.output_dir)
+    log = metrics.MainLog(run.output_dir, enabled=place.rank == 0)
+
+    distributed.init_process_group(place)
+    engine = build_engine(run, ds_config)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print0 = distributed.print0
+    print0(run_table(run, place, num_steps, val_batches, device))
+    for note in notes:
+        print0(f"note: {note}")
+    print0(f"effective DeepSpeed config: {json.dumps(ds_config)}")
+    if run.output_dir and place.rank == 0:
+        metrics.save_config(run.output_dir, "ds_config.json", ds_config)
+        metrics.save_config(run.output_dir, "run_config.json", run.to_dict())
+
+    norm_from_engine = run.zero_stage > 0 or run.bf16
+    peak = metrics.peak_bf16_flops(device) if run.bf16 and torch.cuda.is_available() else None
+    flops_per_step = run.model.flops_per_token(run.T) * run.B * run.T * run.grad_accum  # per GPU, as llm.c counts
+    throughput = metrics.Throughput()
+    for step in range(num_steps + 1):
+        last_step = step == num_steps
+        if step % run.val_every == 0 or last_step:
+            loss = val_loss(engine, val_loader, val_batches)
+            print0(f"val loss {loss:.6f}")
+            log.val(step, loss)
+        if run.sample_every > 0 and ((step > 0 and step % run.sample_every == 0) or last_step):
+            text = sample_text(engine, run.gen_tokens)
+            print0(f"generating:\n---\n{text}\n---")
+        if last_step:
+            break
+        if run.overfit_single_batch:
+            train_loader.reset()
+        start = time.perf_counter()
+        lr = learning_rate(step, run.lr_schedule, run.learning_rate, run.warmup_steps, num_steps, run.final_lr_frac)
+        loss, norm = train_step(engine, train_loader, run.grad_accum, lr, norm_from_engine)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        tokens_per_s = throughput.update(run.total_batch_size, seconds)
+        mfu = flops_per_step / seconds / peak if peak else None
+        print0(metrics.step_line(step + 1, num_steps, loss, norm, lr, 1000 * seconds, tokens_per_s, mfu))
+        log.train(step, loss, lr, norm)
+    summary = f"total average iteration time: {throughput.mean_step_ms():.2f} ms"
+    if torch.cuda.is_available():
+        summary += f" | peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    print0(summary)
+    distributed.shutdown()
+
+
+def main(argv=None) -> int:
+    try:
+        train(argv)
+    except UserError as e:
+        rank = distributed.discover().rank
+        print(f"{f'[rank {rank}] ' if rank else ''}ds_train: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""What a run reports: the start-up table, the per-step console line, llm.c's main.log, and MFU."""
+
+import json
+import os
+
+from ds_train.errors import UserError
+
+# dense bf16 tensor-core peaks (FLOP/s), matched against torch.cuda.get_device_name(); first match wins
+PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("GH200", 989e12), ("H100", 989e12),
+                   ("H200", 989e12), ("H800", 989e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+                   ("A10G", 70e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("B200", 2250e12)]
+
+
+def peak_bf16_flops(device_name: str):
+    """The GPU's dense bf16 peak, or None when unknown (then MFU is not shown)."""
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in device_name), None)
+
+
+class MainLog:
+    """llm.c's main.log: `s:%d tel:%.4f` (val) and `s:%d trl:%.4f lr:%.6f norm:%.2f` (train) lines, rank 0 only."""
+
+    def __init__(self, output_dir, enabled: bool):
+        self.file = None
+        if output_dir and enabled:
+            path = os.path.join(output_dir, "main.log")
+            try:
+                self.file = open(path, "w")  # -y 0: start over
+            except OSError as e:
+                raise UserError(f"-o {output_dir}: cannot write {path}: {e.strerror}") from None
+
+    def _write(self, line: str):
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def val(self, step: int, loss: float):
+        self._write(f"s:{step} tel:{loss:.4f}")
+
+    def train(self, step: int, loss: float, lr: float, norm: float):
+        self._write(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
+
+
+def prepare_output_dir(output_dir: str):
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, ".write_test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"-o {output_dir}: cannot write there: {e.strerror}") from None
+
+
+def save_config(output_dir: str, name: str, config: dict):
+    with open(os.path.join(output_dir, name), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+
+class Throughput:
+    """Tokens/s smoothed as llm.c does: an EMA over steps after the first, bias-corrected."""
+
+    def __init__(self):
+        self.ema = 0.0
+        self.steps = 0
+        self.total_s = 0.0
+
+    def update(self, tokens: int, seconds: float) -> float:
+        rate = tokens / seconds
+        if self.steps == 0:  # the first step includes warm-up (allocation, kernel selection)
+            self.steps = 1
+            return rate
+        self.total_s += seconds
+        self.ema = 0.95 * self.ema + 0.05 * rate
+        corrected = self.ema / (1 - 0.95 ** self.steps)
+        self.steps += 1
+        return corrected
+
+    def mean_step_ms(self) -> float:
+        return 1000 * self.total_s / max(1, self.steps - 1)
+
+
+def step_line(step, num_steps, loss, norm, lr, ms, tokens_per_s, mfu=None) -> str:
+    mfu_part = f" | {100 * mfu:.1f}% bf16 MFU" if mfu is not None else ""
+    return (f"step {step:4d}/{num_steps} | loss {loss:.6f} | norm {norm:.4f} | lr {lr:.2e} | {ms:.2f} ms"
+            f"{mfu_part} | {tokens_per_s:.0f} tok/s")
+
+
+def table(rows) -> str:
+    """llm.c's start-up parameter table."""
+    rule = "+-----------------------+----------------------------------------------------+"
+    lines = [rule, f"| {'Parameter':<21} | {'Value':<50} |", rule]
+    for key, value in rows:
+        lines.append(rule if key is None else f"| {key:<21} | {str(value):<50} |")
+    lines.append(rule)
+    return "\n".join(lines)

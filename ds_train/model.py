@@ -1,0 +1,221 @@
+"""GPT-2 / GPT-3 as llm.c builds them, by llm.c's model descriptors.
+
+Padded vocabulary (50304 rows, of which the 50257 real ones are initialised and scored), token embedding
+tied to the output head, learned positions, pre-LayerNorm blocks, tanh GELU, init normal(0, 0.02) with the
+residual projections scaled by 1/sqrt(2 * layers), zero biases, unit LayerNorm weights, a fixed seed.
+Parameter names follow Hugging Face's GPT-2 (transformer.h.0.attn.c_attn.weight, ...).
+"""
+
+import math
+import re
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+VOCAB_SIZE = 50257
+PADDED_VOCAB_SIZE = 50304
+GPT2_DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25),
+               60: (1920, 30), 72: (2880, 30), 84: (3456, 36)}  # layers: (channels, heads)
+GPT3_WIDTHS = {384: (6, 64), 768: (12, 64), 1024: (24, 64), 1536: (24, 96), 2048: (24, 128),
+               2560: (32, 80), 4096: (32, 128), 5120: (40, 128), 12288: (96, 128)}  # channels: (layers, head size)
+BLOCK_SIZE = {"gpt2": 1024, "gpt3": 2048}
+RECOMPUTE_LEVELS = {0: "none", 1: "GELU", 2: "GELU + LayerNorm", 3: "whole blocks (DeepSpeed activation checkpointing)"}
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int = 1024
+    vocab_size: int = VOCAB_SIZE
+    padded_vocab_size: int = PADDED_VOCAB_SIZE
+
+    @property
+    def num_params(self) -> int:
+        """Parameters as llm.c counts them: the padded embedding rows included, the tied head once."""
+        C, L = self.n_embd, self.n_layer
+        per_layer = 4 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+        return self.padded_vocab_size * C + self.block_size * C + L * per_layer + 2 * C
+
+    def flops_per_token(self, T: int) -> int:
+        """llm.c's MFU numerator: 6N for the weight matmuls plus 6*L*C*T for attention."""
+        return 6 * self.num_params + 6 * self.n_layer * self.n_embd * T
+
+
+def config_from_descriptor(descriptor: str) -> GPTConfig:
+    """d12, gpt2:d24, gpt3:c768 (llm.c's sizes) or an explicit shape gpt2:dL:cC:hH / gpt3:dL:cC:hH."""
+    if m := re.fullmatch(r"(gpt[23]):d(\d+):c(\d+):h(\d+)", descriptor):
+        family, L, C, H = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+        if min(L, C, H) < 1 or C % H:
+            raise ValueError(f"{C} channels must divide into {H} heads, with layers, channels and heads all >= 1")
+        return GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=BLOCK_SIZE[family])
+    if m := re.fullmatch(r"(?:gpt2:)?d(\d+)", descriptor):
+        L = int(m.group(1))
+        if L not in GPT2_DEPTHS:
+            raise ValueError(f"no GPT-2 size has {L} layers; known depths: {', '.join(map(str, GPT2_DEPTHS))}")
+        C, H = GPT2_DEPTHS[L]
+        return GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=BLOCK_SIZE["gpt2"])
+    if m := re.fullmatch(r"gpt3:c(\d+)", descriptor):
+        C = int(m.group(1))
+        if C == 5140:  # listed by llm.c, but 5140 is not a multiple of its head size 128 (GPT-3 13B is 5120 wide)
+            raise ValueError("5140 channels do not divide into heads of 128; GPT-3 13B is gpt3:c5120")
+        if C not in GPT3_WIDTHS:
+            raise ValueError(f"no GPT-3 size has {C} channels; known widths: {', '.join(map(str, GPT3_WIDTHS))}")
+        L, head_size = GPT3_WIDTHS[C]
+        return GPTConfig(n_layer=L, n_head=C // head_size, n_embd=C, block_size=BLOCK_SIZE["gpt3"])
+    raise ValueError("expected dL or gpt2:dL (GPT-2 by depth), gpt3:cC (GPT-3 by width), or an explicit "
+                     "shape gpt2:dL:cC:hH such as gpt2:d2:c64:h2")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class LMHead(nn.Linear):
+    """The output head (weight tied to the token embedding). It scores only the real vocabulary, so the padded
+    rows produce no logits and get no gradient, and no (B, T, 50304) tensor is sliced or zero-filled."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        self.vocab_size = cfg.vocab_size
+
+    def forward(self, x):
+        return F.linear(x, self.weight[:self.vocab_size])
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.checkpoint_context = None  # set by GPT.set_recompute for levels 1 and 2
+
+    def forward(self, x):
+        # the checkpointed region sits inside the block so that ZeRO-3's parameter gathering (at the block's
+        # boundary, the block being a ZeRO-3 leaf module) stays outside it and recompute sees the same ops
+        if self.checkpoint_context is None or not torch.is_grad_enabled():
+            return self._forward(x)
+        return checkpoint(self._forward, x, use_reentrant=False, context_fn=self.checkpoint_context)
+
+    def _forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+def _ops(*names):
+    return {getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n)}
+
+
+# Recompute levels 1 and 2 keep what is expensive to redo (matmuls, attention) and let autograd recompute
+# the cheap rest in backward, as llm.c's -r does: level 1 also keeps LayerNorm outputs, level 2 does not.
+_MATMUL_OPS = _ops("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
+                   "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+                   "_scaled_dot_product_flash_attention_for_cpu", "_scaled_mm")
+_LAYERNORM_OPS = _ops("native_layer_norm")
+
+
+def _recompute_policy(saved_ops, ctx, op, *args, **kwargs):
+    packet = getattr(op, "overloadpacket", op)  # the policy sees overloads (aten.addmm.default)
+    return CheckpointPolicy.MUST_SAVE if packet in saved_ops else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig, recompute: int = 0, seed: int = 42):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.padded_vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=nn.LayerNorm(cfg.n_embd),
+        ))
+        self.lm_head = LMHead(cfg)
+        self.lm_head.weight = self.transformer.wte.weight
+        self.set_recompute(recompute)
+        self._init_weights(seed)
+
+    def set_recompute(self, level: int):
+        if level not in RECOMPUTE_LEVELS:
+            raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {level}")
+        self.recompute = level
+        context = None
+        if level in (1, 2):
+            saved = _MATMUL_OPS | (_LAYERNORM_OPS if level == 1 else set())
+            context = partial(create_selective_checkpoint_contexts, partial(_recompute_policy, saved))
+        for block in self.transformer.h:
+            block.checkpoint_context = context
+
+    @torch.no_grad()
+    def _init_weights(self, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, residual_std, generator=gen)
+            elif p.dim() == 2:
+                nn.init.normal_(p, 0.0, 0.02, generator=gen)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)  # LayerNorm gains
+        # llm.c initialises only the real vocabulary rows; the padding stays zero and, never scored, never moves
+        self.transformer.wte.weight[self.config.vocab_size:].zero_()
+
+    def _run_block(self, block, x):
+        if self.recompute == 3 and torch.is_grad_enabled():
+            import deepspeed  # configured by the caller from the JSON's activation_checkpointing section
+            return deepspeed.checkpointing.checkpoint(block, x)
+        return block(x)
+
+    def forward(self, idx, targets=None):
+        """Mean cross-entropy over the real vocabulary if targets are given, else logits (B, T, 50257)."""
+        T = idx.shape[1]
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device))
+        for block in self.transformer.h:
+            x = self._run_block(block, x)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def param_groups(self, weight_decay: float) -> list:
+        """AdamW groups: decay on 2-D weights (embeddings, matmuls), never on biases or LayerNorm."""
+        params = list(self.parameters())  # the tied embedding/head appears once
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+    @torch.no_grad()
+    def generate(self, idx, new_tokens: int, generator: torch.Generator):
+        """Sample with temperature 1 from the full softmax; draws on the CPU generator so any device agrees."""
+        for _ in range(new_tokens):
+            logits = self(idx[:, -self.config.block_size:])[:, -1, :]
+            probs = F.softmax(logits.float(), dim=-1).cpu()
+            idx = torch.cat([idx, torch.multinomial(probs, 1, generator=generator).to(idx.device)], dim=1)
+        return idx

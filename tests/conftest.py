@@ -1,0 +1,95 @@
+"""Helpers for running ds_train for real: as a plain process, under the deepspeed launcher, or under mpirun."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(REPO, "ds_train", "main.py")
+BIN = os.path.dirname(sys.executable)
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+ASSETS = os.path.join(REPO, "ds_train", "assets")
+TRAIN_SHARD = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_train.bin")
+VAL_SHARD = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_val.bin")
+CPU_CONFIG = os.path.join(REPO, "ds_configs", "quickstart.json")
+
+# a model and batch small enough that a 2-rank CPU run takes seconds
+TINY = ["-e", "gpt2:d2:c64:h2", "-t", "32", "-s", "0", "-r", "0"]
+
+STEP_LINE = re.compile(r"^step +(\d+)/(\d+) \| loss ([\d.]+) \| norm ([\d.]+) \| lr ([\d.e+-]+)")
+VAL_LINE = re.compile(r"^val loss ([\d.]+)")
+
+
+def shared_path(*parts):
+    """A file under ../shared/data, or skip the test when this checkout has no ../shared."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"reference data not available: {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    losses: list = field(default_factory=list)  # train loss per step, from the console line
+    norms: list = field(default_factory=list)
+    lrs: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)
+
+    def check(self):
+        assert self.returncode == 0, f"run failed ({self.returncode}):\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}"
+        return self
+
+
+def parse(proc) -> Run:
+    run = Run(proc.returncode, proc.stdout, proc.stderr)
+    for line in proc.stdout.splitlines():
+        line = re.sub(r"^\[\d+,\d+\]<stdout>:", "", line)  # mpirun --tag-output
+        if m := STEP_LINE.match(line):
+            run.losses.append(float(m.group(3)))
+            run.norms.append(float(m.group(4)))
+            run.lrs.append(float(m.group(5)))
+        elif m := VAL_LINE.match(line):
+            run.val_losses.append(float(m.group(1)))
+    return run
+
+
+def child_env(threads: int = 1) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return env
+
+
+def train(args, ranks: int = 1, launcher: str = "python", ds_config: str = CPU_CONFIG, timeout: int = 600,
+          extra_env=None) -> Run:
+    """Run ds_train/main.py for real and parse its console output."""
+    cmd_args = [MAIN, "--ds_config", ds_config, *map(str, args)]
+    env = child_env(threads=1 if ranks > 1 else 2)
+    env.update(extra_env or {})
+    if launcher == "python":
+        assert ranks == 1
+        cmd = [sys.executable, *cmd_args]
+    elif launcher == "deepspeed":
+        cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), *cmd_args]
+    elif launcher == "mpirun":
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", MASTER_PORT=str(free_port()))
+        cmd = [os.path.join(BIN, "mpirun"), "--oversubscribe", "-np", str(ranks), "-x", "MASTER_PORT",
+               "-x", "OMP_NUM_THREADS", "-x", "PYTHONUNBUFFERED", sys.executable, *cmd_args]
+    else:
+        raise ValueError(launcher)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return parse(proc)
