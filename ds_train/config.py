@@ -25,47 +25,47 @@ ACTIVATION_CHECKPOINTING_DEFAULTS = {"partition_activations": False, "cpu_checkp
                                      "synchronize_checkpoint_boundary": False, "profile": False}
 QUIET_STEPS_PER_PRINT = 2**31 - 1  # ds_train prints its own step line
 
-# (short, long, type, default, help). A default of None means "from the JSON, else the llm.c default in resolve()".
+# (short, long, type, default, metavar, help). A default of None means "from the JSON, else a default in resolve()".
 FLAGS = [
     ("Data and output", [
-        ("-i", "--train_data", str, DEFAULT_TRAIN, "train shard glob (default: the shipped tinyshakespeare)"),
-        ("-j", "--val_data", str, DEFAULT_VAL, "val shard glob (default: the shipped tinyshakespeare)"),
-        ("-e", "--init", str, "d12", "model descriptor: d12, gpt2:d24, gpt3:c768, gpt2:dL:cC:hH"),
-        ("-o", "--output_dir", str, None, "where main.log and the effective config go (default: none)"),
-        ("-n", "--checkpoint_every", int, 0, "checkpoint every N steps (0 = never)"),
-        ("-nk", "--checkpoints_keep", int, 0, "keep the last k checkpoints (0 = all)"),
-        ("-nm", "--major_checkpoint_every", int, 0, "never delete checkpoints at multiples of M"),
-        ("-y", "--resume", int, 0, "1 = resume from the newest checkpoint in -o, 0 = start over"),
+        ("-i", "--train_data", str, DEFAULT_TRAIN, "GLOB", "train shard glob (default: the shipped tinyshakespeare)"),
+        ("-j", "--val_data", str, DEFAULT_VAL, "GLOB", "val shard glob (default: the shipped tinyshakespeare)"),
+        ("-e", "--init", str, "d12", "MODEL", "model descriptor: d12, gpt2:d24, gpt3:c768, gpt2:dL:cC:hH"),
+        ("-o", "--output_dir", str, None, "DIR", "where main.log and the effective config go (default: none)"),
+        ("-n", "--checkpoint_every", int, 0, "N", "checkpoint every N steps (0 = never)"),
+        ("-nk", "--checkpoints_keep", int, 0, "K", "keep the last k checkpoints (0 = all)"),
+        ("-nm", "--major_checkpoint_every", int, 0, "M", "never delete checkpoints at multiples of M"),
+        ("-y", "--resume", int, 0, "0|1", "1 = resume from the newest checkpoint in -o, 0 = start over"),
     ]),
     ("Batch", [
-        ("-b", "--micro_batch_size", int, None, "micro-batch B per GPU (JSON: train_micro_batch_size_per_gpu; default 4)"),
-        ("-t", "--seq_len", int, 1024, "sequence length T"),
-        ("-d", "--total_batch_size", int, None, "tokens per optimizer step (JSON: train_batch_size x T; default B*T*world)"),
-        ("-x", "--max_steps", int, -1, "optimizer steps (-1 = one epoch of the train data)"),
-        ("-a", "--overfit_single_batch", int, 0, "1 = train on the first val batch over and over (debugging)"),
-        (None, "--shuffle", int, 1, "1 = shuffle the train order per epoch as llm.c does, 0 = read it in file order"),
+        ("-b", "--micro_batch_size", int, None, "B", "micro-batch B per GPU (JSON: train_micro_batch_size_per_gpu; default 4)"),
+        ("-t", "--seq_len", int, 1024, "T", "sequence length T"),
+        ("-d", "--total_batch_size", int, None, "TOKENS", "tokens per optimizer step (JSON: train_batch_size x T; default B*T*world)"),
+        ("-x", "--max_steps", int, -1, "N", "optimizer steps (-1 = one epoch of the train data)"),
+        ("-a", "--overfit_single_batch", int, 0, "0|1", "1 = train on the first val batch over and over (debugging)"),
+        (None, "--shuffle", int, 1, "0|1", "1 = shuffle the train order per epoch as llm.c does, 0 = read it in file order"),
     ]),
     ("Optimization", [
-        ("-k", "--lr_schedule", str, "cosine", f"learning-rate schedule: {' | '.join(SCHEDULES)}"),
-        ("-l", "--learning_rate", float, None, "peak learning rate (JSON: optimizer.params.lr; default 3e-4)"),
-        ("-u", "--warmup_steps", int, 0, "linear warmup steps"),
-        ("-q", "--final_lr_frac", float, 1.0, "final learning rate as a fraction of -l"),
-        ("-c", "--weight_decay", float, None, "AdamW weight decay on 2-D weights (JSON: optimizer.params.weight_decay; default 0)"),
-        ("-sl", "--skip_loss_z", float, 0.0, "skip the update when the loss z-score exceeds this (0 = off)"),
-        ("-sg", "--skip_grad_z", float, 0.0, "skip the update when the grad-norm z-score exceeds this (0 = off)"),
+        ("-k", "--lr_schedule", str, "cosine", "NAME", f"learning-rate schedule: {' | '.join(SCHEDULES)}"),
+        ("-l", "--learning_rate", float, None, "LR", "peak learning rate (JSON: optimizer.params.lr; default 3e-4)"),
+        ("-u", "--warmup_steps", int, 0, "N", "linear warmup steps"),
+        ("-q", "--final_lr_frac", float, 1.0, "FRAC", "final learning rate as a fraction of -l"),
+        ("-c", "--weight_decay", float, None, "WD", "AdamW weight decay on 2-D weights (JSON: optimizer.params.weight_decay; default 0)"),
+        ("-sl", "--skip_loss_z", float, 0.0, "Z", "skip the update when the loss z-score exceeds this (0 = off)"),
+        ("-sg", "--skip_grad_z", float, 0.0, "Z", "skip the update when the grad-norm z-score exceeds this (0 = off)"),
     ]),
     ("Evaluation", [
-        ("-v", "--val_every", int, 20, "val loss every N steps (and at step 0 and the last step)"),
-        ("-m", "--val_max_steps", int, 20, "val batches per evaluation (-1 = the whole split)"),
-        ("-s", "--sample_every", int, 20, "print a sample every N steps and at the end (0 = never)"),
-        ("-g", "--gen_tokens", int, 64, "tokens to sample"),
-        ("-h", "--hellaswag", int, 0, "1 = HellaSwag eval every -v steps"),
+        ("-v", "--val_every", int, 20, "N", "val loss every N steps (and at step 0 and the last step)"),
+        ("-m", "--val_max_steps", int, 20, "N", "val batches per evaluation (-1 = the whole split)"),
+        ("-s", "--sample_every", int, 20, "N", "print a sample every N steps and at the end (0 = never)"),
+        ("-g", "--gen_tokens", int, 64, "N", "tokens to sample"),
+        ("-h", "--hellaswag", int, 0, "0|1", "1 = HellaSwag eval every -v steps"),
     ]),
     ("Memory and speed", [
-        ("-z", "--zero_stage", int, None, "ZeRO stage 0-3 (JSON: zero_optimization.stage; default 0)"),
-        ("-r", "--recompute", int, None, "recompute 0 none, 1 GELU, 2 GELU+LayerNorm, 3 whole blocks "
+        ("-z", "--zero_stage", int, None, "0-3", "ZeRO stage 0-3 (JSON: zero_optimization.stage; default 0)"),
+        ("-r", "--recompute", int, None, "0-3", "recompute 0 none, 1 GELU, 2 GELU+LayerNorm, 3 whole blocks "
                                          "(default: 3 if the JSON has an activation_checkpointing section, else 0)"),
-        ("-ge", "--gelu_fusion", int, -1, "llm.c's CUDA GELU fusion: accepted and ignored"),
+        ("-ge", "--gelu_fusion", int, -1, "N", "llm.c's CUDA GELU fusion: accepted and ignored"),
     ]),
 ]
 NOT_YET = {  # flag: (value that needs no implementation, what is missing)
@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # added by the deepspeed launcher
     for title, flags in FLAGS:
         group = parser.add_argument_group(title)
-        for short, long, kind, default, text in flags:
+        for short, long, kind, default, metavar, text in flags:
             names = [short, long] if short else [long]
-            group.add_argument(*names, dest=long[2:], type=kind, default=default, help=text, metavar=kind.__name__.upper())
+            if long[2:] in NOT_YET:
+                text += " [not implemented yet]"
+            group.add_argument(*names, dest=long[2:], type=kind, default=default, help=text, metavar=metavar)
     return parser
 
 
@@ -205,7 +207,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(B >= 1, f"-b {B}: the micro-batch must be at least 1")
     _check(1 <= T <= model.block_size, f"-t {T}: the sequence length must be between 1 and the model's {model.block_size} ({args.init})")
     tokens_per_micro_step = B * T * world_size
-    total = merge("-d", args.total_batch_size, "the JSON's batch size x T", _json_total_tokens(ds, path, T, world_size), tokens_per_micro_step)
+    total = merge("-d", args.total_batch_size, "train_batch_size x T", _json_total_tokens(ds, path, T, world_size), tokens_per_micro_step)
     _check(total > 0 and total % tokens_per_micro_step == 0,
            f"-d {total}: the total batch must be a positive multiple of B*T*world = {B}*{T}*{world_size} = "
            f"{tokens_per_micro_step} tokens, so that gradient accumulation is a whole number of micro-steps")
@@ -217,6 +219,10 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     lr = merge("-l", args.learning_rate, "optimizer.params.lr", opt_params.get("lr"), 3e-4)
     weight_decay = merge("-c", args.weight_decay, "optimizer.params.weight_decay", opt_params.get("weight_decay"), 0.0)
     bf16 = _resolve_bf16(ds, path, has_gpu)
+    # without ZeRO, DeepSpeed 0.19 runs bf16 through its fp16 optimizer (bf16 gradient accumulation, loss
+    # scaling) and the updates drift from fp32, where ZeRO 1-3 keep fp32 accumulation and master weights
+    _check(not (bf16 and zero_stage == 0), f"-z 0 with bf16 (--ds_config {path}): bf16 needs ZeRO stage 1, 2 or 3 "
+           "in ds_train (DeepSpeed's ZeRO-0 bf16 path drifts from fp32); use -z 1, which costs nothing extra on one GPU")
 
     _check(lr > 0, f"-l {lr}: the learning rate must be positive")
     _check(weight_decay >= 0, f"-c {weight_decay}: weight decay must be >= 0")

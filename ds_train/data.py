@@ -27,11 +27,12 @@ def read_shard_header(path: str) -> int:
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
+            raw = f.read(HEADER_BYTES)
     except OSError as e:
         raise UserError(f"{path}: cannot read token shard: {e.strerror}") from None
-    if len(header) < HEADER_INTS:
+    if len(raw) < HEADER_BYTES:
         raise UserError(f"{path}: {size} bytes is shorter than the {HEADER_BYTES}-byte header of an llm.c token shard")
+    header = np.frombuffer(raw, dtype="<i4")
     magic, version, ntok = int(header[0]), int(header[1]), int(header[2])
     if magic != SHARD_MAGIC:
         raise UserError(f"{path}: bad magic {magic}, expected {SHARD_MAGIC} (not an llm.c token shard)")

@@ -56,7 +56,8 @@ def init_process_group(place: Place):
 def shutdown():
     """Leave the process group together; exiting with it alive aborts ranks at interpreter exit."""
     if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        on_gpu = torch.cuda.is_available()
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()] if on_gpu else None)
         torch.distributed.destroy_process_group()
 
 

@@ -29,10 +29,21 @@ from ds_train.schedule import learning_rate
 warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
 
 
+def _cuda_arch_list_for_deepspeed():
+    """DeepSpeed 0.19 cannot parse arch names such as "9.0a" in TORCH_CUDA_ARCH_LIST when it JIT-builds
+    FusedAdam; hand it the plain architectures (the suffix only adds Hopper-only instructions it does not use)."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    plain = " ".join(a.rstrip("abf") for a in archs.replace(";", " ").split())
+    if plain != " ".join(archs.replace(";", " ").split()):
+        distributed.print0(f"note: TORCH_CUDA_ARCH_LIST={archs!r} -> {plain!r} for DeepSpeed's op builds")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = plain
+
+
 def build_engine(run: config.RunConfig, ds_config: dict):
     import deepspeed
     import pydantic
 
+    _cuda_arch_list_for_deepspeed()
     model = GPT(run.model, recompute=run.recompute)
     if run.zero_stage == 3:  # gather each block's parameters at once, outside its recompute region
         deepspeed.utils.set_z3_leaf_modules(model, [Block])

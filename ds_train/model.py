@@ -97,15 +97,17 @@ class MLP(nn.Module):
 
 
 class LMHead(nn.Linear):
-    """The output head (weight tied to the token embedding). It scores only the real vocabulary, so the padded
-    rows produce no logits and get no gradient, and no (B, T, 50304) tensor is sliced or zero-filled."""
+    """The output head (weight tied to the token embedding). It returns logits for the real vocabulary only,
+    so the padded rows are never scored and get no gradient."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.vocab_size = cfg.vocab_size
 
     def forward(self, x):
-        return F.linear(x, self.weight[:self.vocab_size])
+        if x.is_cuda:  # tensor cores want the 50304-wide (aligned) product; 50257 columns fall back to slow kernels
+            return F.linear(x, self.weight)[..., :self.vocab_size]
+        return F.linear(x, self.weight[:self.vocab_size])  # on CPU slicing the logits and its gradient costs more
 
 
 class Block(nn.Module):

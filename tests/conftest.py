@@ -19,7 +19,7 @@ VAL_SHARD = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_val.bin")
 CPU_CONFIG = os.path.join(REPO, "ds_configs", "quickstart.json")
 
 # a model and batch small enough that a 2-rank CPU run takes seconds
-TINY = ["-e", "gpt2:d2:c64:h2", "-t", "32", "-s", "0", "-r", "0"]
+TINY = ["-e", "gpt2:d2:c64:h2", "-t", "32", "-s", "0"]
 
 STEP_LINE = re.compile(r"^step +(\d+)/(\d+) \| loss ([\d.]+) \| norm ([\d.]+) \| lr ([\d.e+-]+)")
 VAL_LINE = re.compile(r"^val loss ([\d.]+)")

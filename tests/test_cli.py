@@ -1,0 +1,82 @@
+"""Bad input from the command line: one line on stderr naming the flag or file, exit status 2, no traceback."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, child_env, free_port
+from ds_train.data import write_shard
+from ds_train.main import main
+
+
+def run_main(*args, launcher=None):
+    cmd = [sys.executable, MAIN, *map(str, args)]
+    if launcher == "deepspeed":
+        cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), *cmd[1:]]
+    return subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_llmc_flags_with_long_names():
+    proc = run_main("--help")
+    assert proc.returncode == 0
+    for text in ("-i GLOB, --train_data GLOB", "-h 0|1, --hellaswag 0|1", "-nk K, --checkpoints_keep K", "--ds_config"):
+        assert text in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ds_config", "nowhere.json"], "ds_train: error: --ds_config nowhere.json: no such file"),
+    (["--ds_config", CPU_CONFIG, *TINY, "-i", "nothing/*.bin"], "ds_train: error: -i nothing/*.bin: no file matches this pattern"),
+    (["--ds_config", CPU_CONFIG, "-h", "1"], "ds_train: error: -h/--hellaswag 1: HellaSwag evaluation is not implemented yet in ds_train"),
+])
+def test_bad_input_in_a_real_process(args, message):
+    proc = run_main(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message  # exactly one line, no traceback
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_bad_input_under_the_deepspeed_launcher_fails_the_job():
+    proc = run_main("--ds_config", CPU_CONFIG, *TINY, "-b", 4, "-d", 1000, launcher="deepspeed")
+    assert proc.returncode != 0
+    assert "ds_train: error: -d 1000: the total batch must be a positive multiple of B*T*world = 4*32*2 = 256" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def errors_of(capsys, *args) -> str:
+    assert main(["--ds_config", CPU_CONFIG, *TINY, *map(str, args)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ds_train: error: ")
+    return err.strip()[len("ds_train: error: "):]
+
+
+def test_bad_shards(tmp_path, capsys):
+    bad = tmp_path / "bad.bin"
+    write_shard(str(bad), np.arange(100))
+    data = bytearray(bad.read_bytes())
+    data[0:4] = np.int32(1234).tobytes()
+    bad.write_bytes(bytes(data))
+    assert errors_of(capsys, "-i", bad) == f"{bad}: bad magic 1234, expected 20240520 (not an llm.c token shard)"
+    short = tmp_path / "short.bin"
+    write_shard(str(short), np.arange(100))
+    assert errors_of(capsys, "-j", short, "-b", 4).startswith(f"{short}: 100 tokens is shorter than one sample")
+    truncated = tmp_path / "truncated.bin"
+    write_shard(str(truncated), np.arange(5000))
+    truncated.write_bytes(truncated.read_bytes()[:-2])
+    assert "header says 5000 tokens" in errors_of(capsys, "-i", truncated)
+
+
+def test_bad_flag_combinations(tmp_path, capsys):
+    assert errors_of(capsys, "-b", 4, "-x", 10, "-u", 10) == "-u 10: warmup must be shorter than the 10 training steps for -k cosine"
+    assert errors_of(capsys, "-b", 4, "-t", 2048) == "-t 2048: the sequence length must be between 1 and the model's 1024 (gpt2:d2:c64:h2)"
+    assert errors_of(capsys, "-b", 4096, "-t", 32, "-i", VAL_SHARD).endswith("use a smaller -b/-t or a longer shard")
+    assert errors_of(capsys, "-b", 4, "-y", 1).startswith("-y/--resume 1: resuming is not implemented yet")
+    assert errors_of(capsys, "-b", 4, "-x", -1, "-d", 65536, "-i", VAL_SHARD, "-j", VAL_SHARD) == (
+        f"-i {VAL_SHARD}: 32768 tokens is less than one step of 65536 tokens (-d); give -x or more data")
+    afile = tmp_path / "a_file"
+    afile.write_text("")
+    assert errors_of(capsys, "-b", 4, "-x", 1, "-o", afile) == f"-o {afile}: is a file, expected a directory"
+    assert errors_of(capsys, "-b", 4, "-x", 1, "-o", afile / "sub").startswith(f"-o {afile / 'sub'}: cannot write there")
+    assert errors_of(capsys, "--bogus") == "unrecognized arguments: --bogus (see --help)"

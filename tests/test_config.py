@@ -1,0 +1,188 @@
+"""Flags and the DeepSpeed JSON: every llm.c flag accepted, one source of truth per setting, clear errors."""
+
+import json
+
+import pytest
+
+from ds_train import config
+from ds_train.errors import UserError
+
+
+def write_json(tmp_path, content, name="ds.json"):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def resolve(tmp_path, argv, ds=None, world=1, gpu=False):
+    path = write_json(tmp_path, ds if ds is not None else {})
+    return config.resolve(config.parse_args(["--ds_config", path, *argv]), world, gpu)
+
+
+LLMC_FLAGS = {  # llm.c letter -> (long name, a value to pass, the parsed value)
+    "-i": ("--train_data", "a/*.bin", "a/*.bin"), "-j": ("--val_data", "b/*.bin", "b/*.bin"),
+    "-e": ("--init", "d24", "d24"), "-o": ("--output_dir", "out", "out"), "-n": ("--checkpoint_every", "5", 5),
+    "-nk": ("--checkpoints_keep", "3", 3), "-nm": ("--major_checkpoint_every", "100", 100),
+    "-y": ("--resume", "1", 1), "-b": ("--micro_batch_size", "8", 8), "-t": ("--seq_len", "512", 512),
+    "-d": ("--total_batch_size", "65536", 65536), "-x": ("--max_steps", "100", 100),
+    "-k": ("--lr_schedule", "wsd", "wsd"), "-l": ("--learning_rate", "6e-4", 6e-4),
+    "-u": ("--warmup_steps", "700", 700), "-q": ("--final_lr_frac", "0.1", 0.1),
+    "-c": ("--weight_decay", "0.1", 0.1), "-sl": ("--skip_loss_z", "5", 5.0), "-sg": ("--skip_grad_z", "6", 6.0),
+    "-v": ("--val_every", "250", 250), "-m": ("--val_max_steps", "-1", -1), "-s": ("--sample_every", "0", 0),
+    "-g": ("--gen_tokens", "144", 144), "-h": ("--hellaswag", "1", 1), "-a": ("--overfit_single_batch", "1", 1),
+    "-z": ("--zero_stage", "3", 3), "-r": ("--recompute", "2", 2), "-ge": ("--gelu_fusion", "1", 1),
+}
+
+
+@pytest.mark.parametrize("short", LLMC_FLAGS)
+def test_every_llmc_flag_has_its_letter_and_a_long_name(short):
+    long, value, parsed = LLMC_FLAGS[short]
+    dest = long[2:]
+    assert getattr(config.parse_args(["--ds_config", "x", short, value]), dest) == parsed
+    assert getattr(config.parse_args(["--ds_config", "x", long, value]), dest) == parsed
+
+
+def test_multi_letter_flags_do_not_collide_with_single_letters():
+    args = config.parse_args(["--ds_config", "x", "-n", "7", "-nk", "2", "-nm", "9", "-s", "3", "-sl", "4", "-sg", "5",
+                              "-g", "10", "-ge", "2"])
+    assert (args.checkpoint_every, args.checkpoints_keep, args.major_checkpoint_every) == (7, 2, 9)
+    assert (args.sample_every, args.skip_loss_z, args.skip_grad_z, args.gen_tokens, args.gelu_fusion) == (3, 4.0, 5.0, 10, 2)
+
+
+def test_deepspeed_launcher_local_rank_is_accepted():
+    assert config.parse_args(["--local_rank=3", "--ds_config", "x"]).local_rank == 3
+
+
+def test_defaults_are_llmc_s(tmp_path):
+    run, ds, notes = resolve(tmp_path, [], world=2)
+    assert (run.B, run.T, run.total_batch_size, run.grad_accum) == (4, 1024, 4 * 1024 * 2, 1)
+    assert (run.learning_rate, run.weight_decay, run.lr_schedule, run.final_lr_frac, run.warmup_steps) == (3e-4, 0.0, "cosine", 1.0, 0)
+    assert (run.val_every, run.val_max_steps, run.sample_every, run.gen_tokens, run.max_steps) == (20, 20, 20, 64, -1)
+    assert (run.zero_stage, run.recompute, run.init, run.shuffle) == (0, 0, "d12", True)
+    assert run.train_data.endswith("tiny_shakespeare_train.bin") and notes == []
+    assert ds["optimizer"] == {"type": "AdamW", "params": {"betas": [0.9, 0.95], "eps": 1e-8, "lr": 3e-4, "weight_decay": 0.0}}
+    assert ds["gradient_clipping"] == 1.0
+
+
+def test_gradient_accumulation_follows_the_total_batch_and_world_size(tmp_path):
+    for world, accum in ((1, 8), (2, 4), (8, 1)):
+        run, ds, _ = resolve(tmp_path, ["-b", "64", "-t", "1024", "-d", "524288"], world=world)
+        assert run.grad_accum == accum
+        assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (64, accum, 512)
+
+
+def test_json_values_apply_when_no_flag_is_given(tmp_path):
+    ds_json = {"train_micro_batch_size_per_gpu": 16, "train_batch_size": 64, "zero_optimization": {"stage": 2, "overlap_comm": True},
+               "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.1}}, "bf16": {"enabled": False}}
+    run, ds, notes = resolve(tmp_path, ["-t", "128"], ds_json, world=2)
+    assert (run.B, run.total_batch_size, run.grad_accum, run.zero_stage) == (16, 64 * 128, 2, 2)
+    assert (run.learning_rate, run.weight_decay) == (1e-3, 0.1)
+    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True} and notes == []
+
+
+def test_flags_win_over_the_json_and_say_so(tmp_path):
+    ds_json = {"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 2},
+               "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    run, ds, notes = resolve(tmp_path, ["-b", "8", "-z", "1", "-l", "5e-4", "-t", "64"], ds_json)
+    assert (run.B, run.zero_stage, run.learning_rate) == (8, 1, 5e-4)
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["zero_optimization"]["stage"] == 1
+    assert ds["optimizer"]["params"]["lr"] == 5e-4
+    assert notes == ["-b 8 overrides train_micro_batch_size_per_gpu = 16 from the JSON",
+                     "-z 1 overrides zero_optimization.stage = 2 from the JSON",
+                     "-l 0.0005 overrides optimizer.params.lr = 0.001 from the JSON"]
+
+
+def test_recompute_from_the_json_section_or_the_flag(tmp_path):
+    section = {"activation_checkpointing": {"cpu_checkpointing": False}}
+    run, ds, _ = resolve(tmp_path, [], section)
+    assert run.recompute == 3 and ds["activation_checkpointing"]["partition_activations"] is False
+    run, ds, notes = resolve(tmp_path, ["-r", "1"], section)
+    assert run.recompute == 1 and "activation_checkpointing" not in ds and "-r 1 overrides" in notes[0]
+    run, ds, _ = resolve(tmp_path, ["-r", "3"])
+    assert run.recompute == 3 and ds["activation_checkpointing"] == config.ACTIVATION_CHECKPOINTING_DEFAULTS
+    run, ds, _ = resolve(tmp_path, ["-r", "2", "-z", "3"])
+    assert ds["zero_optimization"]["memory_efficient_linear"] is False
+
+
+def test_precision(tmp_path):
+    assert resolve(tmp_path, ["-z", "1"], {}, gpu=True)[0].bf16 is True  # auto: bf16 on GPU
+    assert resolve(tmp_path, [], {}, gpu=False)[0].bf16 is False
+    run, ds, _ = resolve(tmp_path, ["-z", "1"], {"bf16": {"enabled": True}})
+    assert run.bf16 and ds["bf16"]["enabled"] is True and ds["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert resolve(tmp_path, [], {"bf16": {"enabled": False}}, gpu=True)[0].bf16 is False
+
+
+def test_overfit_trains_on_val_without_shuffling(tmp_path):
+    run, _, _ = resolve(tmp_path, ["-a", "1", "-j", "v.bin", "-i", "t.bin"])
+    assert run.train_data == "v.bin" and run.shuffle is False
+
+
+@pytest.mark.parametrize("argv, ds, message", [
+    (["-d", "1000", "-b", "4", "-t", "64"], {}, r"-d 1000: the total batch must be a positive multiple of B\*T\*world = 4\*64\*2 = 512"),
+    (["-t", "2048", "-e", "d12"], {}, r"-t 2048: the sequence length must be between 1 and the model's 1024 \(d12\)"),
+    (["-b", "0"], {}, r"-b 0: the micro-batch must be at least 1"),
+    (["-z", "4"], {}, r"-z 4: the ZeRO stage must be 0, 1, 2 or 3"),
+    (["-r", "5"], {}, r"-r 5: recompute must be one of 0 \(none\), 1 \(GELU\)"),
+    (["-k", "step"], {}, r"-k step: unknown schedule; expected one of cosine, linear, constant, wsd"),
+    (["-q", "1.5"], {}, r"-q 1.5: the final lr fraction must be between 0 and 1"),
+    (["-l", "0"], {}, r"-l 0.0: the learning rate must be positive"),
+    (["-v", "0"], {}, r"-v 0: val loss interval must be >= 1"),
+    (["-m", "0"], {}, r"-m 0: val batches must be -1 \(all\) or >= 1"),
+    (["-x", "0"], {}, r"-x 0: max steps must be -1 \(one epoch\) or >= 1"),
+    (["-e", "d13"], {}, r"-e d13: no GPT-2 size has 13 layers"),
+    (["-e", "gpt2_124M.bin"], {}, r"-e gpt2_124M.bin: starting from an llm.c model file is not implemented yet"),
+    (["-h", "1"], {}, r"-h/--hellaswag 1: HellaSwag evaluation is not implemented yet"),
+    (["-y", "1"], {}, r"-y/--resume 1: resuming is not implemented yet"),
+    (["-n", "100"], {}, r"-n/--checkpoint_every 100: checkpointing is not implemented yet"),
+    (["-nk", "2"], {}, r"-nk/--checkpoints_keep 2: checkpoint retention is not implemented yet"),
+    (["-sl", "5"], {}, r"-sl/--skip_loss_z 5.0: outlier update skipping is not implemented yet"),
+    ([], {"scheduler": {"type": "WarmupLR"}}, r"remove the \"scheduler\" section; ds_train applies llm.c's schedules"),
+    ([], {"fp16": {"enabled": True}}, r"fp16 is not supported"),
+    ([], {"optimizer": {"type": "SGD"}}, r"the optimizer must be AdamW"),
+    ([], {"optimizer": {"type": "Adam", "params": {"adam_w_mode": False}}}, r"the optimizer must be AdamW"),
+    ([], {"bf16": {"enabled": "yes"}}, r"bf16.enabled must be true, false or \"auto\""),
+    (["-z", "0"], {"bf16": {"enabled": True}}, r"-z 0 with bf16 .*: bf16 needs ZeRO stage 1, 2 or 3"),
+    ([], {"train_batch_size": 10, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2},
+     r"train_batch_size 10 != train_micro_batch_size_per_gpu 2 x gradient_accumulation_steps 2 x world size 2"),
+    (["-r", "1", "-z", "3"], {"zero_optimization": {"memory_efficient_linear": True}}, r"memory_efficient_linear true gives wrong gradients"),
+])
+def test_bad_settings_get_one_line_errors(tmp_path, argv, ds, message):
+    with pytest.raises(UserError, match=message) as err:
+        resolve(tmp_path, argv, ds, world=2)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{ not json", r"ds.json: invalid JSON at line 1 column 3"),
+    ("[1, 2]", r"ds.json: expected a JSON object at the top level"),
+])
+def test_bad_json_files(tmp_path, content, message):
+    path = write_json(tmp_path, content)
+    with pytest.raises(UserError, match=f"--ds_config .*{message}"):
+        config.resolve(config.parse_args(["--ds_config", path]), 1, False)
+
+
+def test_missing_json_file(tmp_path):
+    with pytest.raises(UserError, match=r"--ds_config .*nope.json: no such file"):
+        config.resolve(config.parse_args(["--ds_config", str(tmp_path / "nope.json")]), 1, False)
+
+
+def test_unknown_flags_and_bad_values_are_user_errors():
+    with pytest.raises(UserError, match=r"unrecognized arguments: --bogus"):
+        config.parse_args(["--ds_config", "x", "--bogus", "1"])
+    with pytest.raises(UserError, match=r"argument -b/--micro_batch_size: invalid int value: 'four'"):
+        config.parse_args(["--ds_config", "x", "-b", "four"])
+    with pytest.raises(UserError, match=r"the following arguments are required: --ds_config"):
+        config.parse_args([])
+
+
+@pytest.mark.parametrize("name", ["gpt2_124M", "gpt2_350M", "gpt2_774M", "gpt2_1558M", "gpt3_125M", "gpt3", "quickstart"])
+def test_shipped_configs_resolve_to_llmc_batches(name):
+    llmc = {"gpt2_124M": (64, 1024, 524288), "gpt2_350M": (64, 1024, 524288), "gpt2_774M": (32, 1024, 524288),
+            "gpt2_1558M": (16, 1024, 1048576), "gpt3_125M": (32, 2048, 524288), "gpt3": (32, 2048, 524288),
+            "quickstart": (4, 64, 4 * 64 * 8)}  # quickstart: llm.c's default B and -d = B*T*world
+    B, T, total = llmc[name]
+    args = config.parse_args(["--ds_config", f"ds_configs/{name}.json", "-t", str(T), "-e", "gpt3:c768" if T == 2048 else "d12"])
+    run, ds, notes = config.resolve(args, 8, True)
+    assert (run.B, run.total_batch_size) == (B, total) and notes == []
+    assert run.zero_stage == 1 and run.bf16 and run.recompute == 0

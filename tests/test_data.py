@@ -1,0 +1,124 @@
+"""The shard reader and the distributed loader: llm.c's batches, exact state restore, one-line errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TRAIN_SHARD, VAL_SHARD, shared_path
+from ds_train.data import HEADER_BYTES, ShardLoader, read_shard, read_shard_header, write_shard
+from ds_train.errors import UserError
+
+REFERENCE = os.path.join(REPO, "tests", "fixtures", "llmc_loader_reference.json")
+
+
+def test_loader_serves_llmc_batches(tmp_path):
+    """Same files, B, T and world size -> the same batches as llm.c's C loader, rank by rank, across epochs."""
+    train = shared_path("llmc", "tinyshakespeare", "tiny_shakespeare_train.bin")
+    val = shared_path("llmc", "tinyshakespeare", "tiny_shakespeare_val.bin")
+    ref = json.load(open(REFERENCE))
+    tokens = np.array(read_shard(train))
+    cuts = ref["split_points"]
+    for i in range(len(cuts) - 1):  # the same three-way split llm.c was run on
+        write_shard(str(tmp_path / f"ts_{i:06d}.bin"), tokens[cuts[i]:cuts[i + 1]])
+    patterns = {"train": train, "val": val, "split/ts_*.bin": str(tmp_path / "ts_*.bin")}
+    for case in ref["cases"]:
+        pattern = patterns[case["pattern"]]
+        for rank in range(case["world"]):
+            loader = ShardLoader(pattern, case["B"], case["T"], rank, case["world"], bool(case["shuffle"]))
+            for n, (file_index, offset, first_input, last_target) in enumerate(case["batches"][str(rank)]):
+                x, y = loader.next_batch()
+                file_tokens = read_shard(loader.files[file_index])
+                assert loader.shard_order[loader.shard_pos] == file_index, (case["name"], rank, n)
+                assert (int(x[0, 0]), int(y[-1, -1])) == (first_input, last_target), (case["name"], rank, n)
+                window = np.asarray(file_tokens[offset:offset + case["B"] * case["T"] + 1], dtype=np.int64)
+                assert np.array_equal(x.flatten().numpy(), window[:-1]), (case["name"], rank, n)
+                assert np.array_equal(y.flatten().numpy(), window[1:]), (case["name"], rank, n)
+
+
+def test_ranks_read_disjoint_slices_of_each_sample():
+    r0 = ShardLoader(VAL_SHARD, 2, 16, 0, 2, shuffle=False)
+    r1 = ShardLoader(VAL_SHARD, 2, 16, 1, 2, shuffle=False)
+    tokens = np.asarray(read_shard(VAL_SHARD), dtype=np.int64)
+    for step in range(3):
+        (x0, y0), (x1, _) = r0.next_batch(), r1.next_batch()
+        base = step * 2 * 16 * 2
+        assert np.array_equal(x0.flatten().numpy(), tokens[base:base + 32])
+        assert np.array_equal(x1.flatten().numpy(), tokens[base + 32:base + 64])
+        assert np.array_equal(y0.flatten().numpy(), tokens[base + 1:base + 33])
+
+
+def test_state_dict_restores_the_exact_position(tmp_path):
+    tokens = np.asarray(read_shard(TRAIN_SHARD))[:60000]
+    for i, (a, b) in enumerate([(0, 20000), (20000, 45000), (45000, 60000)]):
+        write_shard(str(tmp_path / f"s_{i}.bin"), tokens[a:b])
+    pattern = str(tmp_path / "s_*.bin")
+    loader = ShardLoader(pattern, 4, 64, 1, 2, shuffle=True)
+    per_epoch = loader.samples_per_epoch
+    for _ in range(per_epoch + 7):  # into the second epoch
+        loader.next_batch()
+    state = json.loads(json.dumps(loader.state_dict()))  # survives a round trip through plain JSON
+    expected = [loader.next_batch()[0] for _ in range(per_epoch + 5)]  # across shard and epoch boundaries
+    resumed = ShardLoader(pattern, 4, 64, 1, 2, shuffle=True)
+    resumed.load_state_dict(state)
+    for want in expected:
+        assert np.array_equal(resumed.next_batch()[0].numpy(), want.numpy())
+
+
+def test_state_from_another_layout_is_refused():
+    state = ShardLoader(VAL_SHARD, 4, 64, 0, 1, shuffle=True).state_dict()
+    with pytest.raises(UserError, match="layout"):
+        ShardLoader(VAL_SHARD, 8, 64, 0, 1, shuffle=True).load_state_dict(state)
+
+
+def test_write_then_read_round_trip(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 50257, 1000)
+    path = str(tmp_path / "x.bin")
+    write_shard(path, tokens)
+    assert os.path.getsize(path) == HEADER_BYTES + 2 * 1000
+    assert read_shard_header(path) == 1000
+    assert np.array_equal(np.asarray(read_shard(path)), tokens)
+    assert not os.path.exists(path + ".tmp")
+
+
+def _corrupt(tmp_path, name, header=None, ntok=100, drop=0):
+    path = str(tmp_path / name)
+    write_shard(path, np.arange(ntok) % 50257)
+    data = bytearray(open(path, "rb").read())
+    if header:
+        for index, value in header.items():
+            data[4 * index:4 * index + 4] = np.int32(value).tobytes()
+    open(path, "wb").write(bytes(data[:len(data) - drop]))
+    return path
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(header={0: 12345}), r"bad magic 12345, expected 20240520"),
+    (dict(header={1: 7}), r"unsupported shard version 7, expected 1"),
+    (dict(drop=10), r"header says 100 tokens \(1224 bytes\) but the file has 1214 bytes"),
+    (dict(header={2: 500}), r"header says 500 tokens"),
+])
+def test_bad_shards_get_one_line_errors_naming_the_file(tmp_path, kwargs, message):
+    path = _corrupt(tmp_path, "bad.bin", **kwargs)
+    with pytest.raises(UserError, match=message) as err:
+        ShardLoader(path, 1, 8, 0, 1, shuffle=False)
+    assert str(err.value).startswith(path) and "\n" not in str(err.value)
+
+
+def test_file_shorter_than_a_header(tmp_path):
+    path = tmp_path / "stub.bin"
+    path.write_bytes(b"\x00" * 10)
+    with pytest.raises(UserError, match="10 bytes is shorter than the 1024-byte header"):
+        ShardLoader(str(path), 1, 8, 0, 1, shuffle=False)
+
+
+def test_no_file_matches(tmp_path):
+    with pytest.raises(UserError, match=r"^-j .*nothing_\*\.bin: no file matches this pattern$"):
+        ShardLoader(str(tmp_path / "nothing_*.bin"), 1, 8, 0, 1, shuffle=False, flag="-j")
+
+
+def test_shard_shorter_than_one_sample(tmp_path):
+    path = _corrupt(tmp_path, "short.bin", ntok=200)
+    with pytest.raises(UserError, match=r"200 tokens is shorter than one sample of B\*T\*world\+1 = 257 tokens"):
+        ShardLoader(path, 4, 32, 0, 2, shuffle=False)

@@ -1,0 +1,162 @@
+"""The model: llm.c's shapes, parameter counts and init; causal attention; recompute that saves memory but not results."""
+
+import math
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ds_train.model import GPT, GPTConfig, config_from_descriptor
+
+# REFERENCE.md: descriptor -> (layers, channels, heads, max T)
+SIZES = {
+    "d6": (6, 384, 6, 1024), "d12": (12, 768, 12, 1024), "gpt2:d24": (24, 1024, 16, 1024),
+    "d36": (36, 1280, 20, 1024), "gpt2:d48": (48, 1600, 25, 1024), "d60": (60, 1920, 30, 1024),
+    "d72": (72, 2880, 30, 1024), "d84": (84, 3456, 36, 1024),
+    "gpt3:c384": (6, 384, 6, 2048), "gpt3:c768": (12, 768, 12, 2048), "gpt3:c1024": (24, 1024, 16, 2048),
+    "gpt3:c1536": (24, 1536, 16, 2048), "gpt3:c2048": (24, 2048, 16, 2048), "gpt3:c2560": (32, 2560, 32, 2048),
+    "gpt3:c4096": (32, 4096, 32, 2048), "gpt3:c5120": (40, 5120, 40, 2048), "gpt3:c12288": (96, 12288, 96, 2048),
+    "gpt2:d2:c64:h2": (2, 64, 2, 1024), "gpt3:d3:c96:h4": (3, 96, 4, 2048),
+}
+
+
+@pytest.mark.parametrize("descriptor", SIZES)
+def test_descriptors_give_llmc_shapes_and_counts(descriptor):
+    cfg = config_from_descriptor(descriptor)
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size) == SIZES[descriptor]
+    assert (cfg.vocab_size, cfg.padded_vocab_size) == (50257, 50304)
+    if cfg.n_layer * cfg.n_embd <= 96 * 2048:  # build the big ones without memory
+        with torch.device("meta"):
+            model = GPT(cfg)
+        assert sum(p.numel() for p in model.parameters()) == cfg.num_params
+
+
+def test_d12_parameter_count_is_llmc_s():
+    cfg = config_from_descriptor("d12")
+    assert cfg.num_params == 124_475_904  # llm.c, padded vocabulary
+    assert cfg.num_params - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd == 124_439_808
+    assert sum(p.numel() for p in GPT(cfg).parameters()) == 124_475_904
+
+
+@pytest.mark.parametrize("descriptor, message", [
+    ("d13", "no GPT-2 size has 13 layers"), ("gpt3:c5140", "GPT-3 13B is gpt3:c5120"),
+    ("gpt3:c999", "no GPT-3 size has 999 channels"), ("gpt2:d2:c65:h2", "65 channels must divide into 2 heads"),
+    ("llama", "expected dL or gpt2:dL"),
+])
+def test_bad_descriptors(descriptor, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_descriptor(descriptor)
+
+
+def test_init_follows_llmc():
+    cfg = config_from_descriptor("gpt2:d4:c256:h4")
+    model = GPT(cfg)
+    params = dict(model.named_parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    wte = params["transformer.wte.weight"]
+    assert torch.all(wte[cfg.vocab_size:] == 0)  # padded rows
+    assert wte[:cfg.vocab_size].std().item() == pytest.approx(0.02, rel=0.01)
+    proj = torch.cat([params[f"transformer.h.{i}.{m}.c_proj.weight"].flatten() for i in range(4) for m in ("attn", "mlp")])
+    assert proj.std().item() == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layer), rel=0.02)
+    assert params["transformer.h.0.mlp.c_fc.weight"].std().item() == pytest.approx(0.02, rel=0.02)
+    for name, p in params.items():
+        if name.endswith(".bias"):
+            assert torch.all(p == 0), name
+        elif "ln" in name:
+            assert torch.all(p == 1), name
+
+
+def test_init_is_fixed_by_the_seed():
+    cfg = config_from_descriptor("gpt2:d2:c64:h2")
+    a, b, c = GPT(cfg), GPT(cfg), GPT(cfg, seed=7)
+    torch.manual_seed(123)  # the global RNG does not matter
+    d = GPT(cfg)
+    for (name, pa), pb, pc, pd in zip(a.named_parameters(), b.parameters(), c.parameters(), d.parameters()):
+        assert torch.equal(pa, pb) and torch.equal(pa, pd), name
+    assert not torch.equal(a.transformer.wte.weight, c.transformer.wte.weight)
+
+
+def test_attention_is_causal():
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2")).eval()
+    idx = torch.randint(0, 50257, (2, 16))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 50257
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert a.shape == (2, 16, 50257)
+    assert torch.equal(a[:, :10], b[:, :10]) and not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_loss_is_cross_entropy_over_the_real_vocabulary_and_padding_gets_no_gradient():
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2"))
+    idx, targets = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    loss = model(idx, targets)
+    with torch.no_grad():
+        logits = model(idx)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(math.log(50257), abs=0.1)  # near-uniform at init
+    loss.backward()
+    grad = model.transformer.wte.weight.grad
+    assert torch.all(grad[50257:] == 0) and grad[:50257].abs().sum() > 0
+
+
+def test_param_groups_decay_only_2d_weights():
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2"))
+    decay, no_decay = model.param_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert sorted(names[id(p)] for p in no_decay["params"]) == sorted(
+        n for n, p in model.named_parameters() if n.endswith(".bias") or ".ln_" in n)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def _activation_bytes_and_grads(level):
+    """Memory the forward pass leaves allocated for backward (CPU allocator events), and the gradients."""
+    cfg = GPTConfig(n_layer=3, n_head=4, n_embd=128, vocab_size=128, padded_vocab_size=128)  # blocks dominate
+    model = GPT(cfg, recompute=level)
+    idx = torch.randint(0, 128, (8, 64), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # the first pass includes one-off allocations
+        model.zero_grad()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            loss = model(idx, idx.roll(-1, 1))
+        loss.backward()
+    held = sum(event.self_cpu_memory_usage for event in prof.key_averages())
+    return held, [p.grad.clone() for p in model.parameters()]
+
+
+def test_recompute_levels_hold_less_memory_and_give_identical_gradients():
+    results = {level: _activation_bytes_and_grads(level) for level in (0, 1, 2, 3)}
+    held = [results[level][0] for level in (0, 1, 2, 3)]
+    assert held[0] > held[1] > held[2] > held[3], held
+    per_token_layer = 8 * 64 * 128 * 4 * 3  # bytes of one C-wide fp32 activation, all layers
+    assert held[0] - held[1] >= 2.5 * per_token_layer  # GELU output (4C) no longer kept
+    assert held[1] - held[2] >= 1.5 * per_token_layer  # two LayerNorm outputs (2C) no longer kept
+    for level in (1, 2, 3):
+        for g0, g in zip(results[0][1], results[level][1]):
+            assert torch.equal(g0, g)
+
+
+def test_generate_is_reproducible_and_stays_in_the_vocabulary():
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2")).eval()
+    start = torch.full((1, 1), 50256)
+    a = model.generate(start, 20, torch.Generator().manual_seed(1337))
+    b = model.generate(start, 20, torch.Generator().manual_seed(1337))
+    c = model.generate(start, 20, torch.Generator().manual_seed(1))
+    assert a.shape == (1, 21) and torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.max()) < 50257
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_torch_compile_traces_the_whole_model_and_matches_eager(level):
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2"), recompute=level)
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(0))
+    eager = model(idx, idx.roll(-1, 1))
+    eager.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True)(idx, idx.roll(-1, 1))  # fullgraph: no graph breaks allowed
+    compiled.backward()
+    assert compiled.item() == pytest.approx(eager.item(), abs=1e-5)
+    for g, p in zip(eager_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)

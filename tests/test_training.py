@@ -1,0 +1,180 @@
+"""End to end on CPU: real DeepSpeed, real launches, real shards. Equivalences are checked, not assumed.
+
+All equivalence runs train the same tiny GPT for 8 steps in fp32 on the same tokens (--shuffle 0 reads the
+train shard in order, so different micro-batch and world-size splits of one total batch see the same rows).
+Stated tolerance: every logged loss agrees within 2e-5 (reduction order differs between layouts).
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import subprocess
+
+from ds_train.data import read_shard, write_shard
+from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, TRAIN_SHARD, VAL_SHARD, child_env, free_port, parse, train
+
+TOLERANCE = 2e-5
+STEPS = 8
+# total batch 256 tokens = 8 rows of T=32; lr constant 1e-3 so the trajectory moves
+COMMON = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "1e-3", "--shuffle", 0, "-d", 256, "-s", STEPS, "-g", 24]
+
+_runs = {}
+
+
+def cached(name, args, **kwargs):
+    if name not in _runs:
+        _runs[name] = train(args, **kwargs).check()
+    return _runs[name]
+
+
+def reference():
+    """2 ranks, ZeRO-1, B=4: the run the others are compared with."""
+    return cached("zero1", [*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="deepspeed")
+
+
+def assert_same_training(run, ref=None):
+    ref = ref or reference()
+    assert len(run.losses) == len(ref.losses) == STEPS
+    assert len(run.val_losses) == len(ref.val_losses) == 3  # step 0, step 4, the last step
+    assert run.losses == pytest.approx(ref.losses, abs=TOLERANCE)
+    assert run.val_losses == pytest.approx(ref.val_losses, abs=TOLERANCE)
+    assert run.norms == pytest.approx(ref.norms, abs=1e-3)
+
+
+def test_training_moves_and_is_deterministic():
+    ref = reference()
+    again = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="deepspeed").check()
+    assert again.losses == ref.losses and again.val_losses == ref.val_losses  # bitwise, same layout
+    assert ref.val_losses[-1] < ref.val_losses[0] - 0.3
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_zero_stages_give_the_same_losses(stage):
+    assert_same_training(cached(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage], ranks=2, launcher="deepspeed"))
+
+
+def test_gradient_accumulation_matches_a_bigger_micro_batch():
+    # -m counts micro-batches (as in llm.c): 4 batches of B=2 cover the val tokens of 2 batches of B=4
+    run = cached("accum", [*COMMON, "-b", 2, "-z", 1, "-m", 4], ranks=2, launcher="deepspeed")
+    assert "| grad_accum_steps      | 2 " in run.stdout
+    assert_same_training(run)
+
+
+def test_one_rank_matches_two_ranks_at_the_same_total_batch():
+    run = cached("one_rank", [*COMMON, "-b", 4, "-z", 1, "-m", 4], ranks=1, launcher="python")
+    assert "| num_processes         | 1 " in run.stdout and "| grad_accum_steps      | 2 " in run.stdout
+    assert_same_training(run)
+
+
+@pytest.mark.parametrize("stage, level", [(3, 2), (1, 1)])
+def test_recompute_levels_give_the_same_losses(stage, level):
+    ref = cached(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage], ranks=2, launcher="deepspeed")
+    run = train([*COMMON, "-b", 4, "-z", stage, "-r", level], ranks=2, launcher="deepspeed").check()
+    assert f"| recompute             | {level} " in run.stdout
+    assert_same_training(run, ref)
+
+
+def test_json_activation_checkpointing_section_is_applied(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "activation_checkpointing": {"cpu_checkpointing": False}}))
+    run = train([*COMMON, "-b", 4, "-o", tmp_path / "out"], ranks=2, launcher="deepspeed", ds_config=str(ds)).check()
+    saved = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert saved["recompute"] == 3 and "whole blocks" in run.stdout
+    assert "activation_checkpointing" in json.loads((tmp_path / "out" / "ds_config.json").read_text())
+    assert_same_training(run, cached("zero3", [*COMMON, "-b", 4, "-z", 3], ranks=2, launcher="deepspeed"))
+
+
+def test_bf16_trains_on_cpu_close_to_fp32(tmp_path):
+    ds = tmp_path / "bf16.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
+    short = ["-e", "gpt2:d2:c64:h2", "-t", 16, "-b", 2, "-x", 3, "-v", 100, "-m", 1, "-s", 0, "-r", 0, "-l", "1e-3", "--shuffle", 0]
+    bf16 = train(short, ranks=2, launcher="deepspeed", ds_config=str(ds)).check()
+    fp32 = train(short, ranks=2, launcher="deepspeed").check()
+    assert "bf16 (fp32 master weights)" in bf16.stdout
+    assert bf16.losses == pytest.approx(fp32.losses, abs=5e-3)
+    assert bf16.losses != fp32.losses  # it really ran in bf16
+
+
+def test_loss_falls_on_tinyshakespeare(tmp_path):
+    run = train(["-e", "gpt2:d2:c128:h4", "-i", TRAIN_SHARD, "-j", VAL_SHARD, "-t", 64, "-b", 8, "-x", 60,
+                 "-l", "3e-3", "-u", 10, "-q", 0.1, "-v", 30, "-m", 4, "-s", 60, "-g", 16, "-r", 0,
+                 "-o", tmp_path], launcher="python").check()
+    assert run.val_losses[0] > 10.5  # ln(50257) = 10.8 at init
+    assert run.val_losses[-1] < 7.0  # the unigram statistics alone get below 7.5
+    assert run.val_losses == sorted(run.val_losses, reverse=True)
+    assert sum(run.losses[-5:]) / 5 < sum(run.losses[:5]) / 5 - 3.0
+    assert "generating:\n---\n" in run.stdout
+
+
+def test_overfitting_one_batch_drives_the_loss_down():
+    run = train([*TINY, "-b", 4, "-x", 40, "-a", 1, "-l", "3e-3", "-v", 1000, "-m", 1], launcher="python").check()
+    assert "| overfit_single_batch  | 1 " in run.stdout and "| shuffle               | 0 " in run.stdout
+    assert run.losses[-1] < 2.0 and run.losses[0] > 10.5  # memorised; real training is near 10 after 40 steps
+
+
+def test_one_epoch_logs_and_saved_config(tmp_path):
+    """-x -1 trains one epoch; main.log has llm.c's lines; the effective config lands in -o."""
+    shard, out = tmp_path / "small_train.bin", tmp_path / "run"
+    write_shard(str(shard), np.asarray(read_shard(TRAIN_SHARD))[:8500])
+    run = train(["-e", "gpt2:d2:c64:h2", "-t", 64, "-i", shard, "-b", 16, "-x", -1, "-v", 4, "-m", 2, "-s", 4,
+                 "-g", 8, "-o", out], launcher="python").check()
+    steps = 8500 // (16 * 64)  # llm.c: train tokens // tokens per step
+    assert f"| train_num_batches     | {steps} " in run.stdout and len(run.losses) == steps
+    lines = (out / "main.log").read_text().splitlines()
+    train_lines = [line for line in lines if " trl:" in line]
+    val_lines = [line for line in lines if " tel:" in line]
+    assert len(train_lines) == steps and [line.split()[0] for line in val_lines] == ["s:0", "s:4", f"s:{steps}"]
+    assert all(re.fullmatch(r"s:\d+ trl:\d+\.\d{4} lr:\d\.\d{6} norm:\d+\.\d{2}", line) for line in train_lines)
+    assert train_lines[0].startswith("s:0 trl:") and train_lines[-1].startswith(f"s:{steps - 1} trl:")
+    assert float(val_lines[-1].split("tel:")[1]) == pytest.approx(run.val_losses[-1], abs=1e-4)
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["train_micro_batch_size_per_gpu"] == 16 and ds["optimizer"]["params"]["betas"] == [0.9, 0.95]
+    assert json.loads((out / "run_config.json").read_text())["model"]["num_params"] == 3_385_088
+    assert run.stdout.count("generating:") == 2  # at step 4 and at the end
+
+
+def test_rerun_with_y0_truncates_main_log(tmp_path):
+    args = [*TINY, "-b", 4, "-x", 3, "-v", 100, "-m", 1, "-o", tmp_path]
+    train(args, launcher="python").check()
+    train(args, launcher="python").check()
+    log = (tmp_path / "main.log").read_text().splitlines()
+    assert [l.split()[0] for l in log] == ["s:0", "s:0", "s:1", "s:2", "s:3"]
+
+
+def sample(run) -> str:
+    return run.stdout.split("generating:\n---\n")[1].split("\n---")[0]
+
+
+def test_samples_are_seeded_and_work_when_zero3_shards_the_weights():
+    zero3 = cached("zero3", [*COMMON, "-b", 4, "-z", 3], ranks=2, launcher="deepspeed")  # all ranks join each forward
+    assert len(sample(reference())) > 20 and sample(reference()) == sample(zero3)
+
+
+def test_two_nodes_from_a_hostfile_agree_with_one_node(tmp_path):
+    """Two "nodes" on this machine, each started by hand with the deepspeed launcher (--no_ssh --node_rank)."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = free_port()
+    launch = lambda node: [os.path.join(BIN, "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank",
+                           str(node), "--master_addr", "127.0.0.1", "--master_port", str(port), MAIN,
+                           "--ds_config", CPU_CONFIG, *map(str, [*COMMON, "-b", 4, "-z", 1])]
+    env = child_env(threads=1)
+    nodes = [subprocess.Popen(launch(node), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for node in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert "nnodes=2, num_local_procs=1, node_rank=1" in outputs[1][1] + outputs[1][0]
+    run = parse(subprocess.CompletedProcess([], 0, *outputs[0]))
+    assert "| num_processes         | 2 " in run.stdout
+    assert_same_training(run)
+    assert sample(run) == sample(reference())
+
+
+def test_mpirun_discovers_ranks_through_mpi4py():
+    run = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="mpirun").check()
+    assert "| num_processes         | 2 " in run.stdout
+    assert_same_training(run)
