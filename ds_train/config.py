@@ -196,9 +196,9 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
 
     path = args.ds_config
     ds = copy.deepcopy(load_json(path))
+    _check_json_types(ds, path)
     merge = _Merge()
     zero = ds.get("zero_optimization", {})
-    _check(isinstance(zero, dict), f"--ds_config {path}: zero_optimization must be an object")
     optimizer = ds.get("optimizer", {"type": "AdamW", "params": {}})
     opt_params = optimizer.get("params", {})
 
@@ -250,6 +250,22 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         bf16=bf16)
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes
+
+
+def _check_json_types(ds: dict, path: str):
+    """The sections and numbers ds_train reads must have the right JSON type before anything reads them."""
+    for key in ("zero_optimization", "optimizer", "bf16", "fp16", "activation_checkpointing", "data_types"):
+        _check(isinstance(ds.get(key, {}), dict), f"--ds_config {path}: \"{key}\" must be an object, got {ds.get(key)!r}")
+    _check(isinstance(ds.get("optimizer", {}).get("params", {}), dict), f"--ds_config {path}: optimizer.params must be an object")
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+        value = ds.get(key, 1)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+               f"--ds_config {path}: {key} must be a positive integer, got {value!r}")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    _check(stage in (0, 1, 2, 3) and not isinstance(stage, bool), f"--ds_config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    for key in ("lr", "weight_decay"):
+        value = ds.get("optimizer", {}).get("params", {}).get(key, 0.0)
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"--ds_config {path}: optimizer.params.{key} must be a number, got {value!r}")
 
 
 def _json_total_tokens(ds: dict, path: str, T: int, world_size: int):

@@ -9,6 +9,7 @@ Flags are llm.c's (train_gpt2cu); `--help` lists them with their long names.
 
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -33,8 +34,8 @@ def _cuda_arch_list_for_deepspeed():
     """DeepSpeed 0.19 cannot parse arch names such as "9.0a" in TORCH_CUDA_ARCH_LIST when it JIT-builds
     FusedAdam; hand it the plain architectures (the suffix only adds Hopper-only instructions it does not use)."""
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
-    plain = " ".join(a.rstrip("abf") for a in archs.replace(";", " ").split())
-    if plain != " ".join(archs.replace(";", " ").split()):
+    plain = re.sub(r"(\d+\.\d+)[a-z]\b", r"\1", archs)
+    if plain != archs:
         distributed.print0(f"note: TORCH_CUDA_ARCH_LIST={archs!r} -> {plain!r} for DeepSpeed's op builds")
         os.environ["TORCH_CUDA_ARCH_LIST"] = plain
 

@@ -145,6 +145,11 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     ([], {"train_batch_size": 10, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2},
      r"train_batch_size 10 != train_micro_batch_size_per_gpu 2 x gradient_accumulation_steps 2 x world size 2"),
     (["-r", "1", "-z", "3"], {"zero_optimization": {"memory_efficient_linear": True}}, r"memory_efficient_linear true gives wrong gradients"),
+    ([], {"bf16": True}, r"\"bf16\" must be an object, got True"),
+    ([], {"zero_optimization": 2}, r"\"zero_optimization\" must be an object, got 2"),
+    ([], {"train_micro_batch_size_per_gpu": "16"}, r"train_micro_batch_size_per_gpu must be a positive integer, got '16'"),
+    ([], {"zero_optimization": {"stage": "3"}}, r"zero_optimization.stage must be 0, 1, 2 or 3, got '3'"),
+    ([], {"optimizer": {"type": "AdamW", "params": {"lr": "1e-3"}}}, r"optimizer.params.lr must be a number, got '1e-3'"),
 ])
 def test_bad_settings_get_one_line_errors(tmp_path, argv, ds, message):
     with pytest.raises(UserError, match=message) as err:

@@ -19,8 +19,9 @@ from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, TRAIN_SHARD, VAL_SHARD, 
 
 TOLERANCE = 2e-5
 STEPS = 8
-# total batch 256 tokens = 8 rows of T=32; lr constant 1e-3 so the trajectory moves
-COMMON = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "1e-3", "--shuffle", 0, "-d", 256, "-s", STEPS, "-g", 24]
+# total batch 256 tokens = 8 rows of T=32; the lr warms up and decays, so every step sets a new rate
+COMMON = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "2e-3", "-u", 2, "-q", 0.1, "--shuffle", 0, "-d", 256,
+          "-s", STEPS, "-g", 24]
 
 _runs = {}
 
@@ -50,6 +51,17 @@ def test_training_moves_and_is_deterministic():
     again = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="deepspeed").check()
     assert again.losses == ref.losses and again.val_losses == ref.val_losses  # bitwise, same layout
     assert ref.val_losses[-1] < ref.val_losses[0] - 0.3
+
+
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_the_schedule_reaches_the_optimizer(stage):
+    """The lr ds_train sets each step is the one the optimizer applies, whatever DeepSpeed wraps it in:
+    a longer warmup (smaller first updates) must change the losses, step by step as the rates differ."""
+    ref = cached(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage], ranks=2, launcher="deepspeed")
+    slow = train([*COMMON, "-b", 4, "-z", stage, "-u", 6], ranks=2, launcher="deepspeed").check()
+    assert slow.lrs == pytest.approx([2e-3 * (s + 1) / 6 for s in range(6)] + [2e-3, 2e-3 * (0.1 + 0.9 * 0.5)], rel=1e-2)
+    assert slow.losses[0] == ref.losses[0]  # the first loss is before any update
+    assert all(a > b for a, b in zip(slow.losses[1:4], ref.losses[1:4]))  # smaller steps, slower descent
 
 
 @pytest.mark.parametrize("stage", [0, 2, 3])
