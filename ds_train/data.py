@@ -50,18 +50,47 @@ def read_shard(path: str) -> np.ndarray:
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(ntok,))
 
 
+class ShardWriter:
+    """Appends tokens to one llm.c shard. The shard is built in `path.tmp` and renamed to `path` only when
+    closed, so a crash never leaves a file at `path` that looks valid but is not whole."""
+
+    def __init__(self, path: str):
+        self.path, self.tokens = path, 0
+        self.file = open(f"{path}.tmp", "wb")
+        self.file.write(bytes(HEADER_BYTES))  # the header, with the count, is written on close
+
+    def write(self, tokens):
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+            raise ValueError(f"{self.path}: token ids must fit in uint16")
+        self.file.write(tokens.astype("<u2").tobytes())
+        self.tokens += tokens.size
+
+    def close(self):
+        header = np.zeros(HEADER_INTS, dtype="<i4")
+        header[:3] = (SHARD_MAGIC, SHARD_VERSION, self.tokens)
+        self.file.seek(0)
+        self.file.write(header.tobytes())
+        self.file.close()
+        os.replace(f"{self.path}.tmp", self.path)
+
+
 def write_shard(path: str, tokens) -> None:
-    """Write tokens as an llm.c shard, through a temporary file so a crash never leaves a valid-looking half."""
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise ValueError(f"{path}: token ids must fit in uint16")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype("<u2").tobytes())
-    os.replace(tmp, path)
+    """Write tokens as one llm.c shard (through a temporary file)."""
+    writer = ShardWriter(path)
+    writer.write(tokens)
+    writer.close()
+
+
+def writable_dir(path: str, flag: str):
+    """Create `path` if needed and check that files can be written there."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write_test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write there: {e.strerror}") from None
 
 
 def find_shards(pattern: str, flag: str) -> list:

@@ -3,7 +3,7 @@
 import torch
 
 from ds_train.distributed import all_reduce_mean
-from ds_train.tokenizer import EOT, gpt2_tokenizer
+from ds_train.tokenizer import EOT, decode
 
 
 @torch.no_grad()
@@ -28,4 +28,4 @@ def sample_text(engine, new_tokens: int, seed: int = 1337) -> str:
     start = torch.full((1, 1), EOT, dtype=torch.long, device=engine.device)
     tokens = engine.module.generate(start, new_tokens, torch.Generator().manual_seed(seed))
     engine.train()
-    return gpt2_tokenizer().decode(tokens[0, 1:].tolist())
+    return decode(tokens[0, 1:].tolist())

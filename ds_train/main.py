@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 import torch
 
 from ds_train import config, distributed, metrics
-from ds_train.data import ShardLoader
+from ds_train.data import ShardLoader, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import sample_text, val_loss
 from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
@@ -124,7 +124,7 @@ def train(argv=None):
         raise UserError(f"-u {run.warmup_steps}: warmup must be shorter than the {num_steps} training steps for -k {run.lr_schedule}")
     val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
     if run.output_dir and place.rank == 0:
-        metrics.prepare_output_dir(run.output_dir)
+        writable_dir(run.output_dir, "-o")
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0)
 
     distributed.init_process_group(place)

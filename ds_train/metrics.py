@@ -40,16 +40,6 @@ class MainLog:
         self._write(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
 
 
-def prepare_output_dir(output_dir: str):
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        probe = os.path.join(output_dir, ".write_test")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"-o {output_dir}: cannot write there: {e.strerror}") from None
-
-
 def save_config(output_dir: str, name: str, config: dict):
     with open(os.path.join(output_dir, name), "w") as f:
         json.dump(config, f, indent=2)
