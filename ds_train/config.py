@@ -12,13 +12,15 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from ds_train.errors import UserError
+from ds_train import convert
+from ds_train.errors import UserError, usage_error
 from ds_train.model import RECOMPUTE_LEVELS, GPTConfig, config_from_descriptor
 from ds_train.schedule import SCHEDULES
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEFAULT_TRAIN = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_train.bin")
 DEFAULT_VAL = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_val.bin")
+DEFAULT_HELLASWAG = os.path.join(ASSETS, "hellaswag", "hellaswag_val.jsonl.gz")
 ADAMW_DEFAULTS = {"betas": [0.9, 0.95], "eps": 1e-8}  # llm.c's fixed AdamW
 ACTIVATION_CHECKPOINTING_DEFAULTS = {"partition_activations": False, "cpu_checkpointing": False,
                                      "contiguous_memory_optimization": False,
@@ -30,7 +32,8 @@ FLAGS = [
     ("Data and output", [
         ("-i", "--train_data", str, DEFAULT_TRAIN, "GLOB", "train shard glob (default: the shipped tinyshakespeare)"),
         ("-j", "--val_data", str, DEFAULT_VAL, "GLOB", "val shard glob (default: the shipped tinyshakespeare)"),
-        ("-e", "--init", str, "d12", "MODEL", "model descriptor: d12, gpt2:d24, gpt3:c768, gpt2:dL:cC:hH"),
+        ("-e", "--init", str, "d12", "MODEL", "a descriptor (d12, gpt2:d24, gpt3:c768, gpt2:dL:cC:hH) or weights to "
+                                              "start from: an llm.c model .bin, a Hugging Face GPT-2 folder, a ds_train checkpoint"),
         ("-o", "--output_dir", str, None, "DIR", "where main.log and the effective config go (default: none)"),
         ("-n", "--checkpoint_every", int, 0, "N", "checkpoint every N steps (0 = never)"),
         ("-nk", "--checkpoints_keep", int, 0, "K", "keep the last k checkpoints (0 = all)"),
@@ -59,7 +62,9 @@ FLAGS = [
         ("-m", "--val_max_steps", int, 20, "N", "val batches per evaluation (-1 = the whole split)"),
         ("-s", "--sample_every", int, 20, "N", "print a sample every N steps and at the end (0 = never)"),
         ("-g", "--gen_tokens", int, 64, "N", "tokens to sample"),
-        ("-h", "--hellaswag", int, 0, "0|1", "1 = HellaSwag eval every -v steps"),
+        ("-h", "--hellaswag", int, 0, "0|1", "1 = HellaSwag eval every -v steps and at the end"),
+        (None, "--hellaswag_data", str, DEFAULT_HELLASWAG, "PATH", "HellaSwag val: jsonl(.gz) or llm.c's eval .bin "
+                                                                    "(default: the copy shipped with ds_train)"),
     ]),
     ("Memory and speed", [
         ("-z", "--zero_stage", int, None, "0-3", "ZeRO stage 0-3 (JSON: zero_optimization.stage; default 0)"),
@@ -69,10 +74,9 @@ FLAGS = [
     ]),
 ]
 NOT_YET = {  # flag: (value that needs no implementation, what is missing)
-    "checkpoint_every": (0, "checkpointing"), "checkpoints_keep": (0, "checkpoint retention"),
+    "checkpoints_keep": (0, "checkpoint retention"),
     "major_checkpoint_every": (0, "checkpoint retention"), "resume": (0, "resuming"),
     "skip_loss_z": (0.0, "outlier update skipping"), "skip_grad_z": (0.0, "outlier update skipping"),
-    "hellaswag": (0, "HellaSwag evaluation"),
 }
 
 
@@ -105,12 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
-    parser.error = lambda message: _raise(f"{message} (see --help)")
+    parser.error = usage_error
     return parser.parse_args(argv)
-
-
-def _raise(message):
-    raise UserError(message)
 
 
 @dataclass
@@ -120,6 +120,7 @@ class RunConfig:
     train_data: str
     val_data: str
     init: str
+    init_from_file: bool  # -e names weights to start from rather than a descriptor
     model: GPTConfig
     output_dir: str
     B: int
@@ -137,6 +138,9 @@ class RunConfig:
     weight_decay: float
     val_every: int
     val_max_steps: int
+    hellaswag: bool
+    hellaswag_data: str
+    checkpoint_every: int
     sample_every: int
     gen_tokens: int
     zero_stage: int
@@ -187,12 +191,14 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     """-> (RunConfig, effective DeepSpeed config dict, notes). Raises UserError on any bad or conflicting setting."""
     for name, (inert, what) in NOT_YET.items():
         _check(getattr(args, name) == inert, f"{flag_names(name)} {getattr(args, name)}: {what} is not implemented yet in ds_train")
-    if args.init.endswith(".bin"):
-        raise UserError(f"-e {args.init}: starting from an llm.c model file is not implemented yet; use a descriptor such as d12")
-    try:
-        model = config_from_descriptor(args.init)
-    except ValueError as e:
-        raise UserError(f"-e {args.init}: {e}") from None
+    init_from_file = convert.is_model_path(args.init)
+    if init_from_file:
+        model = convert.read_config(args.init, "-e")
+    else:
+        try:
+            model = config_from_descriptor(args.init)
+        except ValueError as e:
+            raise UserError(f"-e {args.init}: {e}") from None
 
     path = args.ds_config
     ds = copy.deepcopy(load_json(path))
@@ -205,7 +211,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     B = merge("-b", args.micro_batch_size, "train_micro_batch_size_per_gpu", ds.get("train_micro_batch_size_per_gpu"), 4)
     T = args.seq_len
     _check(B >= 1, f"-b {B}: the micro-batch must be at least 1")
-    _check(1 <= T <= model.block_size, f"-t {T}: the sequence length must be between 1 and the model's {model.block_size} ({args.init})")
+    _check(1 <= T <= model.block_size, f"-t {T}: the sequence length must be between 1 and the model's {model.block_size} (-e {args.init})")
     tokens_per_micro_step = B * T * world_size
     total = merge("-d", args.total_batch_size, "train_batch_size x T", _json_total_tokens(ds, path, T, world_size), tokens_per_micro_step)
     _check(total > 0 and total % tokens_per_micro_step == 0,
@@ -238,15 +244,21 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.shuffle in (0, 1), f"--shuffle {args.shuffle}: expected 0 or 1")
     _check(args.gelu_fusion in (-1, 0, 1, 2), f"-ge {args.gelu_fusion}: expected -1, 0, 1 or 2")
     _check(args.output_dir is None or not os.path.isfile(args.output_dir), f"-o {args.output_dir}: is a file, expected a directory")
+    _check(args.hellaswag in (0, 1), f"-h {args.hellaswag}: expected 0 or 1")
+    _check(args.checkpoint_every >= 0, f"-n {args.checkpoint_every}: expected 0 (never) or a number of steps")
+    _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
+    _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
+           f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
 
     overfit = bool(args.overfit_single_batch)
     run = RunConfig(
         ds_config_path=path, train_data=args.val_data if overfit else args.train_data, val_data=args.val_data,
-        init=args.init, model=model, output_dir=args.output_dir, B=B, T=T, world_size=world_size,
+        init=args.init, init_from_file=init_from_file, model=model, output_dir=args.output_dir, B=B, T=T, world_size=world_size,
         total_batch_size=total, grad_accum=grad_accum, max_steps=args.max_steps,
         shuffle=bool(args.shuffle) and not overfit, overfit_single_batch=overfit, lr_schedule=args.lr_schedule,
         learning_rate=lr, warmup_steps=args.warmup_steps, final_lr_frac=args.final_lr_frac,
         weight_decay=weight_decay, val_every=args.val_every, val_max_steps=args.val_max_steps,
+        hellaswag=bool(args.hellaswag), hellaswag_data=args.hellaswag_data, checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         bf16=bf16)
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes

@@ -7,3 +7,8 @@ file or flag at fault and say what was expected.
 
 class UserError(Exception):
     pass
+
+
+def usage_error(message: str):
+    """argparse's error hook for ds_train's commands: a UserError instead of argparse's exit."""
+    raise UserError(f"{message} (see --help)")

@@ -90,6 +90,13 @@ def write_eval_file(path: str, examples: list):
     os.replace(path + ".tmp", path)
 
 
+def load_rendered(path: str) -> list:
+    """HellaSwag as token lists, from the jsonl (optionally gzipped) or from llm.c's eval .bin."""
+    if path.endswith(".bin"):
+        return read_eval_file(path)
+    return [render(example) for example in load_examples(path)]
+
+
 def read_eval_file(path: str) -> list:
     """The examples of an llm.c eval .bin as Rendered, in file order (checked as llm.c's loader checks)."""
     data = np.fromfile(path, dtype="<u2")

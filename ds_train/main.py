@@ -13,16 +13,18 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import asdict
 
 if __package__ in (None, ""):  # run as a script: import the package from the repo, not this folder's modules
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 
-from ds_train import config, distributed, metrics
+from ds_train import checkpoint, config, convert, distributed, metrics
 from ds_train.data import ShardLoader, writable_dir
 from ds_train.errors import UserError
-from ds_train.evals import sample_text, val_loss
+from ds_train.evals import hellaswag, sample_text, val_loss
+from ds_train.hellaswag import load_rendered
 from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
 from ds_train.schedule import learning_rate
 
@@ -46,6 +48,9 @@ def build_engine(run: config.RunConfig, ds_config: dict):
 
     _cuda_arch_list_for_deepspeed()
     model = GPT(run.model, recompute=run.recompute)
+    if run.init_from_file:
+        _, weights = convert.load_weights(run.init, "-e")
+        model.load_state_dict(weights)
     if run.zero_stage == 3:  # gather each block's parameters at once, outside its recompute region
         deepspeed.utils.set_z3_leaf_modules(model, [Block])
     if run.recompute == 3:  # DeepSpeed parses this section but leaves applying it to the model
@@ -123,6 +128,7 @@ def train(argv=None):
     if run.lr_schedule in ("cosine", "linear") and run.warmup_steps >= num_steps:
         raise UserError(f"-u {run.warmup_steps}: warmup must be shorter than the {num_steps} training steps for -k {run.lr_schedule}")
     val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
+    hellaswag_examples = load_rendered(run.hellaswag_data) if run.hellaswag else None
     if run.output_dir and place.rank == 0:
         writable_dir(run.output_dir, "-o")
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0)
@@ -143,15 +149,29 @@ def train(argv=None):
     peak = metrics.peak_bf16_flops(device) if run.bf16 and torch.cuda.is_available() else None
     flops_per_step = run.model.flops_per_token(run.T) * run.B * run.T * run.grad_accum  # per GPU, as llm.c counts
     throughput = metrics.Throughput()
+    monitor = metrics.Monitor(engine)
     for step in range(num_steps + 1):
         last_step = step == num_steps
         if step % run.val_every == 0 or last_step:
-            loss = val_loss(engine, val_loader, val_batches)
+            loss = val_loss(engine.module, val_loader, val_batches)
             print0(f"val loss {loss:.6f}")
             log.val(step, loss)
+            monitor.log(step, **{"Val/loss": loss})
+        if hellaswag_examples and ((step > 0 and step % run.val_every == 0) or last_step):
+            start = time.perf_counter()
+            result = hellaswag(engine.module, hellaswag_examples, token_budget=run.B * run.T)
+            print0(f"HellaSwag: {result.correct_norm}/{result.total} = {result.acc_norm:.6f} (acc_norm), "
+                   f"acc {result.acc:.6f}, {time.perf_counter() - start:.1f} s")
+            log.eval(step, result.acc_norm)
+            monitor.log(step, **{"Eval/hellaswag_acc_norm": result.acc_norm, "Eval/hellaswag_acc": result.acc})
         if run.sample_every > 0 and ((step > 0 and step % run.sample_every == 0) or last_step):
-            text = sample_text(engine, run.gen_tokens)
+            text = sample_text(engine.module, run.gen_tokens)
             print0(f"generating:\n---\n{text}\n---")
+        if run.checkpoint_every and ((step > 0 and step % run.checkpoint_every == 0) or last_step):
+            checkpoint.save(engine, run.output_dir, step, {
+                "step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
+                "train_loader": train_loader.state_dict(), "run": run.to_dict()})
+            print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")
         if last_step:
             break
         if run.overfit_single_batch:
@@ -166,6 +186,9 @@ def train(argv=None):
         mfu = flops_per_step / seconds / peak if peak else None
         print0(metrics.step_line(step + 1, num_steps, loss, norm, lr, 1000 * seconds, tokens_per_s, mfu))
         log.train(step, loss, lr, norm)
+        memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        monitor.log(step, **{"Train/loss": loss, "Train/lr": lr, "Train/grad_norm": norm, "Train/tokens_per_s": tokens_per_s,
+                             "Train/mfu": mfu, "Train/peak_memory_GiB": memory})
     summary = f"total average iteration time: {throughput.mean_step_ms():.2f} ms"
     if torch.cuda.is_available():
         summary += f" | peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"

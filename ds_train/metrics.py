@@ -39,6 +39,22 @@ class MainLog:
     def train(self, step: int, loss: float, lr: float, norm: float):
         self._write(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
 
+    def eval(self, step: int, acc_norm: float):
+        self._write(f"s:{step} eval:{acc_norm:.4f}")
+
+
+class Monitor:
+    """ds_train's figures through DeepSpeed's monitor: whatever the JSON enables (tensorboard, csv_monitor,
+    wandb, comet), written by rank 0, against the optimizer step."""
+
+    def __init__(self, engine):
+        self.monitor = engine.monitor if engine.monitor.enabled else None
+
+    def log(self, step: int, **values):
+        events = [(name, float(value), step) for name, value in values.items() if value is not None]
+        if self.monitor and events:
+            self.monitor.write_events(events)
+
 
 def save_config(output_dir: str, name: str, config: dict):
     with open(os.path.join(output_dir, name), "w") as f:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ds_train import sources
 from ds_train.data import ShardWriter, read_shard_header, write_shard, writable_dir
-from ds_train.errors import UserError
+from ds_train.errors import UserError, usage_error
 from ds_train.hellaswag import load_examples, write_eval_file
 from ds_train.tokenizer import encode_document
 
@@ -269,10 +269,6 @@ RECIPES = {"fineweb": prepare_fineweb, "edu_fineweb": prepare_fineweb, "tinyshak
            "tinystories": prepare_tinystories, "hellaswag": prepare_hellaswag}
 
 
-def _usage_error(message: str):
-    raise UserError(f"{message} (see --help)")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ds_train.prepare", allow_abbrev=False,
                                      description="Prepare llm.c token shards (GPT-2 tokens) for training.")
@@ -286,7 +282,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tokens per shard (fineweb, edu_fineweb); default 1e8 as llm.c")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), metavar="N",
                         help="tokenizer processes (default: all cores)")
-    parser.error = _usage_error
+    parser.error = usage_error
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS:
         raise UserError(f"unknown dataset {args.dataset!r}; expected one of {', '.join(DATASETS)}")

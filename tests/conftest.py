@@ -1,10 +1,13 @@
 """Helpers for running ds_train for real: as a plain process, under the deepspeed launcher, or under mpirun."""
 
+import atexit
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 import pytest
@@ -48,6 +51,7 @@ class Run:
     norms: list = field(default_factory=list)
     lrs: list = field(default_factory=list)
     val_losses: list = field(default_factory=list)
+    output_dir: str = None
 
     def check(self):
         assert self.returncode == 0, f"run failed ({self.returncode}):\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}"
@@ -93,3 +97,28 @@ def train(args, ranks: int = 1, launcher: str = "python", ds_config: str = CPU_C
         raise ValueError(launcher)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     return parse(proc)
+
+
+# Runs shared by the tests that compare with them: each is made once per session, its -o under RUNS_DIR.
+RUNS_DIR = tempfile.mkdtemp(prefix="ds_train_test_runs_")
+atexit.register(shutil.rmtree, RUNS_DIR, ignore_errors=True)
+_runs = {}
+
+STEPS = 8
+# the equivalence runs: total batch 256 tokens = 8 rows of T=32; the lr warms up and decays, so every step
+# sets a new rate; a checkpoint at the end (-n) for the export tests
+COMMON = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "2e-3", "-u", 2, "-q", 0.1, "--shuffle", 0, "-d", 256,
+          "-s", STEPS, "-g", 24]
+
+
+def cached_train(name: str, args, **kwargs) -> Run:
+    if name not in _runs:
+        out = os.path.join(RUNS_DIR, name)
+        _runs[name] = train([*args, "-o", out], **kwargs).check()
+        _runs[name].output_dir = out
+    return _runs[name]
+
+
+def zero_run(stage: int) -> Run:
+    """2 ranks, ZeRO `stage`, B=4, checkpointed at its last step."""
+    return cached_train(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage, "-n", STEPS], ranks=2, launcher="deepspeed")

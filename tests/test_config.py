@@ -119,7 +119,7 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
 
 @pytest.mark.parametrize("argv, ds, message", [
     (["-d", "1000", "-b", "4", "-t", "64"], {}, r"-d 1000: the total batch must be a positive multiple of B\*T\*world = 4\*64\*2 = 512"),
-    (["-t", "2048", "-e", "d12"], {}, r"-t 2048: the sequence length must be between 1 and the model's 1024 \(d12\)"),
+    (["-t", "2048", "-e", "d12"], {}, r"-t 2048: the sequence length must be between 1 and the model's 1024 \(-e d12\)"),
     (["-b", "0"], {}, r"-b 0: the micro-batch must be at least 1"),
     (["-z", "4"], {}, r"-z 4: the ZeRO stage must be 0, 1, 2 or 3"),
     (["-r", "5"], {}, r"-r 5: recompute must be one of 0 \(none\), 1 \(GELU\)"),
@@ -130,10 +130,11 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["-m", "0"], {}, r"-m 0: val batches must be -1 \(all\) or >= 1"),
     (["-x", "0"], {}, r"-x 0: max steps must be -1 \(one epoch\) or >= 1"),
     (["-e", "d13"], {}, r"-e d13: no GPT-2 size has 13 layers"),
-    (["-e", "gpt2_124M.bin"], {}, r"-e gpt2_124M.bin: starting from an llm.c model file is not implemented yet"),
-    (["-h", "1"], {}, r"-h/--hellaswag 1: HellaSwag evaluation is not implemented yet"),
+    (["-e", "gpt2_124M.bin"], {}, r"^gpt2_124M.bin: cannot read: No such file or directory$"),
+    (["-e", "some/folder"], {}, r"^-e some/folder: expected an llm.c model .bin, a Hugging Face GPT-2 folder or a ds_train checkpoint$"),
+    (["-h", "1", "--hellaswag_data", "nope.jsonl"], {}, r"--hellaswag_data nope.jsonl: no such file \(prepare it with python -m ds_train.prepare hellaswag\)"),
     (["-y", "1"], {}, r"-y/--resume 1: resuming is not implemented yet"),
-    (["-n", "100"], {}, r"-n/--checkpoint_every 100: checkpointing is not implemented yet"),
+    (["-n", "100"], {}, r"-n 100: checkpoints need -o to say where they go"),
     (["-nk", "2"], {}, r"-nk/--checkpoints_keep 2: checkpoint retention is not implemented yet"),
     (["-sl", "5"], {}, r"-sl/--skip_loss_z 5.0: outlier update skipping is not implemented yet"),
     ([], {"scheduler": {"type": "WarmupLR"}}, r"remove the \"scheduler\" section; ds_train applies llm.c's schedules"),

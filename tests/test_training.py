@@ -15,26 +15,15 @@ import pytest
 import subprocess
 
 from ds_train.data import read_shard, write_shard
-from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, TRAIN_SHARD, VAL_SHARD, child_env, free_port, parse, train
+from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
+                      free_port, parse, train, zero_run)
 
 TOLERANCE = 2e-5
-STEPS = 8
-# total batch 256 tokens = 8 rows of T=32; the lr warms up and decays, so every step sets a new rate
-COMMON = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "2e-3", "-u", 2, "-q", 0.1, "--shuffle", 0, "-d", 256,
-          "-s", STEPS, "-g", 24]
-
-_runs = {}
-
-
-def cached(name, args, **kwargs):
-    if name not in _runs:
-        _runs[name] = train(args, **kwargs).check()
-    return _runs[name]
 
 
 def reference():
     """2 ranks, ZeRO-1, B=4: the run the others are compared with."""
-    return cached("zero1", [*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="deepspeed")
+    return zero_run(1)
 
 
 def assert_same_training(run, ref=None):
@@ -57,7 +46,7 @@ def test_training_moves_and_is_deterministic():
 def test_the_schedule_reaches_the_optimizer(stage):
     """The lr ds_train sets each step is the one the optimizer applies, whatever DeepSpeed wraps it in:
     a longer warmup (smaller first updates) must change the losses, step by step as the rates differ."""
-    ref = cached(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage], ranks=2, launcher="deepspeed")
+    ref = zero_run(stage)
     slow = train([*COMMON, "-b", 4, "-z", stage, "-u", 6], ranks=2, launcher="deepspeed").check()
     assert slow.lrs == pytest.approx([2e-3 * (s + 1) / 6 for s in range(6)] + [2e-3, 2e-3 * (0.1 + 0.9 * 0.5)], rel=1e-2)
     assert slow.losses[0] == ref.losses[0]  # the first loss is before any update
@@ -66,25 +55,25 @@ def test_the_schedule_reaches_the_optimizer(stage):
 
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_zero_stages_give_the_same_losses(stage):
-    assert_same_training(cached(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage], ranks=2, launcher="deepspeed"))
+    assert_same_training(zero_run(stage))
 
 
 def test_gradient_accumulation_matches_a_bigger_micro_batch():
     # -m counts micro-batches (as in llm.c): 4 batches of B=2 cover the val tokens of 2 batches of B=4
-    run = cached("accum", [*COMMON, "-b", 2, "-z", 1, "-m", 4], ranks=2, launcher="deepspeed")
+    run = cached_train("accum", [*COMMON, "-b", 2, "-z", 1, "-m", 4], ranks=2, launcher="deepspeed")
     assert "| grad_accum_steps      | 2 " in run.stdout
     assert_same_training(run)
 
 
 def test_one_rank_matches_two_ranks_at_the_same_total_batch():
-    run = cached("one_rank", [*COMMON, "-b", 4, "-z", 1, "-m", 4], ranks=1, launcher="python")
+    run = cached_train("one_rank", [*COMMON, "-b", 4, "-z", 1, "-m", 4], ranks=1, launcher="python")
     assert "| num_processes         | 1 " in run.stdout and "| grad_accum_steps      | 2 " in run.stdout
     assert_same_training(run)
 
 
 @pytest.mark.parametrize("stage, level", [(3, 2), (1, 1)])
 def test_recompute_levels_give_the_same_losses(stage, level):
-    ref = cached(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage], ranks=2, launcher="deepspeed")
+    ref = zero_run(stage)
     run = train([*COMMON, "-b", 4, "-z", stage, "-r", level], ranks=2, launcher="deepspeed").check()
     assert f"| recompute             | {level} " in run.stdout
     assert_same_training(run, ref)
@@ -97,7 +86,7 @@ def test_json_activation_checkpointing_section_is_applied(tmp_path):
     saved = json.loads((tmp_path / "out" / "run_config.json").read_text())
     assert saved["recompute"] == 3 and "whole blocks" in run.stdout
     assert "activation_checkpointing" in json.loads((tmp_path / "out" / "ds_config.json").read_text())
-    assert_same_training(run, cached("zero3", [*COMMON, "-b", 4, "-z", 3], ranks=2, launcher="deepspeed"))
+    assert_same_training(run, zero_run(3))
 
 
 def test_bf16_trains_on_cpu_close_to_fp32(tmp_path):
@@ -162,7 +151,7 @@ def sample(run) -> str:
 
 
 def test_samples_are_seeded_and_work_when_zero3_shards_the_weights():
-    zero3 = cached("zero3", [*COMMON, "-b", 4, "-z", 3], ranks=2, launcher="deepspeed")  # all ranks join each forward
+    zero3 = zero_run(3)  # all ranks join each forward
     assert len(sample(reference())) > 20 and sample(reference()) == sample(zero3)
 
 

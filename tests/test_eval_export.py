@@ -1,0 +1,236 @@
+"""Evaluation, export and import: HellaSwag against transformers, exact round trips, every ZeRO stage, one-line errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child_env, free_port, parse, shared_path,
+                      train, zero_run)
+from ds_train import convert, evaluate, export, plot
+from ds_train.evals import score_endings
+from ds_train.hellaswag import load_rendered
+from ds_train.model import GPT, config_from_descriptor
+
+HF_TOLERANCE = 1e-5  # fp32 logits, ours vs transformers' GPT2LMHeadModel
+
+
+def trained_like_state(descriptor="gpt2:d2:c64:h2", seed=3):
+    """A model whose every tensor (biases and LayerNorm too) holds distinct values, as after training."""
+    cfg = config_from_descriptor(descriptor)
+    model = GPT(cfg, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name != "transformer.wte.weight":
+                p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    return cfg, model
+
+
+def states_equal(a: dict, b: dict, transform=lambda t: t):
+    assert set(a) == set(b)
+    for name in a:
+        assert torch.equal(transform(a[name]), b[name]), name
+
+
+# ---------------------------------------------------------------------------------------------- formats
+
+def test_llmc_round_trips_are_exact_and_the_file_has_llmc_layout(tmp_path):
+    cfg, model = trained_like_state()
+    state = model.state_dict()
+    convert.write_llmc(str(tmp_path / "m.bin"), cfg, state)
+    header = np.fromfile(str(tmp_path / "m.bin"), dtype="<i4", count=8).tolist()
+    assert header == [20240326, 3, 1024, 50257, 2, 2, 64, 50304]
+    assert os.path.getsize(tmp_path / "m.bin") == 1024 + 4 * cfg.num_params
+    # the first tensor is wte (Vp x C), and the stacked layers follow in llm.c's order: ln1w of both layers next
+    raw = np.fromfile(str(tmp_path / "m.bin"), dtype="<f4", offset=1024)
+    wte_size = 50304 * 64
+    assert np.array_equal(raw[:wte_size], state["transformer.wte.weight"].numpy().ravel())
+    ln1 = raw[wte_size + 1024 * 64:wte_size + 1024 * 64 + 2 * 64]
+    assert np.array_equal(ln1, torch.cat([state["transformer.h.0.ln_1.weight"], state["transformer.h.1.ln_1.weight"]]).numpy())
+    read_cfg, read_state = convert.read_llmc(str(tmp_path / "m.bin"))
+    assert read_cfg == cfg
+    states_equal(state, read_state)
+    convert.write_llmc(str(tmp_path / "b.bin"), cfg, state, torch.bfloat16)
+    assert np.fromfile(str(tmp_path / "b.bin"), dtype="<i4", count=2).tolist() == [20240326, 5]
+    assert os.path.getsize(tmp_path / "b.bin") == 1024 + 2 * cfg.num_params
+    states_equal(state, convert.read_llmc(str(tmp_path / "b.bin"))[1], lambda t: t.bfloat16().float())
+
+
+def test_hf_export_loads_in_transformers_and_matches_our_logits(tmp_path):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    cfg, model = trained_like_state()
+    convert.write_hf(str(tmp_path / "hf"), cfg, model.state_dict())
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    idx = torch.randint(0, 50257, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = model.eval()(idx), hf(idx).logits
+    assert theirs.shape == ours.shape == (2, 48, 50257)
+    assert (ours - theirs).abs().max().item() < HF_TOLERANCE
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "hf"))("Hello world")["input_ids"] == [15496, 995]
+    read_cfg, read_state = convert.read_hf(str(tmp_path / "hf"))  # ours -> HF -> ours
+    assert read_cfg == cfg
+    states_equal(model.state_dict(), read_state)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_export_from_every_zero_stage_checkpoint(stage, tmp_path, capsys):
+    """A 2-rank run's checkpoint, consolidated: the same weights whatever the stage, and the run's own model."""
+    run = zero_run(stage)
+    assert os.path.exists(os.path.join(run.output_dir, "DONE_%08d" % STEPS))
+    assert export.main([run.output_dir, "--format", "llmc", "--output", str(tmp_path / "m.bin")]) == 0
+    _, weights = convert.read_llmc(str(tmp_path / "m.bin"))
+    _, reference = convert.load_weights(zero_run(1).output_dir, "--model")
+    # ZeRO-0 and ZeRO-3 reduce gradients in other orders (~1e-7 apart); after 8 Adam steps that is at most
+    # 1e-4 (ZeRO-0: 5e-5 seen, in a few weights whose second moment is near zero) and 1e-5 (ZeRO-3: 8e-7 seen).
+    # ZeRO-2 matches ZeRO-1 exactly.
+    tolerance = {0: 1e-4, 1: 0, 2: 0, 3: 1e-5}[stage]
+    for name in weights:
+        torch.testing.assert_close(weights[name], reference[name], rtol=0, atol=tolerance)
+    # the exported model gives the run's last val loss (2 ranks x 2 batches of 4x32 = 1 process x 4 batches)
+    assert evaluate.main(["--model", str(tmp_path / "m.bin"), "-j", VAL_SHARD, "-b", "4", "-t", "32", "-m", "4"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["val_loss"] == pytest.approx(run.val_losses[-1], abs=2e-5)
+
+
+def test_import_llmc_and_hf_as_the_starting_point(tmp_path, capsys):
+    cfg, model = trained_like_state()
+    convert.write_llmc(str(tmp_path / "m.bin"), cfg, model.state_dict())
+    convert.write_hf(str(tmp_path / "hf"), cfg, model.state_dict())
+    assert evaluate.main(["--model", str(tmp_path / "m.bin"), "-j", VAL_SHARD, "-b", "4", "-t", "32", "-m", "2"]) == 0
+    expected = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["val_loss"]
+    for source in (tmp_path / "m.bin", tmp_path / "hf"):
+        run = train(["-e", source, "-t", 32, "-b", 4, "-x", 1, "-v", 1, "-m", 2, "-s", 0], launcher="python").check()
+        assert f"| model                 | {source}" in run.stdout
+        assert run.val_losses[0] == pytest.approx(expected, abs=1e-5)  # step 0: before any update
+
+
+# ---------------------------------------------------------------------------------------------- HellaSwag
+
+def test_hellaswag_scores_agree_with_transformers_example_by_example(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    examples = load_rendered(shared_path("hellaswag", "hellaswag_val.jsonl"))[:200]
+    cfg, weights = convert.load_weights(zero_run(1).output_dir, "--model")  # a trained model
+    model = GPT(cfg).eval()
+    model.load_state_dict(weights)
+    convert.write_hf(str(tmp_path / "hf"), cfg, weights)
+    hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    ours_mean, ours_sum = [], []
+    for i in range(0, len(examples), 3):  # batches of 3 examples, padded: 12 rows per forward
+        with torch.no_grad():
+            mean, summed = score_endings(model, examples[i:i + 3], torch.device("cpu"))
+        ours_mean += mean.tolist()
+        ours_sum += summed.tolist()
+    for e, mean, summed in zip(examples, ours_mean, ours_sum):
+        # independently: transformers' logits for the four rows (right-padded, which causal attention ignores),
+        # then the loss of each ending token from the log-softmax
+        rows = [e.ctx_tokens + ending for ending in e.ending_tokens]
+        tokens = torch.tensor([row + [0] * (max(map(len, rows)) - len(row)) for row in rows])
+        n = len(e.ctx_tokens)
+        with torch.no_grad():
+            logits = hf(tokens).logits
+        theirs = []
+        for r, ending in enumerate(e.ending_tokens):  # the positions that predict the ending's tokens
+            logp = torch.log_softmax(logits[r, n - 1:n - 1 + len(ending)].double(), -1)
+            theirs.append([-logp[j, token].item() for j, token in enumerate(ending)])
+        assert mean == pytest.approx([sum(t) / len(t) for t in theirs], abs=1e-4)
+        assert summed == pytest.approx([sum(t) for t in theirs], abs=1e-3)
+        assert int(np.argmin(mean)) == int(np.argmin([sum(t) / len(t) for t in theirs]))
+
+
+def test_distributed_hellaswag_on_two_ranks_equals_one(tmp_path):
+    cfg, model = trained_like_state()
+    convert.write_llmc(str(tmp_path / "m.bin"), cfg, model.state_dict())
+    args = ["--model", tmp_path / "m.bin", "--hellaswag", "--limit", 41, "-b", 2, "-t", 256]  # 41: an uneven split
+    one = subprocess.run([sys.executable, "-m", "ds_train.evaluate", *map(str, args)], cwd=REPO, env=child_env(threads=2),
+                         capture_output=True, text=True)
+    two = subprocess.run([os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                          os.path.join(REPO, "ds_train", "evaluate.py"), *map(str, args)], cwd=REPO, env=child_env(),
+                         capture_output=True, text=True)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    one_result = json.loads(one.stdout.strip().splitlines()[-1])
+    two_result = json.loads([l for l in two.stdout.splitlines() if l.startswith('{"model"')][-1])
+    assert one_result["examples"] == two_result["examples"] == 41
+    assert one_result == two_result
+    assert "2 process(es)" in two.stdout
+
+
+def test_in_the_training_loop_hellaswag_main_log_and_the_deepspeed_monitor(tmp_path):
+    hs = tmp_path / "hs.jsonl"
+    hs.write_text("".join(open(shared_path("hellaswag", "hellaswag_val.jsonl")).readlines()[:30]))
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 1},
+                              "csv_monitor": {"enabled": True, "output_path": str(tmp_path / "csv"), "job_name": "run"}}))
+    out = tmp_path / "out"
+    run = train([*TINY, "-b", 4, "-x", 4, "-v", 2, "-m", 1, "-h", 1, "--hellaswag_data", hs, "-o", out], ranks=2,
+                launcher="deepspeed", ds_config=str(ds)).check()
+    evals = [line for line in (out / "main.log").read_text().splitlines() if " eval:" in line]
+    assert [line.split()[0] for line in evals] == ["s:2", "s:4"]  # every -v steps after 0, and the last step
+    assert run.stdout.count("HellaSwag: ") == 2 and "/30 = " in run.stdout
+    rows = lambda name: list(csv.reader(open(tmp_path / "csv" / "run" / f"{name}.csv")))[1:]
+    assert [int(r[0]) for r in rows("Train_loss")] == [0, 1, 2, 3]
+    assert [float(r[1]) for r in rows("Train_loss")] == pytest.approx(run.losses, abs=1e-5)
+    assert [float(r[1]) for r in rows("Val_loss")] == pytest.approx(run.val_losses, abs=1e-5)
+    assert [int(r[0]) for r in rows("Eval_hellaswag_acc_norm")] == [2, 4]
+    for name in ("Train_lr", "Train_grad_norm", "Train_tokens_per_s", "Eval_hellaswag_acc"):
+        assert len(rows(name)) > 0, name
+
+
+# ---------------------------------------------------------------------------------------------- plot
+
+def test_plot_draws_runs_into_a_png(tmp_path, capsys):
+    for name, offset in (("a", 0.0), ("b", 0.3)):
+        (tmp_path / name).mkdir()
+        lines = [f"s:{s} trl:{8 * 0.99 ** s + offset:.4f} lr:0.000600 norm:1.00" for s in range(200)]
+        lines += [f"s:{s} tel:{8 * 0.99 ** s + offset + 0.1:.4f}" for s in range(0, 201, 50)]
+        lines += [f"s:{s} eval:{0.25 + s / 4000:.4f}" for s in range(50, 201, 50)]
+        (tmp_path / name / "main.log").write_text("\n".join(lines) + "\n")
+    assert plot.main([str(tmp_path / "a"), str(tmp_path / "b" / "main.log"), "--output", str(tmp_path / "p.png")]) == 0
+    data = (tmp_path / "p.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20000
+    runs = [plot.read_log(str(tmp_path / n)) for n in ("a", "b")]
+    assert [len(r.train) for r in runs] == [200, 200] and [len(r.hellaswag) for r in runs] == [4, 4]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+def test_bad_model_files_and_paths(tmp_path, capsys):
+    cfg, model = trained_like_state()
+    good = tmp_path / "m.bin"
+    convert.write_llmc(str(good), cfg, model.state_dict())
+    data = good.read_bytes()
+    (tmp_path / "magic.bin").write_bytes(np.int32(1234).tobytes() + data[4:])
+    (tmp_path / "short.bin").write_bytes(data[:-10])
+    (tmp_path / "v4.bin").write_bytes(data[:4] + np.int32(4).tobytes() + data[8:])
+
+    def error(module, argv) -> str:
+        assert module.main([*map(str, argv)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err.strip().split("error: ", 1)[1]
+    assert error(evaluate, ["--model", tmp_path / "magic.bin"]) == \
+        f"{tmp_path / 'magic.bin'}: bad magic 1234, expected 20240326 (not an llm.c model file)"
+    assert error(evaluate, ["--model", tmp_path / "short.bin"]).startswith(f"{tmp_path / 'short.bin'}: {len(data) - 10} bytes, but its header")
+    assert "unsupported llm.c model version 4" in error(export, [tmp_path / "v4.bin", "--format", "hf", "--output", tmp_path / "x"])
+    assert error(export, [tmp_path / "nowhere", "--format", "llmc", "--output", tmp_path / "o.bin"]) == \
+        f"CHECKPOINT {tmp_path / 'nowhere'}: expected an llm.c model .bin, a Hugging Face GPT-2 folder or a ds_train checkpoint"
+    assert error(export, [good, "--format", "llmc", "--output", tmp_path / "no" / "dir" / "o.bin"]).startswith("--output")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").mkdir()
+    assert error(export, [tmp_path / "run", "--format", "hf", "--output", tmp_path / "hf"]) == \
+        f"{tmp_path / 'run'}: no complete checkpoint (no DONE_* marker)"
+    assert error(evaluate, ["--model", good, "--hellaswag", "--hellaswag_data", tmp_path / "none.jsonl"]) == \
+        f"--hellaswag_data {tmp_path / 'none.jsonl'}: no such file (prepare it with python -m ds_train.prepare hellaswag)"
+    assert error(plot, [tmp_path / "nolog"]) == f"{tmp_path / 'nolog'}: cannot read: No such file or directory"
+    # a model file whose shape does not fit the flags: the trainer refuses it before starting
+    proc = subprocess.run([sys.executable, MAIN, "--ds_config", CPU_CONFIG, "-e", str(good), "-t", "2048"], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        f"ds_train: error: -t 2048: the sequence length must be between 1 and the model's 1024 (-e {good})"
