@@ -6,11 +6,15 @@ mpirun sets OMPI_* or PMI_* and deepspeed.init_distributed() completes the pictu
 """
 
 import functools
+import glob
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import torch
+
+from ds_train.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,46 @@ def init_process_group(place: Place):
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(place.local_rank)
+    check_extension_locks()
     deepspeed.init_distributed(auto_mpi_discovery=place.launcher == "mpi",
                                distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
+    release_shm_buffer(place.rank)
+
+
+STALE_LOCK_SECONDS = 15 * 60  # a DeepSpeed op builds in a few minutes on 2 cores
+
+
+def check_extension_locks():
+    """Fail fast on a build lock left by a killed JIT build of a DeepSpeed op.
+
+    torch's extension loader waits, without a word and without a time limit, for a `lock` file in the
+    build folder to go away; one left behind by a build that was killed (OOM, Ctrl-C, a lost node) hangs
+    every later run on this machine at startup.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    for lock in glob.glob(os.path.join(root, "*", "*", "lock")) + glob.glob(os.path.join(root, "*", "lock")):
+        age = time.time() - os.path.getmtime(lock)
+        if age > STALE_LOCK_SECONDS:
+            raise UserError(f"{lock}: a DeepSpeed op build lock left {age / 60:.0f} minutes ago by a build that "
+                            "did not finish; delete it (when no other build is running) and run again")
+
+
+def release_shm_buffer(rank: int):
+    """Unlink this rank's /dev/shm all-reduce buffer that DeepSpeed's CPU backend creates and never removes.
+
+    Each CPU run leaves world_size buffers of ~70 MB in /dev/shm (RAM) otherwise; a few hundred runs fill
+    the machine's memory. Once every rank has mapped its peers' buffers (the barrier), the names are no
+    longer needed: the mappings stay valid until the processes exit, and then the memory is freed.
+    """
+    if torch.cuda.is_available():
+        return
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    path = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+    torch.distributed.barrier()
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def shutdown():

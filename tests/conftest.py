@@ -4,6 +4,7 @@ import atexit
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,6 +79,21 @@ def child_env(threads: int = 1) -> dict:
     return env
 
 
+def run_process(cmd, env=None, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run in its own process group, all of which is killed on timeout: a launcher's ranks and
+    a JIT build's compilers too, so that a hung test leaves nothing running (or holding a build lock)."""
+    kwargs.setdefault("cwd", REPO)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def train(args, ranks: int = 1, launcher: str = "python", ds_config: str = CPU_CONFIG, timeout: int = 600,
           extra_env=None) -> Run:
     """Run ds_train/main.py for real and parse its console output."""
@@ -95,8 +111,7 @@ def train(args, ranks: int = 1, launcher: str = "python", ds_config: str = CPU_C
                "-x", "OMP_NUM_THREADS", "-x", "PYTHONUNBUFFERED", sys.executable, *cmd_args]
     else:
         raise ValueError(launcher)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    return parse(proc)
+    return parse(run_process(cmd, env=env, timeout=timeout))
 
 
 # Runs shared by the tests that compare with them: each is made once per session, its -o under RUNS_DIR.

@@ -1,22 +1,22 @@
 """Bad input from the command line: one line on stderr naming the flag or file, exit status 2, no traceback."""
 
 import os
-import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, child_env, free_port
+from conftest import BIN, CPU_CONFIG, MAIN, TINY, VAL_SHARD, child_env, free_port, run_process
 from ds_train.data import write_shard
 from ds_train.main import main
 
 
-def run_main(*args, launcher=None):
+def run_main(*args, launcher=None, extra_env=None):
     cmd = [sys.executable, MAIN, *map(str, args)]
     if launcher == "deepspeed":
         cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), *cmd[1:]]
-    return subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    return run_process(cmd, env=dict(child_env(), **(extra_env or {})), timeout=300)
 
 
 def test_help_lists_llmc_flags_with_long_names():
@@ -43,6 +43,18 @@ def test_bad_input_under_the_deepspeed_launcher_fails_the_job():
     assert proc.returncode != 0
     assert "ds_train: error: -d 1000: the total batch must be a positive multiple of B*T*world = 4*32*2 = 256" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_build_lock_left_by_a_killed_build_is_named_not_waited_on(tmp_path):
+    lock = tmp_path / "py311_cpu" / "fused_adam" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    proc = run_main("--ds_config", CPU_CONFIG, *TINY, "-x", 1, extra_env={"TORCH_EXTENSIONS_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"ds_train: error: {lock}: a DeepSpeed op build lock left 60 minutes ago by a build "
+                                   "that did not finish; delete it (when no other build is running) and run again")
 
 
 def errors_of(capsys, *args) -> str:

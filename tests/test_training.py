@@ -175,6 +175,17 @@ def test_two_nodes_from_a_hostfile_agree_with_one_node(tmp_path):
     assert sample(run) == sample(reference())
 
 
+def test_cpu_runs_leave_no_shared_memory_behind():
+    """DeepSpeed's CPU backend puts a ~70 MB all-reduce buffer per rank in /dev/shm and never removes it."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this machine")
+    buffers = lambda: {name for name in os.listdir("/dev/shm") if name.startswith("deepspeed_allreduce_buffer")}
+    before = buffers()
+    train([*TINY, "-b", 4, "-x", 2], ranks=2, launcher="deepspeed").check()
+    train([*TINY, "-b", 4, "-x", 2], ranks=2, launcher="mpirun").check()
+    assert buffers() - before == set()
+
+
 def test_mpirun_discovers_ranks_through_mpi4py():
     run = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="mpirun").check()
     assert "| num_processes         | 2 " in run.stdout
