@@ -1,15 +1,24 @@
 """Checkpoints: DeepSpeed's own checkpoint of the engine, ds_train's state beside it, llm.c's DONE marker.
 
 In the run's -o directory, step s is `checkpoints/step_%08d/` (what engine.save_checkpoint writes: model
-states and, under ZeRO, each rank's optimizer partition) and `DONE_%08d`, an empty file that rank 0 creates
-only after every rank has finished writing, as llm.c does. ds_train's own state (step, model shape, data
-loader position, run settings) travels in DeepSpeed's client state under the key "ds_train".
+states and, under ZeRO, each rank's optimizer partition, plus one `ds_train_rank_%05d.pt` per rank with that
+rank's data-loader position and RNG states) and `DONE_%08d`, which rank 0 writes only after every rank has
+finished writing, as llm.c does. The run-wide state (step, model shape, settings) travels in DeepSpeed's
+client state under the key "ds_train".
+
+A checkpoint counts only with its DONE marker, so a save killed at any moment leaves the previous one in
+charge. The marker also lists every file of the checkpoint with its size (llm.c's markers are empty; an
+empty marker is accepted), so a checkpoint truncated or damaged after the fact is noticed and passed over.
 """
 
 import glob
+import json
 import os
+import random
 import re
+import shutil
 
+import numpy as np
 import torch
 
 from ds_train.errors import UserError
@@ -23,11 +32,110 @@ def tag(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def save(engine, out_dir: str, step: int, state: dict):
-    engine.save_checkpoint(os.path.join(out_dir, CHECKPOINTS), tag=tag(step), client_state={"ds_train": state})
+RANK_STATE = "ds_train_rank_%05d.pt"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _fsync_tree(path: str):
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _write_atomically(path: str, text: str):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_last: int = 0, keep_every: int = 0):
+    """Save step `step` on every rank; rank 0 marks it DONE once all have written, then applies retention."""
+    root = os.path.join(out_dir, CHECKPOINTS)
+    step_dir = os.path.join(root, tag(step))
+    rank = torch.distributed.get_rank()
+    if rank == 0:  # leftovers of a save of this step that was killed: start from an empty folder
+        shutil.rmtree(step_dir, ignore_errors=True)
+    torch.distributed.barrier()
+    engine.save_checkpoint(root, tag=tag(step), client_state={"ds_train": state}, save_latest=False)
+    torch.save(rank_state, os.path.join(step_dir, RANK_STATE % rank))
+    _fsync_tree(step_dir)
     torch.distributed.barrier()  # every rank's files are on disk before the marker says so
-    if torch.distributed.get_rank() == 0:
-        open(os.path.join(out_dir, DONE % step), "w").close()
+    if rank == 0:
+        files = {os.path.relpath(os.path.join(folder, name), step_dir): os.path.getsize(os.path.join(folder, name))
+                 for folder, _, names in os.walk(step_dir) for name in names}
+        _write_atomically(os.path.join(out_dir, DONE % step), json.dumps({"step": step, "files": files}, indent=1))
+        prune(out_dir, keep_last, keep_every)
+
+
+def prune(out_dir: str, keep_last: int, keep_every: int):
+    """-nk / -nm: keep the newest `keep_last` complete checkpoints (0 = all) and every multiple of `keep_every`;
+    also clear the folders of saves that never completed, older than the newest complete one."""
+    steps = done_steps(out_dir)
+    doomed = [s for s in steps[:-keep_last] if not (keep_every and s % keep_every == 0)] if keep_last else []
+    for s in doomed:
+        os.remove(os.path.join(out_dir, DONE % s))  # the marker first: a half-deleted checkpoint never looks complete
+        shutil.rmtree(os.path.join(out_dir, CHECKPOINTS, tag(s)), ignore_errors=True)
+    for path in glob.glob(os.path.join(out_dir, CHECKPOINTS, "step_*")):
+        m = re.fullmatch(r"step_(\d{8})", os.path.basename(path))
+        if m and steps and int(m.group(1)) < steps[-1] and int(m.group(1)) not in steps:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def verify(out_dir: str, step: int):
+    """None when checkpoint `step` is whole, else what is wrong with it."""
+    step_dir = os.path.join(out_dir, CHECKPOINTS, tag(step))
+    if not os.path.isdir(step_dir):
+        return f"{step_dir} is missing"
+    try:
+        with open(os.path.join(out_dir, DONE % step)) as f:
+            text = f.read()
+        manifest = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return f"{os.path.join(out_dir, DONE % step)} is unreadable"
+    if manifest is None:
+        return None  # an llm.c-style empty marker: nothing to check against
+    for name, size in manifest["files"].items():
+        path = os.path.join(step_dir, name)
+        if not os.path.isfile(path):
+            return f"{path} is missing"
+        if os.path.getsize(path) != size:
+            return f"{path} has {os.path.getsize(path)} bytes, {size} when saved"
+    return None
+
+
+def newest_whole(out_dir: str, say=print):
+    """The newest checkpoint step in `out_dir` that verifies (None if there is none); says what it passes over."""
+    for step in reversed(done_steps(out_dir)):
+        problem = verify(out_dir, step)
+        if problem is None:
+            return step
+        say(f"warning: checkpoint step {step} is damaged ({problem}); falling back to the one before it")
+    return None
+
+
+def load(engine, out_dir: str, step: int) -> dict:
+    """Load step `step` into the engine (weights, optimizer) -> this rank's own state."""
+    root = os.path.join(out_dir, CHECKPOINTS)
+    engine.load_checkpoint(root, tag=tag(step))
+    rank_file = os.path.join(root, tag(step), RANK_STATE % torch.distributed.get_rank())
+    return torch.load(rank_file, map_location="cpu", weights_only=False)
 
 
 def done_steps(out_dir: str) -> list:
@@ -39,10 +147,10 @@ def done_steps(out_dir: str) -> list:
 def locate(path: str):
     """(checkpoints root, tag) for a run directory (its newest complete checkpoint) or a step_* directory."""
     if os.path.isdir(os.path.join(path, CHECKPOINTS)):
-        steps = done_steps(path)
-        if not steps:
-            raise UserError(f"{path}: no complete checkpoint (no DONE_* marker)")
-        return os.path.join(path, CHECKPOINTS), tag(steps[-1])
+        step = newest_whole(path)
+        if step is None:
+            raise UserError(f"{path}: no complete checkpoint (no DONE_* marker, or its checkpoint is damaged)")
+        return os.path.join(path, CHECKPOINTS), tag(step)
     if re.fullmatch(r"step_\d{8}", os.path.basename(os.path.normpath(path))) and glob.glob(os.path.join(path, "*model_states.pt")):
         return os.path.dirname(os.path.normpath(path)), os.path.basename(os.path.normpath(path))
     raise UserError(f"{path}: not a ds_train checkpoint (expected a run directory with {CHECKPOINTS}/ and DONE_* "
@@ -51,7 +159,8 @@ def locate(path: str):
 
 def client_state(root: str, step_tag: str) -> dict:
     files = sorted(glob.glob(os.path.join(root, step_tag, "*model_states.pt")))
-    return torch.load(files[0], map_location="cpu", weights_only=False)["ds_train"]
+    # mmap: only the small client state is read, not the weights stored beside it
+    return torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)["ds_train"]
 
 
 def load_fp32(path: str):

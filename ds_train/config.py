@@ -74,8 +74,6 @@ FLAGS = [
     ]),
 ]
 NOT_YET = {  # flag: (value that needs no implementation, what is missing)
-    "checkpoints_keep": (0, "checkpoint retention"),
-    "major_checkpoint_every": (0, "checkpoint retention"), "resume": (0, "resuming"),
     "skip_loss_z": (0.0, "outlier update skipping"), "skip_grad_z": (0.0, "outlier update skipping"),
 }
 
@@ -141,6 +139,9 @@ class RunConfig:
     hellaswag: bool
     hellaswag_data: str
     checkpoint_every: int
+    checkpoints_keep: int
+    major_checkpoint_every: int
+    resume: bool
     sample_every: int
     gen_tokens: int
     zero_stage: int
@@ -246,6 +247,10 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.output_dir is None or not os.path.isfile(args.output_dir), f"-o {args.output_dir}: is a file, expected a directory")
     _check(args.hellaswag in (0, 1), f"-h {args.hellaswag}: expected 0 or 1")
     _check(args.checkpoint_every >= 0, f"-n {args.checkpoint_every}: expected 0 (never) or a number of steps")
+    _check(args.checkpoints_keep >= 0, f"-nk {args.checkpoints_keep}: expected 0 (keep all) or how many to keep")
+    _check(args.major_checkpoint_every >= 0, f"-nm {args.major_checkpoint_every}: expected 0 (none) or a number of steps")
+    _check(args.resume in (0, 1), f"-y {args.resume}: expected 0 (start over) or 1 (resume)")
+    _check(args.resume == 0 or args.output_dir, f"-y {args.resume}: resuming needs -o, the run directory to resume")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
@@ -259,6 +264,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         learning_rate=lr, warmup_steps=args.warmup_steps, final_lr_frac=args.final_lr_frac,
         weight_decay=weight_decay, val_every=args.val_every, val_max_steps=args.val_max_steps,
         hellaswag=bool(args.hellaswag), hellaswag_data=args.hellaswag_data, checkpoint_every=args.checkpoint_every,
+        checkpoints_keep=args.checkpoints_keep, major_checkpoint_every=args.major_checkpoint_every, resume=bool(args.resume),
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         bf16=bf16)
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes

@@ -8,6 +8,7 @@ mpirun sets OMPI_* or PMI_* and deepspeed.init_distributed() completes the pictu
 import functools
 import glob
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -101,6 +102,30 @@ def shutdown():
         on_gpu = torch.cuda.is_available()
         torch.distributed.barrier(device_ids=[torch.cuda.current_device()] if on_gpu else None)
         torch.distributed.destroy_process_group()
+
+
+class StopSignal:
+    """SIGTERM or SIGUSR1 (preemption, SLURM's time limit, the deepspeed launcher passing on a Ctrl-C) asks the
+    run to stop at the next step boundary. The signal may reach only some ranks, so every rank asks the others
+    each step and all stop at the same step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.name = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.name = signal.Signals(signum).name
+
+    def requested(self) -> bool:
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        flag = torch.tensor([self.name is not None], dtype=torch.int32, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and self.name is None:
+            self.name = "a signal to another rank"
+        return bool(flag.item())
 
 
 def print0(*args, **kwargs):

@@ -114,6 +114,28 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
     ])
 
 
+def run_state(run: config.RunConfig, step: int) -> dict:
+    """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it)."""
+    return {"step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
+            "world_size": run.world_size, "B": run.B, "T": run.T, "total_batch_size": run.total_batch_size,
+            "run": run.to_dict()}
+
+
+def check_resumable(saved: dict, run: config.RunConfig, where: str):
+    """Settings that must match the checkpoint for the resumed run to continue the same optimisation."""
+    if saved["model"] != asdict(run.model):
+        raise UserError(f"-y 1: {where} holds a {saved['init']} model ({saved['model']}), not the -e {run.init} "
+                        "model of this run; use another -o or the same -e")
+    for flag, key, now in (("-t", "T", run.T), ("-d", "total_batch_size", run.total_batch_size)):
+        if saved[key] != now:
+            raise UserError(f"-y 1: {where} was trained with {flag} {saved[key]}, this run asks for {flag} {now}; "
+                            f"resume with {flag} {saved[key]} (or start a new run in another -o)")
+    if (saved["world_size"], saved["zero_stage"], saved["B"]) != (run.world_size, run.zero_stage, run.B):
+        raise UserError(f"-y 1: {where} was saved by {saved['world_size']} ranks at ZeRO-{saved['zero_stage']} with "
+                        f"-b {saved['B']}; resuming on {run.world_size} ranks at ZeRO-{run.zero_stage} with -b {run.B} "
+                        "is not implemented yet (universal checkpoints); resume with the saved layout")
+
+
 def train(argv=None):
     args = config.parse_args(argv)
     place = distributed.discover()
@@ -129,18 +151,37 @@ def train(argv=None):
         raise UserError(f"-u {run.warmup_steps}: warmup must be shorter than the {num_steps} training steps for -k {run.lr_schedule}")
     val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
     hellaswag_examples = load_rendered(run.hellaswag_data) if run.hellaswag else None
-    if run.output_dir and place.rank == 0:
-        writable_dir(run.output_dir, "-o")
-    log = metrics.MainLog(run.output_dir, enabled=place.rank == 0)
+    print0 = distributed.print0
+    resume_step = None
+    if run.output_dir:
+        if place.rank == 0:
+            writable_dir(run.output_dir, "-o")
+        if run.resume:
+            resume_step = checkpoint.newest_whole(run.output_dir, say=print0)
+        elif checkpoint.done_steps(run.output_dir):
+            raise UserError(f"-y 0: -o {run.output_dir} already holds checkpoints of a run; resume it with -y 1, or "
+                            "choose another -o (or delete them) to start over")
 
     distributed.init_process_group(place)
     engine = build_engine(run, ds_config)
+    start_step = 0
+    if resume_step is not None:
+        root, step_tag = os.path.join(run.output_dir, checkpoint.CHECKPOINTS), checkpoint.tag(resume_step)
+        check_resumable(checkpoint.client_state(root, step_tag), run, os.path.join(root, step_tag))
+        mine = checkpoint.load(engine, run.output_dir, resume_step)
+        train_loader.load_state_dict(mine["train_loader"])
+        checkpoint.set_rng_state(mine["rng"])
+        start_step = resume_step
+    log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print0 = distributed.print0
     print0(run_table(run, place, num_steps, val_batches, device))
     for note in notes:
         print0(f"note: {note}")
     print0(f"effective DeepSpeed config: {json.dumps(ds_config)}")
+    if resume_step is not None:
+        print0(f"resumed from {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(resume_step)} at step {resume_step}")
+    elif run.resume:
+        print0(f"-y 1: no complete checkpoint in {run.output_dir}, starting from step 0")
     if run.output_dir and place.rank == 0:
         metrics.save_config(run.output_dir, "ds_config.json", ds_config)
         metrics.save_config(run.output_dir, "run_config.json", run.to_dict())
@@ -150,8 +191,17 @@ def train(argv=None):
     flops_per_step = run.model.flops_per_token(run.T) * run.B * run.T * run.grad_accum  # per GPU, as llm.c counts
     throughput = metrics.Throughput()
     monitor = metrics.Monitor(engine)
-    for step in range(num_steps + 1):
-        last_step = step == num_steps
+
+    def save(step):
+        checkpoint.save(engine, run.output_dir, step, run_state(run, step),
+                        {"train_loader": train_loader.state_dict(), "rng": checkpoint.rng_state()},
+                        keep_last=run.checkpoints_keep, keep_every=run.major_checkpoint_every)
+        print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")
+
+    def checkpoint_due(step, last_step):
+        return run.checkpoint_every and ((step > 0 and step % run.checkpoint_every == 0) or last_step)
+
+    def evaluate_and_save(step, last_step):
         if step % run.val_every == 0 or last_step:
             loss = val_loss(engine.module, val_loader, val_batches)
             print0(f"val loss {loss:.6f}")
@@ -167,12 +217,24 @@ def train(argv=None):
         if run.sample_every > 0 and ((step > 0 and step % run.sample_every == 0) or last_step):
             text = sample_text(engine.module, run.gen_tokens)
             print0(f"generating:\n---\n{text}\n---")
-        if run.checkpoint_every and ((step > 0 and step % run.checkpoint_every == 0) or last_step):
-            checkpoint.save(engine, run.output_dir, step, {
-                "step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
-                "train_loader": train_loader.state_dict(), "run": run.to_dict()})
-            print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")
+        if checkpoint_due(step, last_step):
+            save(step)
+
+    stop = distributed.StopSignal()  # SIGTERM / SIGUSR1: save at the next step boundary and exit 0
+    for step in range(start_step, num_steps + 1):
+        last_step = step == num_steps
+        resumed_here = step == start_step and resume_step is not None
+        if not resumed_here:  # the run that saved this step had already evaluated, sampled and logged it
+            evaluate_and_save(step, last_step)
         if last_step:
+            break
+        if stop.requested():
+            if not run.output_dir:
+                print0(f"stopping at step {step} on {stop.name}: nothing saved (no -o)")
+                break
+            if not (resumed_here or checkpoint_due(step, last_step)):
+                save(step)
+            print0(f"stopping at step {step} on {stop.name}: checkpoint saved; resume with -y 1 -o {run.output_dir}")
             break
         if run.overfit_single_batch:
             train_loader.reset()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 from ds_train.errors import UserError
 
@@ -19,14 +20,27 @@ def peak_bf16_flops(device_name: str):
 class MainLog:
     """llm.c's main.log: `s:%d tel:%.4f` (val) and `s:%d trl:%.4f lr:%.6f norm:%.2f` (train) lines, rank 0 only."""
 
-    def __init__(self, output_dir, enabled: bool):
+    def __init__(self, output_dir, enabled: bool, resume_step=None):
+        """A new log, or with `resume_step` the existing one cut back to what the checkpoint at that step had
+        seen (train lines before it, val and eval lines up to it), so that no step appears twice."""
         self.file = None
         if output_dir and enabled:
             path = os.path.join(output_dir, "main.log")
             try:
-                self.file = open(path, "w")  # -y 0: start over
+                kept = []
+                if resume_step is not None and os.path.exists(path):
+                    with open(path) as f:
+                        kept = [line for line in f if self._before(line, resume_step)]
+                self.file = open(path, "w")
+                self.file.writelines(kept)
             except OSError as e:
                 raise UserError(f"-o {output_dir}: cannot write {path}: {e.strerror}") from None
+
+    @staticmethod
+    def _before(line: str, step: int) -> bool:
+        m = re.match(r"s:(\d+) (\w+):", line)
+        return bool(m) and line.endswith("\n") and (int(m.group(1)) < step or
+                                                   (int(m.group(1)) == step and m.group(2) != "trl"))
 
     def _write(self, line: str):
         if self.file:

@@ -231,7 +231,7 @@ def test_bad_model_files_and_paths(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").mkdir()
     assert error(export, [tmp_path / "run", "--format", "hf", "--output", tmp_path / "hf"]) == \
-        f"{tmp_path / 'run'}: no complete checkpoint (no DONE_* marker)"
+        f"{tmp_path / 'run'}: no complete checkpoint (no DONE_* marker, or its checkpoint is damaged)"
     assert error(evaluate, ["--model", good, "--hellaswag", "--hellaswag_data", tmp_path / "none.jsonl"]) == \
         f"--hellaswag_data {tmp_path / 'none.jsonl'}: no such file (prepare it with python -m ds_train.prepare hellaswag)"
     assert error(plot, [tmp_path / "nolog"]) == f"{tmp_path / 'nolog'}: cannot read: No such file or directory"

@@ -141,7 +141,7 @@ def test_one_epoch_logs_and_saved_config(tmp_path):
 def test_rerun_with_y0_truncates_main_log(tmp_path):
     args = [*TINY, "-b", 4, "-x", 3, "-v", 100, "-m", 1, "-o", tmp_path]
     train(args, launcher="python").check()
-    train(args, launcher="python").check()
+    train([*args, "-y", 0], launcher="python").check()
     log = (tmp_path / "main.log").read_text().splitlines()
     assert [l.split()[0] for l in log] == ["s:0", "s:0", "s:1", "s:2", "s:3"]
 

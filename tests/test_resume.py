@@ -1,0 +1,188 @@
+"""Checkpoints and resume, for real: 2 ranks under the deepspeed launcher, killed with SIGKILL or stopped with
+SIGTERM at chosen moments, then resumed with -y 1. The train split is shuffled, so the data loader's position
+and RNG must come back exactly for the losses to match; on the CPU in fp32 they match bit for bit.
+"""
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, cached_train, child_env, free_port, parse, train
+
+STEPS = 8
+# shuffled data, warmup then decay, val every 4 steps; checkpoints every 2 steps
+RESUMABLE = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "2e-3", "-u", 2, "-q", 0.1, "-d", 256, "-b", 4, "-z", 1,
+             "--shuffle", 1, "-n", 2]
+
+
+def reference():
+    """The uninterrupted run; -nk 1 -nm 3 leave the newest checkpoint (8) and the multiples of 3 (6)."""
+    return cached_train("resume_reference", [*RESUMABLE, "-nk", 1, "-nm", 3], ranks=2, launcher="deepspeed")
+
+
+def main_log(run_dir) -> str:
+    with open(os.path.join(run_dir, "main.log")) as f:
+        return f.read()
+
+
+def launch(out_dir, *extra):
+    """Start a 2-rank run in its own process group; its output goes to a file so it can be watched."""
+    log = open(os.path.join(os.path.dirname(out_dir), f"{os.path.basename(out_dir)}.{time.time_ns()}.out"), "w+")
+    cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), MAIN,
+           "--ds_config", CPU_CONFIG, *map(str, [*RESUMABLE, "-o", out_dir, *extra])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=1), stdout=log, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    return proc, log
+
+
+def wait_for(log, pattern, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log.seek(0)
+        if re.search(pattern, log.read(), re.M):
+            return
+        assert proc.poll() is None, f"run ended before {pattern!r}:\n{log.read()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} within {timeout} s")
+
+
+def finish(proc, log, timeout=300):
+    proc.wait(timeout=timeout)
+    log.seek(0)
+    return parse(subprocess.CompletedProcess([], proc.returncode, log.read(), ""))
+
+
+def checkpoints_in(run_dir):
+    done = sorted(int(name[5:]) for name in os.listdir(run_dir) if re.fullmatch(r"DONE_\d{8}", name))
+    folders = sorted(int(name[5:]) for name in os.listdir(os.path.join(run_dir, "checkpoints")) if name.startswith("step_"))
+    return done, folders
+
+
+def test_retention_keeps_the_last_k_and_multiples_of_m():
+    done, folders = checkpoints_in(reference().output_dir)
+    assert done == folders == [6, 8]
+
+
+def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
+    """SIGKILL to every process of the run, in a step or in a save, four times; -y 1 after each."""
+    ref = reference()
+    out = str(tmp_path / "run")
+    delays = random.Random(5).sample([0.0, 0.05, 0.1, 0.2, 0.3, 0.4], 4)
+    for trigger, delay in zip(["step    2/8", "saved checkpoint", "step    5/8", "step    7/8"], delays):
+        proc, log = launch(out, "-y", 1)
+        wait_for(log, trigger, proc)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    last = finish(*launch(out, "-y", 1)).check()
+    assert main_log(out) == main_log(ref.output_dir)  # every step once, the same numbers
+    resumed_steps = len(last.losses)
+    assert last.losses == ref.losses[STEPS - resumed_steps:]  # bit for bit
+    assert last.val_losses[-1] == ref.val_losses[-1]
+
+
+def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
+    """As SLURM's time limit or a preemption delivers it; the rank that got no signal stops with the other."""
+    ref = reference()
+    out = str(tmp_path / "run")
+    proc, log = launch(out, "-y", 1, "-n", 0)  # no periodic checkpoints: the one on disk is the signal's
+    wait_for(log, r"^step    3/8", proc)
+    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in p.cmdline())
+    rank1.send_signal(signal.SIGTERM)
+    stopped = finish(proc, log)
+    assert stopped.returncode == 0, stopped.stdout[-3000:]
+    m = re.search(r"stopping at step (\d+) on a signal to another rank: checkpoint saved", stopped.stdout)
+    assert m, stopped.stdout[-3000:]
+    step = int(m.group(1))
+    assert checkpoints_in(out) == ([step], [step])
+    resumed = finish(*launch(out, "-y", 1, "-n", 0)).check()
+    assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in resumed.stdout
+    assert stopped.losses + resumed.losses == ref.losses
+    assert main_log(out) == main_log(ref.output_dir)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    ref = reference()
+    out = str(tmp_path / "run")
+    shutil.copytree(ref.output_dir, out)
+    optimizer_file = os.path.join(out, "checkpoints", "step_00000008", "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    truncated_size = os.path.getsize(optimizer_file) // 2
+    with open(optimizer_file, "r+b") as f:
+        f.truncate(truncated_size)
+    os.makedirs(os.path.join(out, "checkpoints", "step_00000010"))  # a save killed before its DONE marker
+    run = train([*RESUMABLE, "-nk", 1, "-nm", 3, "-o", out, "-y", 1], ranks=2, launcher="deepspeed").check()
+    assert f"warning: checkpoint step 8 is damaged ({optimizer_file} has {truncated_size} bytes, " in run.stdout
+    assert f"resumed from {out}/checkpoints/step_00000006 at step 6" in run.stdout
+    assert run.losses == ref.losses[6:]
+    assert main_log(out) == main_log(ref.output_dir)
+
+
+def test_settings_that_cannot_carry_over_are_refused(tmp_path):
+    ref = reference()
+    out = str(tmp_path / "run")
+    shutil.copytree(ref.output_dir, out)
+    where = f"{out}/checkpoints/step_00000008"
+    cases = [
+        (["-e", "gpt2:d2:c64:h4"], ranks := 2,
+         f"-y 1: {where} holds a gpt2:d2:c64:h2 model"),
+        (["-d", 512], 2, f"-y 1: {where} was trained with -d 256, this run asks for -d 512; resume with -d 256"),
+        ([], 1, f"-y 1: {where} was saved by 2 ranks at ZeRO-1 with -b 4; resuming on 1 ranks at ZeRO-1 with -b 4 "
+                "is not implemented yet"),
+    ]
+    for extra, ranks, message in cases:
+        run = train([*RESUMABLE, "-o", out, "-y", 1, *extra], ranks=ranks, launcher="deepspeed" if ranks > 1 else "python")
+        assert run.returncode != 0
+        assert message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    started_over = train([*RESUMABLE, "-o", out, "-y", 0])
+    assert started_over.returncode == 2
+    assert started_over.stderr.strip() == (f"ds_train: error: -y 0: -o {out} already holds checkpoints of a run; "
+                                           "resume it with -y 1, or choose another -o (or delete them) to start over")
+    assert main_log(out) == main_log(ref.output_dir)  # nothing was lost
+
+
+def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path):
+    proc, log = launch(str(tmp_path / "run"), "-x", 1000, "-n", 0)
+    wait_for(log, r"^step    2/1000", proc)
+    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in p.cmdline())
+    killed_at = time.time()
+    rank1.kill()
+    run = finish(proc, log, timeout=120)
+    assert run.returncode != 0
+    assert time.time() - killed_at < 60
+
+
+def test_prune_keeps_what_the_flags_say_and_clears_dead_saves(tmp_path):
+    from ds_train import checkpoint
+
+    for step in range(1, 11):
+        os.makedirs(tmp_path / "checkpoints" / checkpoint.tag(step))
+        if step != 5:  # step 5's save was killed before its marker
+            (tmp_path / (checkpoint.DONE % step)).write_text("")
+    os.makedirs(tmp_path / "checkpoints" / checkpoint.tag(11))  # a save in progress
+    checkpoint.prune(str(tmp_path), keep_last=2, keep_every=4)
+    assert checkpoints_in(tmp_path) == ([4, 8, 9, 10], [4, 8, 9, 10, 11])
+    checkpoint.prune(str(tmp_path), keep_last=0, keep_every=0)  # -nk 0 keeps everything complete
+    assert checkpoints_in(tmp_path) == ([4, 8, 9, 10], [4, 8, 9, 10, 11])
+
+
+def test_main_log_is_cut_back_to_the_resumed_step(tmp_path):
+    from ds_train.metrics import MainLog
+
+    log = MainLog(str(tmp_path), enabled=True)
+    for step in range(6):
+        if step % 2 == 0:
+            log.val(step, 5.0)
+            log.eval(step, 0.25)
+        log.train(step, 4.0, 1e-3, 1.0)
+    log.file.write("s:6 trl:3.9")  # a line cut short by a kill
+    log.file.close()
+    MainLog(str(tmp_path), enabled=True, resume_step=4).file.close()
+    assert [re.match(r"s:\d+ \w+", line).group() for line in main_log(tmp_path).splitlines()] == [
+        "s:0 tel", "s:0 eval", "s:0 trl", "s:1 trl", "s:2 tel", "s:2 eval", "s:2 trl", "s:3 trl", "s:4 tel", "s:4 eval"]
