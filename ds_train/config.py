@@ -74,7 +74,7 @@ FLAGS = [
     ]),
 ]
 NOT_YET = {  # flag: (value that needs no implementation, what is missing)
-    "skip_loss_z": (0.0, "outlier update skipping"), "skip_grad_z": (0.0, "outlier update skipping"),
+    "skip_grad_z": (0.0, "grad-norm outlier skipping"),
 }
 
 
@@ -142,6 +142,7 @@ class RunConfig:
     checkpoints_keep: int
     major_checkpoint_every: int
     resume: bool
+    skip_loss_z: float
     sample_every: int
     gen_tokens: int
     zero_stage: int
@@ -249,6 +250,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.checkpoint_every >= 0, f"-n {args.checkpoint_every}: expected 0 (never) or a number of steps")
     _check(args.checkpoints_keep >= 0, f"-nk {args.checkpoints_keep}: expected 0 (keep all) or how many to keep")
     _check(args.major_checkpoint_every >= 0, f"-nm {args.major_checkpoint_every}: expected 0 (none) or a number of steps")
+    _check(args.skip_loss_z >= 0, f"-sl {args.skip_loss_z}: expected 0 (off) or a positive z-score")
     _check(args.resume in (0, 1), f"-y {args.resume}: expected 0 (start over) or 1 (resume)")
     _check(args.resume == 0 or args.output_dir, f"-y {args.resume}: resuming needs -o, the run directory to resume")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
@@ -265,6 +267,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         weight_decay=weight_decay, val_every=args.val_every, val_max_steps=args.val_max_steps,
         hellaswag=bool(args.hellaswag), hellaswag_data=args.hellaswag_data, checkpoint_every=args.checkpoint_every,
         checkpoints_keep=args.checkpoints_keep, major_checkpoint_every=args.major_checkpoint_every, resume=bool(args.resume),
+        skip_loss_z=args.skip_loss_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         bf16=bf16)
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes

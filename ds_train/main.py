@@ -8,6 +8,7 @@ Flags are llm.c's (train_gpt2cu); `--help` lists them with their long names.
 """
 
 import json
+import math
 import os
 import re
 import sys
@@ -26,6 +27,7 @@ from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
 from ds_train.hellaswag import load_rendered
 from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
+from ds_train.outliers import OutlierDetector
 from ds_train.schedule import learning_rate
 
 # DeepSpeed 0.19 still calls this deprecated torch collective on every ZeRO step; the warning is not ours to fix
@@ -73,23 +75,47 @@ def grad_norm(module) -> float:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
 
 
-def train_step(engine, loader, grad_accum: int, lr: float, norm_from_engine: bool):
-    """One optimizer step over grad_accum micro-batches -> (mean loss over all ranks, grad norm before clipping)."""
+def train_step(engine, loader, grad_accum: int, lr: float, norm_from_engine: bool, judge, poison: bool = False):
+    """One optimizer step over grad_accum micro-batches -> (mean loss over all ranks, grad norm before clipping,
+    why the update was skipped or None).
+
+    `judge(mean_loss)` decides before the last backward whether the update may go ahead. A skipped update is
+    made by turning the last micro-batch's loss into NaN: ZeRO 1-3 then take DeepSpeed's own path for a
+    non-finite gradient norm (gradients dropped, no optimizer step, engine.skipped_steps + 1); without ZeRO the
+    optimizer's step is left out for this once. A non-finite gradient norm is skipped the same way.
+    `poison` makes the step's loss NaN, as a diverged model would (the test hook DS_TRAIN_NAN_AT_STEP).
+    """
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=engine.device)
-    norm = None
-    for _ in range(grad_accum):
+    norm = skip = None
+    skipped_before = engine.skipped_steps
+    for micro_step in range(grad_accum):
         x, y = loader.next_batch()
         loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
-        engine.backward(loss)  # divides by grad_accum; reduces gradients at the accumulation boundary
+        if poison:
+            loss = loss * float("nan")
         loss_sum += loss.detach().float()
+        if micro_step == grad_accum - 1:
+            mean_loss = distributed.all_reduce_mean(loss_sum / grad_accum)
+            skip = judge(mean_loss)
+            if skip:
+                loss = loss * float("nan")
+        engine.backward(loss)  # divides by grad_accum; reduces gradients at the accumulation boundary
         if not norm_from_engine and engine.is_gradient_accumulation_boundary():
             norm = grad_norm(engine.module)  # fp32 without ZeRO: DeepSpeed clips but does not report the norm
+            if not math.isfinite(norm):
+                skip = skip or "non-finite grad norm"
+                for p in engine.module.parameters():
+                    p.grad.zero_()  # DeepSpeed still clips them (to nothing) ...
+                engine.optimizer.step = lambda *args, **kwargs: None  # ... but the optimizer does not step
         engine.step()  # steps the optimizer only at the boundary
+        engine.optimizer.__dict__.pop("step", None)  # the real step again
     if norm is None:
         norm = float(engine.get_global_grad_norm())
-    return distributed.all_reduce_mean(loss_sum / grad_accum), norm
+        if engine.skipped_steps > skipped_before:
+            skip = skip or "non-finite grad norm"
+    return mean_loss, norm, skip
 
 
 def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, device: str) -> str:
@@ -114,11 +140,11 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
     ])
 
 
-def run_state(run: config.RunConfig, step: int) -> dict:
+def run_state(run: config.RunConfig, step: int, loss_outliers: OutlierDetector) -> dict:
     """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it)."""
     return {"step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
             "world_size": run.world_size, "B": run.B, "T": run.T, "total_batch_size": run.total_batch_size,
-            "run": run.to_dict()}
+            "loss_outliers": loss_outliers.state_dict(), "run": run.to_dict()}
 
 
 def check_resumable(saved: dict, run: config.RunConfig, where: str):
@@ -165,9 +191,12 @@ def train(argv=None):
     distributed.init_process_group(place)
     engine = build_engine(run, ds_config)
     start_step = 0
+    loss_outliers = OutlierDetector()
     if resume_step is not None:
         root, step_tag = os.path.join(run.output_dir, checkpoint.CHECKPOINTS), checkpoint.tag(resume_step)
-        check_resumable(checkpoint.client_state(root, step_tag), run, os.path.join(root, step_tag))
+        saved = checkpoint.client_state(root, step_tag)
+        check_resumable(saved, run, os.path.join(root, step_tag))
+        loss_outliers.load_state_dict(saved["loss_outliers"])
         mine = checkpoint.load(engine, run.output_dir, resume_step)
         train_loader.load_state_dict(mine["train_loader"])
         checkpoint.set_rng_state(mine["rng"])
@@ -193,7 +222,7 @@ def train(argv=None):
     monitor = metrics.Monitor(engine)
 
     def save(step):
-        checkpoint.save(engine, run.output_dir, step, run_state(run, step),
+        checkpoint.save(engine, run.output_dir, step, run_state(run, step, loss_outliers),
                         {"train_loader": train_loader.state_dict(), "rng": checkpoint.rng_state()},
                         keep_last=run.checkpoints_keep, keep_every=run.major_checkpoint_every)
         print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")
@@ -220,6 +249,16 @@ def train(argv=None):
         if checkpoint_due(step, last_step):
             save(step)
 
+    def judge(loss):
+        """-sl and the NaN guard: a reason to skip this step's update, or None."""
+        if not math.isfinite(loss):
+            return "non-finite loss"
+        z = loss_outliers.update(loss)
+        if run.skip_loss_z > 0 and z > run.skip_loss_z:  # NaN (window not yet full) compares False
+            return f"loss z-score {z:.2f} > -sl {run.skip_loss_z:g}"
+        return None
+
+    nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
     stop = distributed.StopSignal()  # SIGTERM / SIGUSR1: save at the next step boundary and exit 0
     for step in range(start_step, num_steps + 1):
         last_step = step == num_steps
@@ -240,13 +279,16 @@ def train(argv=None):
             train_loader.reset()
         start = time.perf_counter()
         lr = learning_rate(step, run.lr_schedule, run.learning_rate, run.warmup_steps, num_steps, run.final_lr_frac)
-        loss, norm = train_step(engine, train_loader, run.grad_accum, lr, norm_from_engine)
+        loss, norm, skipped = train_step(engine, train_loader, run.grad_accum, lr, norm_from_engine, judge,
+                                         poison=step == nan_at_step)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         tokens_per_s = throughput.update(run.total_batch_size, seconds)
         mfu = flops_per_step / seconds / peak if peak else None
         print0(metrics.step_line(step + 1, num_steps, loss, norm, lr, 1000 * seconds, tokens_per_s, mfu))
+        if skipped:
+            print0(f"skipped the update of step {step + 1}: {skipped}")
         log.train(step, loss, lr, norm)
         memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         monitor.log(step, **{"Train/loss": loss, "Train/lr": lr, "Train/grad_norm": norm, "Train/tokens_per_s": tokens_per_s,
