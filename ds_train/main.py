@@ -109,8 +109,10 @@ def train_step(engine, loader, grad_accum: int, lr: float, norm_from_engine: boo
                 for p in engine.module.parameters():
                     p.grad.zero_()  # DeepSpeed still clips them (to nothing) ...
                 engine.optimizer.step = lambda *args, **kwargs: None  # ... but the optimizer does not step
+                engine.step()
+                del engine.optimizer.step  # the class's real step again
+                continue
         engine.step()  # steps the optimizer only at the boundary
-        engine.optimizer.__dict__.pop("step", None)  # the real step again
     if norm is None:
         norm = float(engine.get_global_grad_norm())
         if engine.skipped_steps > skipped_before:
