@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 
 import numpy as np
 import torch
@@ -130,12 +131,27 @@ def newest_whole(out_dir: str, say=print):
     return None
 
 
-def load(engine, out_dir: str, step: int) -> dict:
-    """Load step `step` into the engine (weights, optimizer) -> this rank's own state."""
-    root = os.path.join(out_dir, CHECKPOINTS)
-    engine.load_checkpoint(root, tag=tag(step))
-    rank_file = os.path.join(root, tag(step), RANK_STATE % torch.distributed.get_rank())
-    return torch.load(rank_file, map_location="cpu", weights_only=False)
+def step_dir(out_dir: str, step: int) -> str:
+    return os.path.join(out_dir, CHECKPOINTS, tag(step))
+
+
+def load_engine(engine, out_dir: str, step: int):
+    """Load step `step` into an engine of the layout that saved it (weights, optimizer)."""
+    engine.load_checkpoint(os.path.join(out_dir, CHECKPOINTS), tag=tag(step))
+
+
+def rank_states(out_dir: str, step: int, saved_world: int, rank: int):
+    """-> (the data stream's loader states, one per rank of the stream's layout; this rank's RNG states).
+
+    A run on its stream's own layout saves one loader state per rank; a run replaying another layout's
+    stream (data.ReplayLoader) saves the whole stream on every rank. A rank that the saved run did not have
+    takes the RNG states of rank (rank mod saved world).
+    """
+    files = [torch.load(os.path.join(step_dir(out_dir, step), RANK_STATE % r), map_location="cpu", weights_only=False)
+             for r in range(saved_world)]
+    first = files[0]["train_loader"]
+    streams = first["loaders"] if "loaders" in first else [f["train_loader"] for f in files]
+    return streams, files[rank % saved_world]["rng"]
 
 
 def done_steps(out_dir: str) -> list:
@@ -163,14 +179,32 @@ def client_state(root: str, step_tag: str) -> dict:
     return torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)["ds_train"]
 
 
+def _fp32_from_universal(step_dir: str, cfg: GPTConfig) -> dict:
+    from ds_train import reshard
+    from ds_train.model import GPT
+
+    with torch.device("meta"):  # names only: no memory, no init
+        names = [name for name, _ in GPT(cfg).named_parameters()]  # the tied head is transformer.wte.weight
+    folder = os.path.join(step_dir, reshard.UNIVERSAL)
+    if os.path.isdir(folder):  # converted already by a resume on another layout
+        return {name: reshard.read_universal(folder, name) for name in names}
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint itself may be read-only
+        reshard.convert(step_dir, os.path.join(tmp, reshard.UNIVERSAL))
+        return {name: reshard.read_universal(os.path.join(tmp, reshard.UNIVERSAL), name) for name in names}
+
+
 def load_fp32(path: str):
     """(GPTConfig, fp32 state dict) of a checkpoint; ZeRO partitions are consolidated to the fp32 master weights."""
     root, step_tag = locate(path)
     state = client_state(root, step_tag)
     cfg = GPTConfig(**state["model"])
+    step_dir = os.path.join(root, step_tag)
     if state["zero_stage"] == 0:  # the module's own weights (fp32: ds_train refuses bf16 without ZeRO)
-        weights = torch.load(os.path.join(root, step_tag, "mp_rank_00_model_states.pt"), map_location="cpu",
+        weights = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
                              weights_only=False)["module"]
+    elif glob.glob(os.path.join(step_dir, "bf16_zero_pp_rank_*")):
+        # DeepSpeed's BF16_Optimizer (bf16 at ZeRO-1), which zero_to_fp32 does not read: its universal form does
+        weights = _fp32_from_universal(step_dir, cfg)
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

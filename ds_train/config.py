@@ -39,6 +39,8 @@ FLAGS = [
         ("-nk", "--checkpoints_keep", int, 0, "K", "keep the last k checkpoints (0 = all)"),
         ("-nm", "--major_checkpoint_every", int, 0, "M", "never delete checkpoints at multiples of M"),
         ("-y", "--resume", int, 0, "0|1", "1 = resume from the newest checkpoint in -o, 0 = start over"),
+        (None, "--resume_new_batch", int, 0, "0|1", "1 = let -y 1 go on with another total batch -d than the "
+                                                    "checkpoint's (refused otherwise)"),
     ]),
     ("Batch", [
         ("-b", "--micro_batch_size", int, None, "B", "micro-batch B per GPU (JSON: train_micro_batch_size_per_gpu; default 4)"),
@@ -73,11 +75,6 @@ FLAGS = [
         ("-ge", "--gelu_fusion", int, -1, "N", "llm.c's CUDA GELU fusion: accepted and ignored"),
     ]),
 ]
-NOT_YET = {  # flag: (value that needs no implementation, what is missing)
-    "skip_grad_z": (0.0, "grad-norm outlier skipping"),
-}
-
-
 def flag_names(dest: str) -> str:
     """'-h/--hellaswag' for a setting's name, as error messages quote it."""
     for _, flags in FLAGS:
@@ -99,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         group = parser.add_argument_group(title)
         for short, long, kind, default, metavar, text in flags:
             names = [short, long] if short else [long]
-            if long[2:] in NOT_YET:
-                text += " [not implemented yet]"
             group.add_argument(*names, dest=long[2:], type=kind, default=default, help=text, metavar=metavar)
     return parser
 
@@ -142,7 +137,9 @@ class RunConfig:
     checkpoints_keep: int
     major_checkpoint_every: int
     resume: bool
+    resume_new_batch: bool
     skip_loss_z: float
+    skip_grad_z: float
     sample_every: int
     gen_tokens: int
     zero_stage: int
@@ -191,8 +188,6 @@ def _check(condition: bool, message: str):
 
 def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     """-> (RunConfig, effective DeepSpeed config dict, notes). Raises UserError on any bad or conflicting setting."""
-    for name, (inert, what) in NOT_YET.items():
-        _check(getattr(args, name) == inert, f"{flag_names(name)} {getattr(args, name)}: {what} is not implemented yet in ds_train")
     init_from_file = convert.is_model_path(args.init)
     if init_from_file:
         model = convert.read_config(args.init, "-e")
@@ -251,8 +246,10 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.checkpoints_keep >= 0, f"-nk {args.checkpoints_keep}: expected 0 (keep all) or how many to keep")
     _check(args.major_checkpoint_every >= 0, f"-nm {args.major_checkpoint_every}: expected 0 (none) or a number of steps")
     _check(args.skip_loss_z >= 0, f"-sl {args.skip_loss_z}: expected 0 (off) or a positive z-score")
+    _check(args.skip_grad_z >= 0, f"-sg {args.skip_grad_z}: expected 0 (off) or a positive z-score")
     _check(args.resume in (0, 1), f"-y {args.resume}: expected 0 (start over) or 1 (resume)")
     _check(args.resume == 0 or args.output_dir, f"-y {args.resume}: resuming needs -o, the run directory to resume")
+    _check(args.resume_new_batch in (0, 1), f"--resume_new_batch {args.resume_new_batch}: expected 0 or 1")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
@@ -267,7 +264,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         weight_decay=weight_decay, val_every=args.val_every, val_max_steps=args.val_max_steps,
         hellaswag=bool(args.hellaswag), hellaswag_data=args.hellaswag_data, checkpoint_every=args.checkpoint_every,
         checkpoints_keep=args.checkpoints_keep, major_checkpoint_every=args.major_checkpoint_every, resume=bool(args.resume),
-        skip_loss_z=args.skip_loss_z,
+        resume_new_batch=bool(args.resume_new_batch), skip_loss_z=args.skip_loss_z, skip_grad_z=args.skip_grad_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         bf16=bf16)
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes

@@ -148,7 +148,8 @@ class ShardLoader:
         if self.shuffle:
             random_permutation(self.sample_order, self.rng)
 
-    def next_batch(self):
+    def next_window(self):
+        """(shard tokens, start) of this rank's next B*T+1 tokens, and move past them."""
         if self.sample_pos >= len(self.sample_order):
             if self.shard_pos == len(self.files) - 1:
                 self.reset()
@@ -157,7 +158,11 @@ class ShardLoader:
                 self._open_shard()
         start = self.sample_order[self.sample_pos] * self.sample_tokens + self.rank * self.B * self.T
         self.sample_pos += 1
-        buf = torch.from_numpy(self.tokens[start:start + self.B * self.T + 1].astype(np.int64))
+        return self.tokens, start
+
+    def next_batch(self):
+        tokens, start = self.next_window()
+        buf = torch.from_numpy(tokens[start:start + self.B * self.T + 1].astype(np.int64))
         return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
 
     def state_dict(self) -> dict:
@@ -183,3 +188,56 @@ class ShardLoader:
         self.sample_pos = state["sample_pos"]
         if self.rng:
             self.rng.load_state_dict(state["rng"])
+
+
+class ReplayLoader:
+    """Serves one rank of a new layout (B, world, grad_accum) the rows that the run's data stream, laid out as
+    `stream_world` ranks of `stream_B` rows, puts in each optimizer step.
+
+    A run resumed on another number of ranks or another micro-batch keeps its data order this way: the
+    stream's loaders (llm.c's, one per original rank, each with its own shuffle) are replayed here without
+    reading their tokens, a step's rows (T+1 tokens each) are lined up in (micro-step, original rank, row)
+    order, and rank r takes rows [(m*world + r)*B, +B) at micro-step m. Every step trains on exactly the rows
+    it would have trained on in the original layout, so nothing is repeated or skipped and the gradient is
+    the same (up to float summation order).
+    """
+
+    def __init__(self, pattern: str, B: int, T: int, rank: int, world: int, grad_accum: int, shuffle: bool,
+                 stream_B: int, stream_world: int, flag: str = "-i"):
+        rows_per_step = B * world * grad_accum
+        if rows_per_step % (stream_B * stream_world):
+            raise UserError(f"{flag} {pattern}: a step of {rows_per_step} rows on this layout is not a whole number of "
+                            f"the data stream's micro-steps of {stream_B}x{stream_world} rows")
+        self.loaders = [ShardLoader(pattern, stream_B, T, r, stream_world, shuffle, flag) for r in range(stream_world)]
+        self.B, self.T, self.rank, self.world, self.grad_accum = B, T, rank, world, grad_accum
+        self.stream_B, self.stream_world = stream_B, stream_world
+        self.stream_accum = rows_per_step // (stream_B * stream_world)
+        self.num_tokens = self.loaders[0].num_tokens
+        self.micro_step, self.windows = 0, None
+
+    def reset(self):
+        for loader in self.loaders:
+            loader.reset()
+        self.micro_step = 0
+
+    def next_batch(self):
+        if self.micro_step == 0:  # a new optimizer step: where each of its stream micro-batches lies
+            self.windows = [loader.next_window() for _ in range(self.stream_accum) for loader in self.loaders]
+        first = (self.micro_step * self.world + self.rank) * self.B
+        rows = []
+        for row in range(first, first + self.B):
+            tokens, start = self.windows[row // self.stream_B]
+            start += (row % self.stream_B) * self.T
+            rows.append(tokens[start:start + self.T + 1].astype(np.int64))
+        self.micro_step = (self.micro_step + 1) % self.grad_accum
+        buf = torch.from_numpy(np.stack(rows))
+        return buf[:, :-1], buf[:, 1:]
+
+    def state_dict(self) -> dict:
+        assert self.micro_step == 0, "the data position is saved between optimizer steps"
+        return {"stream": [self.stream_B, self.stream_world], "loaders": [loader.state_dict() for loader in self.loaders]}
+
+    def load_state_dict(self, state: dict):
+        for loader, loader_state in zip(self.loaders, state["loaders"], strict=True):
+            loader.load_state_dict(loader_state)
+        self.micro_step = 0

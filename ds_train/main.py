@@ -8,7 +8,6 @@ Flags are llm.c's (train_gpt2cu); `--help` lists them with their long names.
 """
 
 import json
-import math
 import os
 import re
 import sys
@@ -21,14 +20,15 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 
 import torch
 
-from ds_train import checkpoint, config, convert, distributed, metrics
-from ds_train.data import ShardLoader, writable_dir
+from ds_train import checkpoint, config, convert, distributed, metrics, reshard
+from ds_train.data import ReplayLoader, ShardLoader, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
 from ds_train.hellaswag import load_rendered
 from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
-from ds_train.outliers import OutlierDetector
+from ds_train.outliers import UpdateGuard
 from ds_train.schedule import learning_rate
+from ds_train.update import NormHook, train_step
 
 # DeepSpeed 0.19 still calls this deprecated torch collective on every ZeRO step; the warning is not ours to fix
 warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
@@ -70,56 +70,6 @@ def build_engine(run: config.RunConfig, ds_config: dict):
     return engine
 
 
-def grad_norm(module) -> float:
-    grads = [p.grad.float() for p in module.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
-
-
-def train_step(engine, loader, grad_accum: int, lr: float, norm_from_engine: bool, judge, poison: bool = False):
-    """One optimizer step over grad_accum micro-batches -> (mean loss over all ranks, grad norm before clipping,
-    why the update was skipped or None).
-
-    `judge(mean_loss)` decides before the last backward whether the update may go ahead. A skipped update is
-    made by turning the last micro-batch's loss into NaN: ZeRO 1-3 then take DeepSpeed's own path for a
-    non-finite gradient norm (gradients dropped, no optimizer step, engine.skipped_steps + 1); without ZeRO the
-    optimizer's step is left out for this once. A non-finite gradient norm is skipped the same way.
-    `poison` makes the step's loss NaN, as a diverged model would (the test hook DS_TRAIN_NAN_AT_STEP).
-    """
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr
-    loss_sum = torch.zeros((), device=engine.device)
-    norm = skip = None
-    skipped_before = engine.skipped_steps
-    for micro_step in range(grad_accum):
-        x, y = loader.next_batch()
-        loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
-        if poison:
-            loss = loss * float("nan")
-        loss_sum += loss.detach().float()
-        if micro_step == grad_accum - 1:
-            mean_loss = distributed.all_reduce_mean(loss_sum / grad_accum)
-            skip = judge(mean_loss)
-            if skip:
-                loss = loss * float("nan")
-        engine.backward(loss)  # divides by grad_accum; reduces gradients at the accumulation boundary
-        if not norm_from_engine and engine.is_gradient_accumulation_boundary():
-            norm = grad_norm(engine.module)  # fp32 without ZeRO: DeepSpeed clips but does not report the norm
-            if not math.isfinite(norm):
-                skip = skip or "non-finite grad norm"
-                for p in engine.module.parameters():
-                    p.grad.zero_()  # DeepSpeed still clips them (to nothing) ...
-                engine.optimizer.step = lambda *args, **kwargs: None  # ... but the optimizer does not step
-                engine.step()
-                del engine.optimizer.step  # the class's real step again
-                continue
-        engine.step()  # steps the optimizer only at the boundary
-    if norm is None:
-        norm = float(engine.get_global_grad_norm())
-        if engine.skipped_steps > skipped_before:
-            skip = skip or "non-finite grad norm"
-    return mean_loss, norm, skip
-
-
 def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, device: str) -> str:
     m = run.model
     return metrics.table([
@@ -142,11 +92,11 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
     ])
 
 
-def run_state(run: config.RunConfig, step: int, loss_outliers: OutlierDetector) -> dict:
+def run_state(run: config.RunConfig, step: int, guard: UpdateGuard) -> dict:
     """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it)."""
     return {"step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
             "world_size": run.world_size, "B": run.B, "T": run.T, "total_batch_size": run.total_batch_size,
-            "loss_outliers": loss_outliers.state_dict(), "run": run.to_dict()}
+            "update_guard": guard.state_dict(), "run": run.to_dict()}
 
 
 def check_resumable(saved: dict, run: config.RunConfig, where: str):
@@ -154,14 +104,49 @@ def check_resumable(saved: dict, run: config.RunConfig, where: str):
     if saved["model"] != asdict(run.model):
         raise UserError(f"-y 1: {where} holds a {saved['init']} model ({saved['model']}), not the -e {run.init} "
                         "model of this run; use another -o or the same -e")
-    for flag, key, now in (("-t", "T", run.T), ("-d", "total_batch_size", run.total_batch_size)):
-        if saved[key] != now:
-            raise UserError(f"-y 1: {where} was trained with {flag} {saved[key]}, this run asks for {flag} {now}; "
-                            f"resume with {flag} {saved[key]} (or start a new run in another -o)")
-    if (saved["world_size"], saved["zero_stage"], saved["B"]) != (run.world_size, run.zero_stage, run.B):
-        raise UserError(f"-y 1: {where} was saved by {saved['world_size']} ranks at ZeRO-{saved['zero_stage']} with "
-                        f"-b {saved['B']}; resuming on {run.world_size} ranks at ZeRO-{run.zero_stage} with -b {run.B} "
-                        "is not implemented yet (universal checkpoints); resume with the saved layout")
+    if saved["T"] != run.T:
+        raise UserError(f"-y 1: {where} was trained with -t {saved['T']}, this run asks for -t {run.T}; resume with "
+                        f"-t {saved['T']} (or start a new run in another -o)")
+    if saved["total_batch_size"] != run.total_batch_size and not run.resume_new_batch:
+        raise UserError(f"-y 1: {where} was trained with -d {saved['total_batch_size']}, this run asks for -d "
+                        f"{run.total_batch_size}; resume with -d {saved['total_batch_size']}, or add --resume_new_batch 1 "
+                        "to go on with the new total batch")
+
+
+def resumed_loader(run: config.RunConfig, place, streams: list):
+    """The train loader that continues a checkpoint's data stream: llm.c's own loader when this run has the
+    stream's layout (ranks x -b), else a replay of the stream (data.ReplayLoader)."""
+    stream_B, stream_world = streams[0]["layout"][0], len(streams)
+    if (stream_B, stream_world) == (run.B, run.world_size):
+        loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle)
+        loader.load_state_dict(streams[place.rank])
+        return loader
+    if (run.B * run.world_size * run.grad_accum) % (stream_B * stream_world):
+        raise UserError(f"-d {run.total_batch_size}: the checkpoint's data stream moves in micro-steps of "
+                        f"{stream_world} ranks x {stream_B} rows x {run.T} tokens; resume with a multiple of "
+                        f"{stream_world * stream_B * run.T} tokens")
+    loader = ReplayLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.grad_accum, run.shuffle,
+                          stream_B, stream_world)
+    loader.load_state_dict({"loaders": streams})
+    return loader
+
+
+def resume(engine, run: config.RunConfig, place, step: int, guard: UpdateGuard):
+    """Load checkpoint `step` of -o into the engine -> the train loader that continues its data stream."""
+    where = checkpoint.step_dir(run.output_dir, step)
+    saved = checkpoint.client_state(os.path.join(run.output_dir, checkpoint.CHECKPOINTS), checkpoint.tag(step))
+    check_resumable(saved, run, where)
+    guard.load_state_dict(saved["update_guard"])
+    streams, rng = checkpoint.rank_states(run.output_dir, step, saved["world_size"], place.rank)
+    loader = resumed_loader(run, place, streams)
+    if (saved["world_size"], saved["zero_stage"]) == (run.world_size, run.zero_stage):
+        checkpoint.load_engine(engine, run.output_dir, step)
+    else:
+        distributed.print0(f"resharding {where} from {saved['world_size']} ranks at ZeRO-{saved['zero_stage']} to "
+                           f"{run.world_size} at ZeRO-{run.zero_stage}")
+        reshard.load(engine, where, saved["zero_stage"], run.weight_decay, step)
+    checkpoint.set_rng_state(rng)
+    return loader
 
 
 def train(argv=None):
@@ -193,15 +178,9 @@ def train(argv=None):
     distributed.init_process_group(place)
     engine = build_engine(run, ds_config)
     start_step = 0
-    loss_outliers = OutlierDetector()
+    guard = UpdateGuard(run.skip_loss_z, run.skip_grad_z)
     if resume_step is not None:
-        root, step_tag = os.path.join(run.output_dir, checkpoint.CHECKPOINTS), checkpoint.tag(resume_step)
-        saved = checkpoint.client_state(root, step_tag)
-        check_resumable(saved, run, os.path.join(root, step_tag))
-        loss_outliers.load_state_dict(saved["loss_outliers"])
-        mine = checkpoint.load(engine, run.output_dir, resume_step)
-        train_loader.load_state_dict(mine["train_loader"])
-        checkpoint.set_rng_state(mine["rng"])
+        train_loader = resume(engine, run, place, resume_step, guard)
         start_step = resume_step
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -217,14 +196,14 @@ def train(argv=None):
         metrics.save_config(run.output_dir, "ds_config.json", ds_config)
         metrics.save_config(run.output_dir, "run_config.json", run.to_dict())
 
-    norm_from_engine = run.zero_stage > 0 or run.bf16
+    hook = NormHook(engine) if run.zero_stage > 0 else None  # where the guard sees the grad norm under ZeRO
     peak = metrics.peak_bf16_flops(device) if run.bf16 and torch.cuda.is_available() else None
     flops_per_step = run.model.flops_per_token(run.T) * run.B * run.T * run.grad_accum  # per GPU, as llm.c counts
     throughput = metrics.Throughput()
     monitor = metrics.Monitor(engine)
 
     def save(step):
-        checkpoint.save(engine, run.output_dir, step, run_state(run, step, loss_outliers),
+        checkpoint.save(engine, run.output_dir, step, run_state(run, step, guard),
                         {"train_loader": train_loader.state_dict(), "rng": checkpoint.rng_state()},
                         keep_last=run.checkpoints_keep, keep_every=run.major_checkpoint_every)
         print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")
@@ -251,15 +230,6 @@ def train(argv=None):
         if checkpoint_due(step, last_step):
             save(step)
 
-    def judge(loss):
-        """-sl and the NaN guard: a reason to skip this step's update, or None."""
-        if not math.isfinite(loss):
-            return "non-finite loss"
-        z = loss_outliers.update(loss)
-        if run.skip_loss_z > 0 and z > run.skip_loss_z:  # NaN (window not yet full) compares False
-            return f"loss z-score {z:.2f} > -sl {run.skip_loss_z:g}"
-        return None
-
     nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
     stop = distributed.StopSignal()  # SIGTERM / SIGUSR1: save at the next step boundary and exit 0
     for step in range(start_step, num_steps + 1):
@@ -281,7 +251,7 @@ def train(argv=None):
             train_loader.reset()
         start = time.perf_counter()
         lr = learning_rate(step, run.lr_schedule, run.learning_rate, run.warmup_steps, num_steps, run.final_lr_frac)
-        loss, norm, skipped = train_step(engine, train_loader, run.grad_accum, lr, norm_from_engine, judge,
+        loss, norm, skipped = train_step(engine, train_loader, run.grad_accum, lr, guard, hook,
                                          poison=step == nan_at_step)
         if torch.cuda.is_available():
             torch.cuda.synchronize()

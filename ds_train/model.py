@@ -210,8 +210,10 @@ class GPT(nn.Module):
     def param_groups(self, weight_decay: float) -> list:
         """AdamW groups: decay on 2-D weights (embeddings, matmuls), never on biases or LayerNorm."""
         params = list(self.parameters())  # the tied embedding/head appears once
-        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        # ZeRO-3 leaves a parameter empty between uses; ds_shape is then its real shape
+        matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in params]
+        return [{"params": [p for p, m in zip(params, matrix) if m], "weight_decay": weight_decay},
+                {"params": [p for p, m in zip(params, matrix) if not m], "weight_decay": 0.0}]
 
     @torch.no_grad()
     def generate(self, idx, new_tokens: int, generator: torch.Generator):

@@ -29,7 +29,7 @@ def test_help_lists_llmc_flags_with_long_names():
 @pytest.mark.parametrize("args, message", [
     (["--ds_config", "nowhere.json"], "ds_train: error: --ds_config nowhere.json: no such file"),
     (["--ds_config", CPU_CONFIG, *TINY, "-i", "nothing/*.bin"], "ds_train: error: -i nothing/*.bin: no file matches this pattern"),
-    (["--ds_config", CPU_CONFIG, "-sg", "3"], "ds_train: error: -sg/--skip_grad_z 3.0: grad-norm outlier skipping is not implemented yet in ds_train"),
+    (["--ds_config", CPU_CONFIG, "-sg", "-1"], "ds_train: error: -sg -1.0: expected 0 (off) or a positive z-score"),
 ])
 def test_bad_input_in_a_real_process(args, message):
     proc = run_main(*args)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TRAIN_SHARD, VAL_SHARD, shared_path
-from ds_train.data import HEADER_BYTES, ShardLoader, read_shard, read_shard_header, write_shard
+from ds_train.data import HEADER_BYTES, ReplayLoader, ShardLoader, read_shard, read_shard_header, write_shard
 from ds_train.errors import UserError
 
 REFERENCE = os.path.join(REPO, "tests", "fixtures", "llmc_loader_reference.json")
@@ -64,6 +64,50 @@ def test_state_dict_restores_the_exact_position(tmp_path):
     resumed.load_state_dict(state)
     for want in expected:
         assert np.array_equal(resumed.next_batch()[0].numpy(), want.numpy())
+
+
+def _three_shards(tmp_path, n=60000):
+    tokens = np.asarray(read_shard(TRAIN_SHARD))[:n]
+    for i, (a, b) in enumerate([(0, n // 3), (n // 3, 3 * n // 4), (3 * n // 4, n)]):
+        write_shard(str(tmp_path / f"s_{i}.bin"), tokens[a:b])
+    return str(tmp_path / "s_*.bin")
+
+
+def _rows(x, y):
+    """A micro-batch as its rows of T+1 tokens."""
+    return [tuple(row) for row in np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)]
+
+
+@pytest.mark.parametrize("world,B,accum", [(1, 8, 1), (1, 2, 4), (4, 1, 2), (2, 4, 1), (8, 1, 1), (1, 16, 1)])
+def test_replay_serves_each_step_the_rows_of_the_original_layout(tmp_path, world, B, accum):
+    """A stream of 2 ranks x B=2 x accumulation 2 (shuffled), replayed on other layouts: every optimizer step
+    gets the same rows, in (micro-step, rank, row) order, across shard and epoch boundaries, and a replay
+    restored from its state mid-way goes on identically. (1, 16, 1) takes two stream steps per step, as a
+    resume with a larger total batch does."""
+    pattern, T = _three_shards(tmp_path), 64
+    stream = [ShardLoader(pattern, 2, T, r, 2, shuffle=True) for r in range(2)]
+    steps = stream[0].samples_per_epoch + 5  # into the second epoch
+    stream_steps = [[row for _ in range(2) for loader in stream for row in _rows(*loader.next_batch())]
+                    for _ in range(steps)]
+    if world * B * accum == 16:  # two stream steps per step
+        stream_steps = [a + b for a, b in zip(stream_steps[::2], stream_steps[1::2])]
+    replays = [ReplayLoader(pattern, B, T, r, world, accum, True, stream_B=2, stream_world=2) for r in range(world)]
+    for step, want in enumerate(stream_steps):
+        if step == 3:  # resume from a checkpoint taken between steps
+            states = [json.loads(json.dumps(replay.state_dict())) for replay in replays]
+            replays = [ReplayLoader(pattern, B, T, r, world, accum, True, 2, 2) for r in range(world)]
+            for replay, state in zip(replays, states):
+                replay.load_state_dict(state)
+        got = [[] for _ in range(accum * world)]
+        for micro in range(accum):
+            for r, replay in enumerate(replays):
+                got[micro * world + r] = _rows(*replay.next_batch())
+        assert [row for chunk in got for row in chunk] == want, f"step {step}"
+
+
+def test_replay_refuses_a_step_that_is_not_whole_stream_micro_steps(tmp_path):
+    with pytest.raises(UserError, match="not a whole number of the data stream's micro-steps of 2x2 rows"):
+        ReplayLoader(_three_shards(tmp_path), 3, 64, 0, 1, 1, True, stream_B=2, stream_world=2)
 
 
 def test_state_from_another_layout_is_refused():

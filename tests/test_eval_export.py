@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child_env, free_port, parse, shared_path,
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child_env, free_port, shared_path,
                       train, zero_run)
 from ds_train import convert, evaluate, export, plot
 from ds_train.evals import score_endings

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from conftest import ASSETS, MAIN, REPO, CPU_CONFIG, TINY, child_env, parse, shared_path
 from ds_train import prepare, sources

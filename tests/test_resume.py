@@ -132,9 +132,12 @@ def test_settings_that_cannot_carry_over_are_refused(tmp_path):
     cases = [
         (["-e", "gpt2:d2:c64:h4"], ranks := 2,
          f"-y 1: {where} holds a gpt2:d2:c64:h2 model"),
-        (["-d", 512], 2, f"-y 1: {where} was trained with -d 256, this run asks for -d 512; resume with -d 256"),
-        ([], 1, f"-y 1: {where} was saved by 2 ranks at ZeRO-1 with -b 4; resuming on 1 ranks at ZeRO-1 with -b 4 "
-                "is not implemented yet"),
+        (["-d", 512], 2, f"-y 1: {where} was trained with -d 256, this run asks for -d 512; resume with -d 256, "
+                         "or add --resume_new_batch 1"),
+        (["-t", 16], 2, f"-y 1: {where} was trained with -t 32, this run asks for -t 16"),
+        (["-d", 384, "-b", 2, "--resume_new_batch", 1], 2,
+         "-d 384: the checkpoint's data stream moves in micro-steps of 2 ranks x 4 rows x 32 tokens; resume with a "
+         "multiple of 256 tokens"),
     ]
     for extra, ranks, message in cases:
         run = train([*RESUMABLE, "-o", out, "-y", 1, *extra], ranks=ranks, launcher="deepspeed" if ranks > 1 else "python")
@@ -145,6 +148,71 @@ def test_settings_that_cannot_carry_over_are_refused(tmp_path):
     assert started_over.stderr.strip() == (f"ds_train: error: -y 0: -o {out} already holds checkpoints of a run; "
                                            "resume it with -y 1, or choose another -o (or delete them) to start over")
     assert main_log(out) == main_log(ref.output_dir)  # nothing was lost
+
+
+def copy_checkpoint(run_dir, step, out):
+    """A run directory that holds only checkpoint `step` of run_dir, and run_dir's main.log."""
+    os.makedirs(os.path.join(out, "checkpoints"))
+    shutil.copytree(os.path.join(run_dir, "checkpoints", f"step_{step:08d}"), os.path.join(out, "checkpoints", f"step_{step:08d}"))
+    shutil.copy(os.path.join(run_dir, f"DONE_{step:08d}"), out)
+    shutil.copy(os.path.join(run_dir, "main.log"), out)
+    return out
+
+
+def resume_elsewhere(run_dir, step, out, ranks, *flags):
+    run = train([*RESUMABLE, "-o", copy_checkpoint(run_dir, step, out), "-y", 1, *flags], ranks=ranks,
+                launcher="deepspeed" if ranks > 1 else "python").check()
+    assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in run.stdout
+    run.output_dir = out
+    return run
+
+
+@pytest.mark.parametrize("there,back", [
+    # 1 rank at ZeRO-3 with -b 8 reads the same 8 rows per micro-step as 2 ranks x 4, so val loss compares too
+    ((1, ["-z", 3, "-b", 8]), (2, ["-z", 1, "-b", 4])),
+    # without ZeRO on 1 rank with accumulation 2, then ZeRO-2 with -b 2 on 2 ranks
+    ((1, ["-z", 0, "-b", 4]), (2, ["-z", 2, "-b", 2])),
+])
+def test_resume_on_another_world_size_and_zero_stage_continues_the_same_run(tmp_path, there, back):
+    """The reference (2 ranks, ZeRO-1, -b 4) from its step 6 on another layout, and from that run's step 7 on
+    a third one: the weights, AdamW's moments and step, and the shuffled data order all carry over, so the
+    losses are the uninterrupted run's up to float summation order."""
+    ref = reference()
+    ranks, flags = there
+    first = resume_elsewhere(ref.output_dir, 6, str(tmp_path / "there"), ranks, *flags, "-n", 1)
+    assert f"from 2 ranks at ZeRO-1 to 1 at ZeRO-{flags[1]}" in first.stdout
+    assert first.losses == pytest.approx(ref.losses[6:], abs=2e-5)
+    ranks, flags = back
+    second = resume_elsewhere(str(tmp_path / "there"), 7, str(tmp_path / "back"), ranks, *flags)
+    assert second.losses == pytest.approx(ref.losses[7:], abs=2e-5)
+    if "-b" in flags and flags[flags.index("-b") + 1] == 4:
+        assert first.val_losses[-1] == pytest.approx(ref.val_losses[-1], abs=2e-5)
+        assert second.val_losses[-1] == pytest.approx(ref.val_losses[-1], abs=2e-5)
+
+
+def test_bf16_resume_on_another_layout(tmp_path):
+    """bf16 at ZeRO-1 is DeepSpeed's BF16_Optimizer, with its own partitions and file names: 2 ranks -> 1."""
+    ds_config = tmp_path / "bf16.json"
+    ds_config.write_text('{"bf16": {"enabled": true}}')
+    flags = [*RESUMABLE, "-x", 4, "-v", 2]
+    ref = train([*flags, "-o", tmp_path / "ref"], ranks=2, launcher="deepspeed", ds_config=str(ds_config)).check()
+    assert "bf16 (fp32 master weights)" in ref.stdout
+    out = copy_checkpoint(str(tmp_path / "ref"), 2, str(tmp_path / "one"))
+    one = train([*flags, "-o", out, "-y", 1, "-b", 8], ds_config=str(ds_config)).check()
+    assert "from 2 ranks at ZeRO-1 to 1 at ZeRO-1" in one.stdout
+    assert one.losses[0] == pytest.approx(ref.losses[2], abs=1e-5)  # the same weights and rows
+    assert one.losses == pytest.approx(ref.losses[2:], abs=1e-3)
+    assert one.val_losses[-1] == pytest.approx(ref.val_losses[-1], abs=1e-3)
+
+
+def test_a_new_total_batch_on_resume_is_taken_when_asked(tmp_path):
+    """--resume_new_batch 1: -d 512 from the reference's step 6 (-d 256) on 2 ranks at -b 4 trains 2 stream
+    micro-steps per step and saves a checkpoint that resumes as usual."""
+    ref = reference()
+    run = resume_elsewhere(ref.output_dir, 6, str(tmp_path / "run"), 2, "-d", 512, "--resume_new_batch", 1, "-x", 10)
+    assert re.search(r"^\| grad_accum_steps +\| 2 +\|$", run.stdout, re.M), run.stdout[:3000]
+    assert len(run.losses) == 4 and all(0 < loss < ref.losses[5] for loss in run.losses)
+    assert checkpoints_in(run.output_dir) == ([6, 8, 10], [6, 8, 10])
 
 
 def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path):

@@ -1,0 +1,116 @@
+"""One optimizer step on the DeepSpeed engine, with a guard that may skip the update (outliers.UpdateGuard).
+
+The guard judges the step's loss and its grad norm before clipping, and the norm has to be known before the
+update is applied. Without ZeRO, ds_train computes the norm itself between the last backward and the step.
+Under ZeRO 1-3 DeepSpeed computes it inside engine.step(), right before the update, over each rank's
+partition: `NormHook` wraps that computation so the guard sees the norm there. A veto hands DeepSpeed a NaN
+norm, and DeepSpeed's own non-finite-norm path then drops the gradients, leaves the optimizer alone and
+counts a skipped step.
+"""
+
+import math
+
+import torch
+
+from ds_train import distributed
+from ds_train.errors import UserError
+
+
+def grad_norm(module) -> float:
+    grads = [p.grad.float() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+
+
+class NormHook:
+    """Wraps the ZeRO optimizer's grad-norm computation; `verdict(norm)` may veto the update.
+
+    DeepSpeed 0.19 picks one of three ZeRO optimizers: BF16_Optimizer for bf16 at ZeRO-1 with fp32 gradient
+    accumulation (ds_train's bf16 default), DeepSpeedZeroOptimizer for the other ZeRO-1/2 runs, and
+    DeepSpeedZeroOptimizer_Stage3. Each computes the norm in its own method; all three treat a non-finite
+    norm as "skip this update".
+    """
+
+    def __init__(self, engine):
+        from deepspeed.runtime.utils import combine_grad_norm_groups, get_global_norm_of_tensors
+
+        optimizer = engine.optimizer
+        kind = type(optimizer).__name__
+        nan = math.nan
+        self.verdict, self.norm, self.reason = None, None, None
+
+        def judge(norm) -> bool:
+            self.norm = float(norm) if float(norm) >= 0 else nan  # DeepSpeed marks an inf/NaN group norm as -1
+            self.reason = self.verdict(self.norm)
+            return self.reason is not None
+
+        if kind == "DeepSpeedZeroOptimizer":
+            name = "scaled_global_norm"
+
+            def wrap(original):
+                def scaled_global_norm(*args, **kwargs):
+                    norm = original(*args, **kwargs)
+                    return torch.full_like(norm, nan) if judge(norm) else norm
+                return scaled_global_norm
+        elif kind == "DeepSpeedZeroOptimizer_Stage3":
+            name = "_get_norm_groups"
+
+            def wrap(original):
+                def get_norm_groups(*args, **kwargs):
+                    groups = original(*args, **kwargs)
+                    norm = combine_grad_norm_groups(groups)
+                    return [torch.full_like(norm, nan)] if judge(norm) else groups
+                return get_norm_groups
+        elif kind == "BF16_Optimizer":
+            name = "get_grads_for_norm"
+
+            def wrap(original):
+                def get_grads_for_norm(for_clipping=False):
+                    grads = original(for_clipping=for_clipping)
+                    if for_clipping:
+                        return grads
+                    norm = get_global_norm_of_tensors(grads[0], mpu=optimizer.mpu, norm_type=optimizer.norm_type)
+                    return ([torch.full((1,), nan, device=engine.device)], grads[1]) if judge(norm) else grads
+                return get_grads_for_norm
+        else:
+            raise UserError(f"DeepSpeed chose the ZeRO optimizer {kind}, which ds_train's NaN guard and -sl/-sg do "
+                            "not know; use the DeepSpeed of requirements.txt")
+        setattr(optimizer, name, wrap(getattr(optimizer, name)))
+
+
+def train_step(engine, loader, grad_accum: int, lr: float, guard, hook, poison: bool = False):
+    """One optimizer step over grad_accum micro-batches -> (mean loss over all ranks, grad norm before clipping,
+    why the update was skipped or None). `hook` is the engine's NormHook under ZeRO, None without ZeRO.
+    `poison` makes the step's loss NaN, as a diverged model would (the test hook DS_TRAIN_NAN_AT_STEP)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=engine.device)
+    for micro_step in range(grad_accum):
+        x, y = loader.next_batch()
+        loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
+        if poison:
+            loss = loss * float("nan")
+        loss_sum += loss.detach().float()
+        engine.backward(loss)  # divides by grad_accum; reduces gradients at the accumulation boundary
+        if micro_step < grad_accum - 1:
+            engine.step()  # a no-op for the optimizer before the boundary
+    mean_loss = distributed.all_reduce_mean(loss_sum / grad_accum)
+    if hook is None:  # fp32 without ZeRO: DeepSpeed clips but does not report the norm
+        norm = grad_norm(engine.module)
+        skip = guard.judge(mean_loss, norm)
+        if skip:
+            for p in engine.module.parameters():
+                p.grad.zero_()  # DeepSpeed still clips them (to nothing) ...
+            engine.optimizer.step = lambda *args, **kwargs: None  # ... but the optimizer does not step
+            engine.step()
+            del engine.optimizer.step  # the class's real step again
+        else:
+            engine.step()
+        return mean_loss, norm, skip
+    hook.verdict = lambda norm: guard.judge(mean_loss, norm)
+    hook.norm = hook.reason = None
+    skipped_before = engine.skipped_steps
+    engine.step()
+    if hook.norm is None:  # DeepSpeed found the gradients non-finite before it got to the norm
+        hook.norm, hook.reason = math.nan, guard.judge(mean_loss, math.nan)
+    assert (engine.skipped_steps > skipped_before) == (hook.reason is not None), "the guard and DeepSpeed disagree"
+    return mean_loss, hook.norm, hook.reason
