@@ -7,11 +7,13 @@ finished writing, as llm.c does. The run-wide state (step, model shape, settings
 client state under the key "ds_train".
 
 A checkpoint counts only with its DONE marker, so a save killed at any moment leaves the previous one in
-charge. The marker also lists every file of the checkpoint with its size (llm.c's markers are empty; an
-empty marker is accepted), so a checkpoint truncated or damaged after the fact is noticed and passed over.
+charge. The marker also lists every file of the checkpoint with its size and sha256 (llm.c's markers are
+empty; an empty marker is accepted), so a checkpoint truncated or corrupted after the fact is noticed and
+passed over. The ranks share the hashing out, at save and at resume.
 """
 
 import glob
+import hashlib
 import json
 import os
 import random
@@ -77,12 +79,23 @@ def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_la
     engine.save_checkpoint(root, tag=tag(step), client_state={"ds_train": state}, save_latest=False)
     torch.save(rank_state, os.path.join(step_dir, RANK_STATE % rank))
     _fsync_tree(step_dir)
-    torch.distributed.barrier()  # every rank's files are on disk before the marker says so
+    torch.distributed.barrier()  # every rank's files are on disk before they are listed and the marker says so
+    names = [sorted(os.path.relpath(os.path.join(folder, name), step_dir)
+                    for folder, _, files in os.walk(step_dir) for name in files) if rank == 0 else None]
+    torch.distributed.broadcast_object_list(names, src=0)  # one listing, whatever each node's filesystem cache says
+    world = torch.distributed.get_world_size()
+    mine = {name: _fingerprint(os.path.join(step_dir, name)) for name in names[0][rank::world]}  # hashing shared out
+    everyone = [None] * world
+    torch.distributed.all_gather_object(everyone, mine)
     if rank == 0:
-        files = {os.path.relpath(os.path.join(folder, name), step_dir): os.path.getsize(os.path.join(folder, name))
-                 for folder, _, names in os.walk(step_dir) for name in names}
+        files = {name: part[name] for part in everyone for name in part}
         _write_atomically(os.path.join(out_dir, DONE % step), json.dumps({"step": step, "files": files}, indent=1))
         prune(out_dir, keep_last, keep_every)
+
+
+def _fingerprint(path: str) -> dict:
+    with open(path, "rb") as f:
+        return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
 def prune(out_dir: str, keep_last: int, keep_every: int):
@@ -99,8 +112,9 @@ def prune(out_dir: str, keep_last: int, keep_every: int):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def verify(out_dir: str, step: int):
-    """None when checkpoint `step` is whole, else what is wrong with it."""
+def verify(out_dir: str, step: int, share=(0, 1)):
+    """None when checkpoint `step` is whole, else what is wrong with it. Sizes are checked for every file,
+    checksums for this rank's share (rank, world) of them."""
     step_dir = os.path.join(out_dir, CHECKPOINTS, tag(step))
     if not os.path.isdir(step_dir):
         return f"{step_dir} is missing"
@@ -112,19 +126,31 @@ def verify(out_dir: str, step: int):
         return f"{os.path.join(out_dir, DONE % step)} is unreadable"
     if manifest is None:
         return None  # an llm.c-style empty marker: nothing to check against
-    for name, size in manifest["files"].items():
+    files = {name: saved if isinstance(saved, dict) else {"bytes": saved}  # markers of ds_train before checksums
+             for name, saved in manifest["files"].items()}
+    for name, saved in files.items():
         path = os.path.join(step_dir, name)
         if not os.path.isfile(path):
             return f"{path} is missing"
-        if os.path.getsize(path) != size:
-            return f"{path} has {os.path.getsize(path)} bytes, {size} when saved"
+        if os.path.getsize(path) != saved["bytes"]:
+            return f"{path} has {os.path.getsize(path)} bytes, {saved['bytes']} when saved"
+    rank, world = share
+    for name in sorted(files)[rank::world]:
+        if "sha256" in files[name] and _fingerprint(os.path.join(step_dir, name))["sha256"] != files[name]["sha256"]:
+            return f"{os.path.join(step_dir, name)} does not match its sha256 from the save (corrupted)"
     return None
 
 
-def newest_whole(out_dir: str, say=print):
-    """The newest checkpoint step in `out_dir` that verifies (None if there is none); says what it passes over."""
+def newest_whole(out_dir: str, say=print, distributed: bool = False):
+    """The newest checkpoint step in `out_dir` that verifies (None if there is none); says what it passes over.
+    `distributed`: every rank checks a share of the checksums, and all agree on the answer."""
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     for step in reversed(done_steps(out_dir)):
-        problem = verify(out_dir, step)
+        problem = verify(out_dir, step, (rank, world))
+        if distributed:
+            problems = [None] * world
+            torch.distributed.all_gather_object(problems, problem)
+            problem = next((p for p in problems if p), None)
         if problem is None:
             return step
         say(f"warning: checkpoint step {step} is damaged ({problem}); falling back to the one before it")
