@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--help", action="help", help="show this message and exit")
     parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (engine settings), e.g. ds_configs/gpt2_124M.json")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # added by the deepspeed launcher
+    parser.add_argument("--dry_run", type=int, default=0, metavar="RANKS",
+                        help="print the run as RANKS ranks would run it (settings, steps, tokens per step, gradient "
+                             "accumulation, a memory estimate per GPU) and exit; needs no GPU and no data")
     for title, flags in FLAGS:
         group = parser.add_argument_group(title)
         for short, long, kind, default, metavar, text in flags:
@@ -249,6 +252,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.skip_grad_z >= 0, f"-sg {args.skip_grad_z}: expected 0 (off) or a positive z-score")
     _check(args.resume in (0, 1), f"-y {args.resume}: expected 0 (start over) or 1 (resume)")
     _check(args.resume == 0 or args.output_dir, f"-y {args.resume}: resuming needs -o, the run directory to resume")
+    _check(args.dry_run >= 0, f"--dry_run {args.dry_run}: expected the number of ranks to plan for")
     _check(args.resume_new_batch in (0, 1), f"--resume_new_batch {args.resume_new_batch}: expected 0 or 1")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),

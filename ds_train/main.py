@@ -20,8 +20,8 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 
 import torch
 
-from ds_train import checkpoint, config, convert, distributed, metrics, reshard
-from ds_train.data import ReplayLoader, ShardLoader, writable_dir
+from ds_train import checkpoint, config, convert, distributed, memory, metrics, reshard
+from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
 from ds_train.hellaswag import load_rendered
@@ -131,26 +131,61 @@ def resumed_loader(run: config.RunConfig, place, streams: list):
     return loader
 
 
-def resume(engine, run: config.RunConfig, place, step: int, guard: UpdateGuard):
-    """Load checkpoint `step` of -o into the engine -> the train loader that continues its data stream."""
-    where = checkpoint.step_dir(run.output_dir, step)
+def resume_data(run: config.RunConfig, place, step: int, guard: UpdateGuard):
+    """Before the engine is built: check that checkpoint `step` of -o can continue this run -> (its run state,
+    the train loader that continues its data stream, this rank's RNG states)."""
     saved = checkpoint.client_state(os.path.join(run.output_dir, checkpoint.CHECKPOINTS), checkpoint.tag(step))
-    check_resumable(saved, run, where)
+    check_resumable(saved, run, checkpoint.step_dir(run.output_dir, step))
     guard.load_state_dict(saved["update_guard"])
     streams, rng = checkpoint.rank_states(run.output_dir, step, saved["world_size"], place.rank)
-    loader = resumed_loader(run, place, streams)
+    return saved, resumed_loader(run, place, streams), rng
+
+
+def resume_engine(engine, run: config.RunConfig, step: int, saved: dict):
+    """Weights and optimizer state of checkpoint `step`, resharded when it was saved on another layout."""
     if (saved["world_size"], saved["zero_stage"]) == (run.world_size, run.zero_stage):
         checkpoint.load_engine(engine, run.output_dir, step)
     else:
+        where = checkpoint.step_dir(run.output_dir, step)
         distributed.print0(f"resharding {where} from {saved['world_size']} ranks at ZeRO-{saved['zero_stage']} to "
                            f"{run.world_size} at ZeRO-{run.zero_stage}")
         reshard.load(engine, where, saved["zero_stage"], run.weight_decay, step)
-    checkpoint.set_rng_state(rng)
-    return loader
+
+
+def dry_run(args):
+    """--dry_run N: the run as N ranks would run it, resolved and checked, with a memory estimate per GPU.
+    Nothing is launched; the train shards' headers are read only to count the steps of -x -1."""
+    world = args.dry_run
+    run, ds_config, notes = config.resolve(args, world, has_gpu=True)  # plans a GPU run: bf16 "auto" is on
+    num_steps = run.max_steps
+    if num_steps < 1:
+        try:
+            tokens = sum(read_shard_header(path) for path in find_shards(run.train_data, "-i"))
+            num_steps = tokens // run.total_batch_size
+        except UserError as e:
+            num_steps = None
+            notes.append(f"{e}: the number of steps of one epoch (-x -1) is unknown until the data is prepared")
+    place = distributed.Place(0, 0, world, "dry run")
+    val_batches = run.val_max_steps if run.val_max_steps > 0 else "the whole split"
+    print(run_table(run, place, num_steps if num_steps else "?", val_batches, "(dry run)"))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"effective DeepSpeed config: {json.dumps(ds_config)}")
+    if run.output_dir and checkpoint.done_steps(run.output_dir):
+        print(f"-o {run.output_dir} holds checkpoints up to step {checkpoint.done_steps(run.output_dir)[-1]}: "
+              "-y 1 resumes there")
+    total = f"{num_steps * run.total_batch_size / 1e9:.2f}B" if num_steps else "?"
+    print(f"dry run | ranks {world} | steps {num_steps or '?'} | tokens per step {run.total_batch_size} | "
+          f"micro-batch {run.B} x {run.T} | grad accumulation {run.grad_accum} | total tokens {total}")
+    parts = memory.estimate(run)
+    print(f"memory per GPU (estimate; ZeRO-{run.zero_stage} over {world} ranks, -r {run.recompute}, "
+          f"{'bf16' if run.bf16 else 'fp32'}) | " + " | ".join(f"{what} {size / memory.GiB:.2f} GiB" for what, size in parts))
 
 
 def train(argv=None):
     args = config.parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
     place = distributed.discover()
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
     train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
@@ -165,22 +200,23 @@ def train(argv=None):
     val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
     hellaswag_examples = load_rendered(run.hellaswag_data) if run.hellaswag else None
     print0 = distributed.print0
-    resume_step = None
     if run.output_dir:
         if place.rank == 0:
             writable_dir(run.output_dir, "-o")
-        if run.resume:
-            resume_step = checkpoint.newest_whole(run.output_dir, say=print0)
-        elif checkpoint.done_steps(run.output_dir):
+        if not run.resume and checkpoint.done_steps(run.output_dir):
             raise UserError(f"-y 0: -o {run.output_dir} already holds checkpoints of a run; resume it with -y 1, or "
                             "choose another -o (or delete them) to start over")
 
     distributed.init_process_group(place)
-    engine = build_engine(run, ds_config)
-    start_step = 0
+    resume_step = checkpoint.newest_whole(run.output_dir, say=print0, distributed=True) if run.resume else None
     guard = UpdateGuard(run.skip_loss_z, run.skip_grad_z)
     if resume_step is not None:
-        train_loader = resume(engine, run, place, resume_step, guard)
+        saved, train_loader, rng = resume_data(run, place, resume_step, guard)
+    engine = build_engine(run, ds_config)
+    start_step = 0
+    if resume_step is not None:
+        resume_engine(engine, run, resume_step, saved)
+        checkpoint.set_rng_state(rng)
         start_step = resume_step
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,39 @@
+"""A per-GPU memory estimate for a run, from its settings alone (for --dry_run): model states by ZeRO stage,
+activations by recompute level, the logits of the loss. An estimate to size a run before paying for it; the
+README compares it with peaks measured on an H100.
+
+Model states, bytes per parameter (N parameters, W ranks):
+  bf16 weights 2 (ZeRO-3: /W); gradients accumulated in fp32, 4 (ZeRO-2/3: /W), plus the module's bf16
+  gradients, 2, under ZeRO-1 (DeepSpeed's BF16_Optimizer keeps both); fp32 master weights 4 and AdamW's two
+  moments 8 (ZeRO 1-3: /W). fp32 runs: weights 4, gradients 4, AdamW 8, and under ZeRO a separate fp32
+  partition, 4/W.
+Activations kept for backward, per layer and token, in units of C values (bf16 or fp32): LayerNorm in/out
+2+2, q/k/v 3, attention out 1, the MLP's 4C in and GELU'd 4C out 4+4: 16 without recompute; -r 1 drops the
+GELU output (12), -r 2 also the LayerNorm outputs (10), -r 3 keeps each block's input only (1), plus one
+block's 16 while it is recomputed. Flash attention keeps no T x T matrix.
+Logits: the bf16 head output, its fp32 copy and the loss's fp32 log-softmax: 10 bytes per token and vocab entry.
+"""
+
+from ds_train.config import RunConfig
+
+GiB = 2**30
+
+
+def estimate(run: RunConfig) -> list:
+    """[(what, bytes)] per GPU for one micro-batch of `run`; the last entry is the total."""
+    N, W, stage, m = run.model.num_params, run.world_size, run.zero_stage, run.model
+    shard = lambda bytes_per_param, from_stage: bytes_per_param * N / (W if stage >= from_stage else 1)
+    if run.bf16:
+        weights, grads = shard(2, 3), shard(4, 2) + (2 * N if stage == 1 else 0)
+        optimizer = shard(12, 1)
+    else:
+        weights, grads = shard(4, 3), shard(4, 2)
+        optimizer = shard(12, 1) if stage > 0 else 8 * N
+    value = 2 if run.bf16 else 4
+    tokens = run.B * run.T
+    per_layer = {0: 16, 1: 12, 2: 10, 3: 1}[run.recompute]
+    layers = (m.n_layer * per_layer + (16 if run.recompute == 3 else 0) + 3) * tokens * m.n_embd * value
+    logits = 10 * tokens * m.padded_vocab_size
+    parts = [("weights", weights), ("gradients", grads), ("optimizer (fp32 master + AdamW)", optimizer),
+             ("activations", layers), ("logits and loss", logits)]
+    return parts + [("total", sum(size for _, size in parts))]

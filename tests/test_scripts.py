@@ -1,0 +1,155 @@
+"""The reproduction scripts in scripts/: they parse, their dry runs plan llm.c's runs, and in smoke mode they
+train for real on the CPU through each launcher, resuming after a crash until the DONE marker exists."""
+
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import REPO, child_env, free_port, run_process
+
+SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "run_*.sh")))
+# llm.c's runs (../shared/REFERENCE.md): steps, tokens per step, micro-batch, sequence length
+LLMC = {"gpt2_124M": (18865, 524288, 64, 1024), "gpt2_350M": (60000, 524288, 64, 1024),
+        "gpt2_774M": (286102, 524288, 32, 1024), "gpt2_1558M": (32000, 1048576, 16, 1024),
+        "gpt3_125M": (572204, 524288, 32, 2048)}
+PLAN = re.compile(r"^dry run \| ranks (\d+) \| steps (\d+) \| tokens per step (\d+) \| micro-batch (\d+) x (\d+) \| "
+                  r"grad accumulation (\d+) \|", re.M)
+
+
+def script_env(**extra) -> dict:
+    env = child_env(threads=1)
+    env.update(PYTHON=sys.executable,
+               MASTER_PORT=str(free_port()), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def test_the_scripts_are_the_five_llmc_runs_and_parse():
+    assert sorted(os.path.basename(s)[4:-3] for s in SCRIPTS) == sorted(LLMC)
+    for path in [*SCRIPTS, *glob.glob(os.path.join(REPO, "scripts", "*.sh")), os.path.join(REPO, "scripts", "slurm.sbatch")]:
+        checked = run_process(["bash", "-n", path], timeout=30)
+        assert checked.returncode == 0, (path, checked.stderr)
+
+
+@pytest.mark.parametrize("name", sorted(LLMC))
+def test_dry_run_plans_llmc_run_on_8_gpus(name, tmp_path):
+    """And on 1 GPU the same steps and tokens per step, with 8 times the accumulation."""
+    steps, tokens, B, T = LLMC[name]
+    for gpus in (8, 1) if name == "gpt2_1558M" else (8,):
+        done = run_process(["bash", os.path.join(REPO, "scripts", f"run_{name}.sh")], timeout=120,
+                           env=script_env(DRY_RUN=1, NUM_GPUS=gpus, OUT_DIR=tmp_path / "out"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        plan = PLAN.search(done.stdout)
+        assert plan, done.stdout[-2000:]
+        assert tuple(map(int, plan.groups())) == (gpus, steps, tokens, B, T, tokens // (B * T * gpus))
+        assert "memory per GPU (estimate; ZeRO-1 over" in done.stdout
+        assert not os.path.exists(tmp_path / "out")  # a dry run writes nothing
+
+
+def ranks_of(proc):
+    return [p for p in psutil.Process(proc.pid).children(recursive=True)
+            if any(arg.endswith("ds_train/main.py") for arg in p.cmdline()) and "--dry_run" not in p.cmdline()
+            and os.path.basename(p.cmdline()[0]).startswith("python")]
+
+
+def start(script, out_dir, log_path, **env):
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(["bash", os.path.join(REPO, "scripts", script)], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=script_env(SMOKE=1, OUT_DIR=out_dir, **env))
+    return proc, log
+
+
+def wait_for(log, pattern, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log.seek(0)
+        if re.search(pattern, log.read(), re.M):
+            return
+        assert proc.poll() is None, f"script ended before {pattern!r}:\n{log.read()[-3000:]}"
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern!r} within {timeout} s")
+
+
+def finish(proc, log, timeout=600):
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log.seek(0)
+    return log.read()
+
+
+def test_smoke_runs_survive_a_crash_and_finish(tmp_path):
+    """SMOKE=1 for the 350M, 774M, 1558M and GPT-3 scripts at once (the 124M one is in the next test): a 2-layer
+    model for 6 steps on one CPU rank under the deepspeed launcher, a checkpoint every 2 steps, each script's
+    own flags otherwise. Each rank is killed with SIGKILL after step 3; each script's loop resumes from step 2
+    and finishes with the DONE marker."""
+    names = sorted(set(LLMC) - {"gpt2_124M"})
+    runs = {name: start(f"run_{name}.sh", str(tmp_path / name), tmp_path / f"{name}.log", NUM_GPUS=1) for name in names}
+    for name, (proc, log) in runs.items():
+        wait_for(log, r"^step +3/6", proc)
+        for rank in ranks_of(proc):
+            rank.kill()
+    for name, (proc, log) in runs.items():
+        out, text = str(tmp_path / name), finish(proc, log)
+        assert proc.returncode == 0, (name, text[-3000:])
+        assert "resuming in 1 s" in text and f"resumed from {out}/checkpoints/step_00000002 at step 2" in text, name
+        assert os.path.exists(os.path.join(out, "DONE_00000006")) and f"{out}/DONE_00000006 exists" in text, name
+        logged = [int(m.group(1)) for m in re.finditer(r"^s:(\d+) trl:", open(os.path.join(out, "main.log")).read(), re.M)]
+        assert logged == list(range(6)), name  # every step once, across the crash
+
+
+def test_sigterm_to_the_script_saves_and_stops_it(tmp_path):
+    """The 124M script on 2 CPU ranks. SIGTERM (or Ctrl-C) to the script, not to its ranks: the ranks save at
+    the next step boundary, the loop stops instead of restarting, and the same command again finishes."""
+    out = str(tmp_path / "run")
+    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "script.log")
+    wait_for(log, r"^step +3/6", proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    text = finish(proc, log)
+    assert proc.returncode == 143, text[-3000:]
+    assert "checkpoint saved; resume with -y 1" in text and "stopped on SIGTERM" in text
+    assert not os.path.exists(os.path.join(out, "DONE_00000006"))
+    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "again.log")
+    text = finish(proc, log)
+    assert proc.returncode == 0 and os.path.exists(os.path.join(out, "DONE_00000006")), text[-3000:]
+    logged = [int(m.group(1)) for m in re.finditer(r"^s:(\d+) trl:", open(os.path.join(out, "main.log")).read(), re.M)]
+    assert logged == list(range(6))
+
+
+def test_mpirun_variant(tmp_path):
+    out = str(tmp_path / "run")
+    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "script.log", LAUNCHER="mpirun", NUM_GPUS=2,
+                      MPIRUN_ARGS="--oversubscribe -x MASTER_PORT")
+    text = finish(proc, log)
+    assert proc.returncode == 0, text[-3000:]
+    assert "| num_processes         | 2 " in text and os.path.exists(os.path.join(out, "DONE_00000006"))
+
+
+def test_hostfile_variant_as_two_nodes_started_by_hand(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    out, port = str(tmp_path / "run"), free_port()
+    nodes = [start("run_gpt2_124M.sh", out, tmp_path / f"node{rank}.log", LAUNCHER="hostfile", HOSTFILE=hostfile,
+                   NODE_RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NUM_GPUS=1) for rank in (0, 1)]
+    texts = [finish(proc, log) for proc, log in nodes]
+    assert [proc.returncode for proc, _ in nodes] == [0, 0], texts[0][-2000:] + texts[1][-2000:]
+    assert "| num_processes         | 2 " in texts[0] and "node_rank=1" in texts[1]
+    assert os.path.exists(os.path.join(out, "DONE_00000006"))
+
+
+def test_a_usage_error_stops_the_loop_instead_of_retrying(tmp_path):
+    done = run_process(["bash", os.path.join(REPO, "scripts", "run_gpt2_124M.sh"), "-b", "0"], timeout=300,
+                       env=script_env(SMOKE=1, OUT_DIR=tmp_path / "run"))
+    assert done.returncode == 2
+    assert "ds_train: error: -b 0: the micro-batch must be at least 1" in done.stderr
+    assert "usage error (exit 2)" in done.stderr and "resuming" not in done.stderr
