@@ -95,9 +95,9 @@ def load(engine, step_dir: str, saved_zero_stage: int, weight_decay: float, step
     stage = engine.zero_optimization_stage()
     adam_step = _adam_step(step_dir, saved_zero_stage)
     base = engine.optimizer if stage == 0 else engine.optimizer.optimizer
-    # AdamW creates its moments at its first step; they are needed now. Its tensors: the module's parameters
-    # without ZeRO, else this rank's flat fp32 partition of each group (what ZeRO hands the optimizer at step())
-    # (each of DeepSpeed 0.19's ZeRO optimizers names them in its own way), with the module's parameters by group
+    # AdamW creates its moments at its first step, and they are needed now. AdamW's tensors are the module's
+    # parameters without ZeRO, else this rank's flat fp32 partition of each group; each of DeepSpeed 0.19's
+    # ZeRO optimizers names those (and, for ZeRO-1/2, the module's parameters of each group) in its own way.
     kind = type(engine.optimizer).__name__
     if stage == 0:
         tensors, lp_groups = [p for group in base.param_groups for p in group["params"]], None

@@ -24,7 +24,7 @@ RESUMABLE = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "2e-3", "-u", 2, "-q", 
 
 def reference():
     """The uninterrupted run; -nk 1 -nm 3 leave the newest checkpoint (8) and the multiples of 3 (6)."""
-    return cached_train("resume_reference", [*RESUMABLE, "-nk", 1, "-nm", 3], ranks=2, launcher="deepspeed")
+    return cached_train("resume_reference", [*RESUMABLE, "-nk", 1, "-nm", 3], ranks=2, launcher="env")
 
 
 def main_log(run_dir) -> str:
@@ -126,7 +126,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, dama
             f.seek(size // 2)
             f.write(bytes([byte[0] ^ 0x10]))
     os.makedirs(os.path.join(out, "checkpoints", "step_00000010"))  # a save killed before its DONE marker
-    run = train([*RESUMABLE, "-nk", 1, "-nm", 3, "-o", out, "-y", 1], ranks=2, launcher="deepspeed").check()
+    run = train([*RESUMABLE, "-nk", 1, "-nm", 3, "-o", out, "-y", 1], ranks=2, launcher="env").check()
     problem = {"truncated": f"{optimizer_file} has {size // 2} bytes, {size} when saved",
                "flipped": f"{optimizer_file} does not match its sha256 from the save (corrupted)"}[damage]
     assert f"warning: checkpoint step 8 is damaged ({problem}); falling back to the one before it" in run.stdout
@@ -171,7 +171,7 @@ def copy_checkpoint(run_dir, step, out):
 
 def resume_elsewhere(run_dir, step, out, ranks, *flags):
     run = train([*RESUMABLE, "-o", copy_checkpoint(run_dir, step, out), "-y", 1, *flags], ranks=ranks,
-                launcher="deepspeed" if ranks > 1 else "python").check()
+                launcher="env" if ranks > 1 else "python").check()
     assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in run.stdout
     run.output_dir = out
     return run
@@ -205,7 +205,7 @@ def test_bf16_resume_on_another_layout(tmp_path):
     ds_config = tmp_path / "bf16.json"
     ds_config.write_text('{"bf16": {"enabled": true}}')
     flags = [*RESUMABLE, "-x", 4, "-v", 2]
-    ref = train([*flags, "-o", tmp_path / "ref"], ranks=2, launcher="deepspeed", ds_config=str(ds_config)).check()
+    ref = train([*flags, "-o", tmp_path / "ref"], ranks=2, launcher="env", ds_config=str(ds_config)).check()
     assert "bf16 (fp32 master weights)" in ref.stdout
     out = copy_checkpoint(str(tmp_path / "ref"), 2, str(tmp_path / "one"))
     one = train([*flags, "-o", out, "-y", 1, "-b", 8], ds_config=str(ds_config)).check()

@@ -95,10 +95,18 @@ def test_smoke_runs_survive_a_crash_and_finish(tmp_path):
     and finishes with the DONE marker."""
     names = sorted(set(LLMC) - {"gpt2_124M"})
     runs = {name: start(f"run_{name}.sh", str(tmp_path / name), tmp_path / f"{name}.log", NUM_GPUS=1) for name in names}
-    for name, (proc, log) in runs.items():
-        wait_for(log, r"^step +3/6", proc)
-        for rank in ranks_of(proc):
-            rank.kill()
+    alive, deadline = dict(runs), time.time() + 300
+    while alive and time.time() < deadline:  # each is killed as soon as it has passed step 3
+        for name, (proc, log) in list(alive.items()):
+            log.seek(0)
+            if re.search(r"^step +3/6", log.read(), re.M):
+                for rank in ranks_of(proc):
+                    rank.kill()
+                del alive[name]
+            else:
+                assert proc.poll() is None, f"{name} ended before step 3"
+        time.sleep(0.1)
+    assert not alive, f"no step 3 within 300 s: {sorted(alive)}"
     for name, (proc, log) in runs.items():
         out, text = str(tmp_path / name), finish(proc, log)
         assert proc.returncode == 0, (name, text[-3000:])
@@ -153,3 +161,17 @@ def test_a_usage_error_stops_the_loop_instead_of_retrying(tmp_path):
     assert done.returncode == 2
     assert "ds_train: error: -b 0: the micro-batch must be at least 1" in done.stderr
     assert "usage error (exit 2)" in done.stderr and "resuming" not in done.stderr
+
+
+def test_srun_task_turns_slurm_task_ids_into_ranks(tmp_path):
+    """What srun does under scripts/slurm.sbatch, without SLURM: two tasks with SLURM's task variables."""
+    port = free_port()
+    cmd = ["bash", os.path.join(REPO, "scripts", "srun_task.sh"), sys.executable, os.path.join(REPO, "ds_train", "main.py"),
+           "--ds_config", os.path.join(REPO, "ds_configs", "quickstart.json"), "-e", "gpt2:d2:c64:h2", "-t", "32",
+           "-b", "4", "-x", "2", "-v", "10", "-m", "1", "-s", "0"]
+    tasks = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=script_env(SLURM_PROCID=task, SLURM_LOCALID=task, SLURM_NTASKS=2,
+                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port)) for task in (0, 1)]
+    outputs = [task.communicate(timeout=300)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "| num_processes         | 2 " in outputs[0] and re.search(r"^step +2/2 \|", outputs[0], re.M)

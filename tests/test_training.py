@@ -37,7 +37,7 @@ def assert_same_training(run, ref=None):
 
 def test_training_moves_and_is_deterministic():
     ref = reference()
-    again = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="deepspeed").check()
+    again = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="env").check()
     assert again.losses == ref.losses and again.val_losses == ref.val_losses  # bitwise, same layout
     assert ref.val_losses[-1] < ref.val_losses[0] - 0.3
 
@@ -47,7 +47,7 @@ def test_the_schedule_reaches_the_optimizer(stage):
     """The lr ds_train sets each step is the one the optimizer applies, whatever DeepSpeed wraps it in:
     a longer warmup (smaller first updates) must change the losses, step by step as the rates differ."""
     ref = zero_run(stage)
-    slow = train([*COMMON, "-b", 4, "-z", stage, "-u", 6], ranks=2, launcher="deepspeed").check()
+    slow = train([*COMMON, "-b", 4, "-z", stage, "-u", 6], ranks=2, launcher="env").check()
     assert slow.lrs == pytest.approx([2e-3 * (s + 1) / 6 for s in range(6)] + [2e-3, 2e-3 * (0.1 + 0.9 * 0.5)], rel=1e-2)
     assert slow.losses[0] == ref.losses[0]  # the first loss is before any update
     assert all(a > b for a, b in zip(slow.losses[1:4], ref.losses[1:4]))  # smaller steps, slower descent
@@ -60,7 +60,7 @@ def test_zero_stages_give_the_same_losses(stage):
 
 def test_gradient_accumulation_matches_a_bigger_micro_batch():
     # -m counts micro-batches (as in llm.c): 4 batches of B=2 cover the val tokens of 2 batches of B=4
-    run = cached_train("accum", [*COMMON, "-b", 2, "-z", 1, "-m", 4], ranks=2, launcher="deepspeed")
+    run = cached_train("accum", [*COMMON, "-b", 2, "-z", 1, "-m", 4], ranks=2, launcher="env")
     assert "| grad_accum_steps      | 2 " in run.stdout
     assert_same_training(run)
 
@@ -74,7 +74,7 @@ def test_one_rank_matches_two_ranks_at_the_same_total_batch():
 @pytest.mark.parametrize("stage, level", [(3, 2), (1, 1)])
 def test_recompute_levels_give_the_same_losses(stage, level):
     ref = zero_run(stage)
-    run = train([*COMMON, "-b", 4, "-z", stage, "-r", level], ranks=2, launcher="deepspeed").check()
+    run = train([*COMMON, "-b", 4, "-z", stage, "-r", level], ranks=2, launcher="env").check()
     assert f"| recompute             | {level} " in run.stdout
     assert_same_training(run, ref)
 
@@ -82,7 +82,7 @@ def test_recompute_levels_give_the_same_losses(stage, level):
 def test_json_activation_checkpointing_section_is_applied(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "activation_checkpointing": {"cpu_checkpointing": False}}))
-    run = train([*COMMON, "-b", 4, "-o", tmp_path / "out"], ranks=2, launcher="deepspeed", ds_config=str(ds)).check()
+    run = train([*COMMON, "-b", 4, "-o", tmp_path / "out"], ranks=2, launcher="env", ds_config=str(ds)).check()
     saved = json.loads((tmp_path / "out" / "run_config.json").read_text())
     assert saved["recompute"] == 3 and "whole blocks" in run.stdout
     assert "activation_checkpointing" in json.loads((tmp_path / "out" / "ds_config.json").read_text())
@@ -93,8 +93,8 @@ def test_bf16_trains_on_cpu_close_to_fp32(tmp_path):
     ds = tmp_path / "bf16.json"
     ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
     short = ["-e", "gpt2:d2:c64:h2", "-t", 16, "-b", 2, "-x", 3, "-v", 100, "-m", 1, "-s", 0, "-r", 0, "-l", "1e-3", "--shuffle", 0]
-    bf16 = train(short, ranks=2, launcher="deepspeed", ds_config=str(ds)).check()
-    fp32 = train(short, ranks=2, launcher="deepspeed").check()
+    bf16 = train(short, ranks=2, launcher="env", ds_config=str(ds)).check()
+    fp32 = train(short, ranks=2, launcher="env").check()
     assert "bf16 (fp32 master weights)" in bf16.stdout
     assert bf16.losses == pytest.approx(fp32.losses, abs=5e-3)
     assert bf16.losses != fp32.losses  # it really ran in bf16
