@@ -89,11 +89,10 @@ def finish(proc, log, timeout=600):
 
 
 def test_smoke_runs_survive_a_crash_and_finish(tmp_path):
-    """SMOKE=1 for the 350M, 774M, 1558M and GPT-3 scripts at once (the 124M one is in the next test): a 2-layer
-    model for 6 steps on one CPU rank under the deepspeed launcher, a checkpoint every 2 steps, each script's
-    own flags otherwise. Each rank is killed with SIGKILL after step 3; each script's loop resumes from step 2
-    and finishes with the DONE marker."""
-    names = sorted(set(LLMC) - {"gpt2_124M"})
+    """SMOKE=1 for all five scripts at once: a 2-layer model for 6 steps on one CPU rank under the deepspeed
+    launcher, a checkpoint every 2 steps, each script's own flags otherwise. Each rank is killed with SIGKILL
+    after step 3; each script's loop resumes from step 2 and finishes with the DONE marker."""
+    names = sorted(LLMC)
     runs = {name: start(f"run_{name}.sh", str(tmp_path / name), tmp_path / f"{name}.log", NUM_GPUS=1) for name in names}
     alive, deadline = dict(runs), time.time() + 300
     while alive and time.time() < deadline:  # each is killed as soon as it has passed step 3
