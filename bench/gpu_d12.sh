@@ -9,13 +9,9 @@ OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 # ds_train itself hands DeepSpeed a plain arch list when the environment has one like "9.0a" (which
 # DeepSpeed 0.19.8's JIT builder cannot parse); FusedAdam is JIT-built into TORCH_EXTENSIONS_DIR on first use
-export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
 DATA=${DATA:-/tmp/bench_data}
 
-if [ -d .whl ] && ! python3 -c 'import deepspeed' 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source bench/device_env.sh
 
 # run NAME TIMEOUT_S ARGS...: one ds_train invocation, its console in $OUT/NAME.log
 run() {

@@ -12,14 +12,10 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/memory}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
 export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 DATA=${DATA:-/tmp/bench_data}
-if [ -d .whl ] && ! python3 -c 'import deepspeed' 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-[ -e "$DATA/random_val_000000.bin" ] || python3 bench/random_shards.py "$DATA" --train 20000000 --val 1000000 >/dev/null || exit 1
+source bench/device_env.sh
+random_shards || exit 1
 echo '{"bf16": {"enabled": false}, "gradient_clipping": 1.0}' > "$OUT/fp32.json"
 
 # measure NAME MODEL B STAGE RECOMPUTE: one line "NAME | peak GiB | step 2's time"

@@ -8,13 +8,9 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/resume}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
 DATA=${DATA:-/tmp/bench_data}
-if [ -d .whl ] && ! python3 -c 'import deepspeed' 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-[ -e "$DATA/random_val_000000.bin" ] || python3 bench/random_shards.py "$DATA" --train 20000000 --val 1000000 >/dev/null || exit 1
+source bench/device_env.sh
+random_shards || exit 1
 RUNS=/tmp/gpu_resume_runs
 rm -rf "$RUNS"
 flags=(--ds_config ds_configs/gpt2_124M.json -e gpt2:d4:c256:h4 -t 512 -d 16384 -x 6 -n 3 -v 3 -s 0

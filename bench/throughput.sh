@@ -11,14 +11,10 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/throughput}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
 DATA=${DATA:-/tmp/bench_data}
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-if [ -d .whl ] && ! "$PYTHON" -c 'import deepspeed' 2>/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-[ -e "$DATA/random_val_000000.bin" ] || "$PYTHON" bench/random_shards.py "$DATA" --train 20000000 --val 1000000 >/dev/null || exit 1
+source bench/device_env.sh
+random_shards || exit 1
 shards=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)
 
 # run NAME STEPS FLAGS...: one training run of STEPS steps, its console in $OUT/NAME.log

@@ -71,20 +71,20 @@ def _write_atomically(path: str, text: str):
 def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_last: int = 0, keep_every: int = 0):
     """Save step `step` on every rank; rank 0 marks it DONE once all have written, then applies retention."""
     root = os.path.join(out_dir, CHECKPOINTS)
-    step_dir = os.path.join(root, tag(step))
+    where = step_dir(out_dir, step)
     rank = torch.distributed.get_rank()
     if rank == 0:  # leftovers of a save of this step that was killed: start from an empty folder
-        shutil.rmtree(step_dir, ignore_errors=True)
+        shutil.rmtree(where, ignore_errors=True)
     torch.distributed.barrier()
     engine.save_checkpoint(root, tag=tag(step), client_state={"ds_train": state}, save_latest=False)
-    torch.save(rank_state, os.path.join(step_dir, RANK_STATE % rank))
-    _fsync_tree(step_dir)
+    torch.save(rank_state, os.path.join(where, RANK_STATE % rank))
+    _fsync_tree(where)
     torch.distributed.barrier()  # every rank's files are on disk before they are listed and the marker says so
-    names = [sorted(os.path.relpath(os.path.join(folder, name), step_dir)
-                    for folder, _, files in os.walk(step_dir) for name in files) if rank == 0 else None]
+    names = [sorted(os.path.relpath(os.path.join(folder, name), where)
+                    for folder, _, files in os.walk(where) for name in files) if rank == 0 else None]
     torch.distributed.broadcast_object_list(names, src=0)  # one listing, whatever each node's filesystem cache says
     world = torch.distributed.get_world_size()
-    mine = {name: _fingerprint(os.path.join(step_dir, name)) for name in names[0][rank::world]}  # hashing shared out
+    mine = {name: _fingerprint(os.path.join(where, name)) for name in names[0][rank::world]}  # hashing shared out
     everyone = [None] * world
     torch.distributed.all_gather_object(everyone, mine)
     if rank == 0:
@@ -115,9 +115,9 @@ def prune(out_dir: str, keep_last: int, keep_every: int):
 def verify(out_dir: str, step: int, share=(0, 1)):
     """None when checkpoint `step` is whole, else what is wrong with it. Sizes are checked for every file,
     checksums for this rank's share (rank, world) of them."""
-    step_dir = os.path.join(out_dir, CHECKPOINTS, tag(step))
-    if not os.path.isdir(step_dir):
-        return f"{step_dir} is missing"
+    where = step_dir(out_dir, step)
+    if not os.path.isdir(where):
+        return f"{where} is missing"
     try:
         with open(os.path.join(out_dir, DONE % step)) as f:
             text = f.read()
@@ -129,15 +129,15 @@ def verify(out_dir: str, step: int, share=(0, 1)):
     files = {name: saved if isinstance(saved, dict) else {"bytes": saved}  # markers of ds_train before checksums
              for name, saved in manifest["files"].items()}
     for name, saved in files.items():
-        path = os.path.join(step_dir, name)
+        path = os.path.join(where, name)
         if not os.path.isfile(path):
             return f"{path} is missing"
         if os.path.getsize(path) != saved["bytes"]:
             return f"{path} has {os.path.getsize(path)} bytes, {saved['bytes']} when saved"
     rank, world = share
     for name in sorted(files)[rank::world]:
-        if "sha256" in files[name] and _fingerprint(os.path.join(step_dir, name))["sha256"] != files[name]["sha256"]:
-            return f"{os.path.join(step_dir, name)} does not match its sha256 from the save (corrupted)"
+        if "sha256" in files[name] and _fingerprint(os.path.join(where, name))["sha256"] != files[name]["sha256"]:
+            return f"{os.path.join(where, name)} does not match its sha256 from the save (corrupted)"
     return None
 
 
@@ -205,17 +205,17 @@ def client_state(root: str, step_tag: str) -> dict:
     return torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)["ds_train"]
 
 
-def _fp32_from_universal(step_dir: str, cfg: GPTConfig) -> dict:
+def _fp32_from_universal(checkpoint_dir: str, cfg: GPTConfig) -> dict:
     from ds_train import reshard
     from ds_train.model import GPT
 
     with torch.device("meta"):  # names only: no memory, no init
         names = [name for name, _ in GPT(cfg).named_parameters()]  # the tied head is transformer.wte.weight
-    folder = os.path.join(step_dir, reshard.UNIVERSAL)
+    folder = os.path.join(checkpoint_dir, reshard.UNIVERSAL)
     if os.path.isdir(folder):  # converted already by a resume on another layout
         return {name: reshard.read_universal(folder, name) for name in names}
     with tempfile.TemporaryDirectory() as tmp:  # the checkpoint itself may be read-only
-        reshard.convert(step_dir, os.path.join(tmp, reshard.UNIVERSAL))
+        reshard.convert(checkpoint_dir, os.path.join(tmp, reshard.UNIVERSAL))
         return {name: reshard.read_universal(os.path.join(tmp, reshard.UNIVERSAL), name) for name in names}
 
 
@@ -224,13 +224,13 @@ def load_fp32(path: str):
     root, step_tag = locate(path)
     state = client_state(root, step_tag)
     cfg = GPTConfig(**state["model"])
-    step_dir = os.path.join(root, step_tag)
+    checkpoint_dir = os.path.join(root, step_tag)
     if state["zero_stage"] == 0:  # the module's own weights (fp32: ds_train refuses bf16 without ZeRO)
-        weights = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
+        weights = torch.load(os.path.join(checkpoint_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
                              weights_only=False)["module"]
-    elif glob.glob(os.path.join(step_dir, "bf16_zero_pp_rank_*")):
+    elif glob.glob(os.path.join(checkpoint_dir, "bf16_zero_pp_rank_*")):
         # DeepSpeed's BF16_Optimizer (bf16 at ZeRO-1), which zero_to_fp32 does not read: its universal form does
-        weights = _fp32_from_universal(step_dir, cfg)
+        weights = _fp32_from_universal(checkpoint_dir, cfg)
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

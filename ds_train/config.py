@@ -75,13 +75,6 @@ FLAGS = [
         ("-ge", "--gelu_fusion", int, -1, "N", "llm.c's CUDA GELU fusion: accepted and ignored"),
     ]),
 ]
-def flag_names(dest: str) -> str:
-    """'-h/--hellaswag' for a setting's name, as error messages quote it."""
-    for _, flags in FLAGS:
-        for short, long, *_ in flags:
-            if long[2:] == dest:
-                return f"{short}/{long}" if short else long
-    raise KeyError(dest)
 
 
 def build_parser() -> argparse.ArgumentParser:

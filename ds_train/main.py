@@ -92,6 +92,14 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
     ])
 
 
+def print_setup(say, run: config.RunConfig, place, num_steps, val_batches, device: str, notes: list, ds_config: dict):
+    """llm.c's parameter table, the notes on flags that override the JSON, and the effective DeepSpeed config."""
+    say(run_table(run, place, num_steps, val_batches, device))
+    for note in notes:
+        say(f"note: {note}")
+    say(f"effective DeepSpeed config: {json.dumps(ds_config)}")
+
+
 def run_state(run: config.RunConfig, step: int, guard: UpdateGuard) -> dict:
     """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it)."""
     return {"step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
@@ -167,10 +175,7 @@ def dry_run(args):
             notes.append(f"{e}: the number of steps of one epoch (-x -1) is unknown until the data is prepared")
     place = distributed.Place(0, 0, world, "dry run")
     val_batches = run.val_max_steps if run.val_max_steps > 0 else "the whole split"
-    print(run_table(run, place, num_steps if num_steps else "?", val_batches, "(dry run)"))
-    for note in notes:
-        print(f"note: {note}")
-    print(f"effective DeepSpeed config: {json.dumps(ds_config)}")
+    print_setup(print, run, place, num_steps if num_steps else "?", val_batches, "(dry run)", notes, ds_config)
     if run.output_dir and checkpoint.done_steps(run.output_dir):
         print(f"-o {run.output_dir} holds checkpoints up to step {checkpoint.done_steps(run.output_dir)[-1]}: "
               "-y 1 resumes there")
@@ -220,10 +225,7 @@ def train(argv=None):
         start_step = resume_step
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print0(run_table(run, place, num_steps, val_batches, device))
-    for note in notes:
-        print0(f"note: {note}")
-    print0(f"effective DeepSpeed config: {json.dumps(ds_config)}")
+    print_setup(print0, run, place, num_steps, val_batches, device, notes, ds_config)
     if resume_step is not None:
         print0(f"resumed from {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(resume_step)} at step {resume_step}")
     elif run.resume:

@@ -50,21 +50,16 @@ def read_universal(folder: str, name: str, key: str = "fp32") -> torch.Tensor:
     return value["param"] if isinstance(value, dict) else value
 
 
-def _adam_step(step_dir: str, zero_stage: int) -> int:
-    """How many updates AdamW has made (its bias correction depends on it); skipped steps do not count."""
-    if zero_stage == 0:
-        state = torch.load(os.path.join(step_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
-                           weights_only=False)["optimizer"]["state"]
-    else:
-        first = sorted(glob.glob(os.path.join(step_dir, "*zero_pp_rank_0_mp_rank_00_optim_states.pt")))[0]  # bf16_ too
-        saved = torch.load(first, map_location="cpu", weights_only=False)["optimizer_state_dict"]
-        state = (saved.get("base_optimizer_state") or saved["optimizer_state_dict"])["state"]
-    # DeepSpeed's FusedAdam counts a group's steps in the state of its last parameter only: take the largest
+def _adam_step(state: dict) -> int:
+    """How many updates AdamW has made (its bias correction depends on it; skipped steps do not count), from a
+    saved optimizer's per-tensor state. DeepSpeed's FusedAdam counts a group's steps in the state of its last
+    parameter only: take the largest."""
     return max(int(s["step"]) for s in state.values())
 
 
 class _Source:
-    """The checkpoint's whole per-parameter values: fp32 weight, exp_avg and exp_avg_sq, by parameter name."""
+    """The checkpoint's whole per-parameter values (fp32 weight, exp_avg and exp_avg_sq, by parameter name) and
+    AdamW's step count."""
 
     def __init__(self, step_dir: str, zero_stage: int, module, weight_decay: float):
         self.step_dir, self.zero_stage = step_dir, zero_stage
@@ -75,6 +70,11 @@ class _Source:
             names = {id(p): name for name, p in module.named_parameters()}
             order = [names[id(p)] for group in module.param_groups(weight_decay) for p in group["params"]]
             self.adam = {order[i]: state for i, state in saved["optimizer"]["state"].items()}
+            self.adam_step = _adam_step(saved["optimizer"]["state"])
+        else:
+            first = sorted(glob.glob(os.path.join(step_dir, "*zero_pp_rank_0_mp_rank_00_optim_states.pt")))[0]  # bf16_ too
+            saved = torch.load(first, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+            self.adam_step = _adam_step((saved.get("base_optimizer_state") or saved["optimizer_state_dict"])["state"])
 
     def get(self, name: str) -> dict:
         if self.zero_stage == 0:
@@ -93,7 +93,7 @@ def load(engine, step_dir: str, saved_zero_stage: int, weight_decay: float, step
     torch.distributed.barrier()
     source = _Source(step_dir, saved_zero_stage, engine.module, weight_decay)
     stage = engine.zero_optimization_stage()
-    adam_step = _adam_step(step_dir, saved_zero_stage)
+    adam_step = source.adam_step
     base = engine.optimizer if stage == 0 else engine.optimizer.optimizer
     # AdamW creates its moments at its first step, and they are needed now. AdamW's tensors are the module's
     # parameters without ZeRO, else this rank's flat fp32 partition of each group; each of DeepSpeed 0.19's

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -92,6 +93,18 @@ def run_process(cmd, env=None, timeout: int = 600, **kwargs) -> subprocess.Compl
             proc.communicate()
             raise
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def wait_for(log, pattern, proc, timeout=300):
+    """Until `pattern` appears in the file `log` that the running `proc` writes (polled every 50 ms)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log.seek(0)
+        if re.search(pattern, log.read(), re.M):
+            return
+        assert proc.poll() is None, f"the process ended before {pattern!r}:\n{log.read()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} within {timeout} s")
 
 
 def run_ranks(cmd, ranks: int, env: dict, timeout: int) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, cached_train, child_env, free_port, parse, train
+from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, cached_train, child_env, free_port, parse, train, wait_for
 
 STEPS = 8
 # shuffled data, warmup then decay, val every 4 steps; checkpoints every 2 steps
@@ -40,17 +40,6 @@ def launch(out_dir, *extra):
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=1), stdout=log, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     return proc, log
-
-
-def wait_for(log, pattern, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        log.seek(0)
-        if re.search(pattern, log.read(), re.M):
-            return
-        assert proc.poll() is None, f"run ended before {pattern!r}:\n{log.read()[-3000:]}"
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} within {timeout} s")
 
 
 def finish(proc, log, timeout=300):

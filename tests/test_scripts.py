@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, child_env, free_port, run_process
+from conftest import REPO, child_env, free_port, run_process, wait_for
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "run_*.sh")))
 # llm.c's runs (../shared/REFERENCE.md): steps, tokens per step, micro-batch, sequence length
@@ -65,17 +65,6 @@ def start(script, out_dir, log_path, **env):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=script_env(SMOKE=1, OUT_DIR=out_dir, **env))
     return proc, log
-
-
-def wait_for(log, pattern, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        log.seek(0)
-        if re.search(pattern, log.read(), re.M):
-            return
-        assert proc.poll() is None, f"script ended before {pattern!r}:\n{log.read()[-3000:]}"
-        time.sleep(0.1)
-    raise AssertionError(f"no {pattern!r} within {timeout} s")
 
 
 def finish(proc, log, timeout=600):
