@@ -72,6 +72,8 @@ FLAGS = [
         ("-z", "--zero_stage", int, None, "0-3", "ZeRO stage 0-3 (JSON: zero_optimization.stage; default 0)"),
         ("-r", "--recompute", int, None, "0-3", "recompute 0 none, 1 GELU, 2 GELU+LayerNorm, 3 whole blocks "
                                          "(default: 3 if the JSON has an activation_checkpointing section, else 0)"),
+        (None, "--compile", int, None, "0|1", "1 = torch.compile each block and the loss's chunks (default: 1 on a "
+                                              "GPU, 0 on CPU, where compiling costs more than it saves)"),
         ("-ge", "--gelu_fusion", int, -1, "N", "llm.c's CUDA GELU fusion: accepted and ignored"),
     ]),
 ]
@@ -141,6 +143,7 @@ class RunConfig:
     zero_stage: int
     recompute: int
     bf16: bool
+    compile: bool
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -247,6 +250,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.resume == 0 or args.output_dir, f"-y {args.resume}: resuming needs -o, the run directory to resume")
     _check(args.dry_run >= 0, f"--dry_run {args.dry_run}: expected the number of ranks to plan for")
     _check(args.resume_new_batch in (0, 1), f"--resume_new_batch {args.resume_new_batch}: expected 0 or 1")
+    _check(args.compile in (None, 0, 1), f"--compile {args.compile}: expected 0 or 1")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
@@ -263,7 +267,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         checkpoints_keep=args.checkpoints_keep, major_checkpoint_every=args.major_checkpoint_every, resume=bool(args.resume),
         resume_new_batch=bool(args.resume_new_batch), skip_loss_z=args.skip_loss_z, skip_grad_z=args.skip_grad_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
-        bf16=bf16)
+        bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile))
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes
 
 
@@ -329,12 +333,15 @@ def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict) -
     ds.setdefault("gradient_clipping", 1.0)
     ds.setdefault("steps_per_print", QUIET_STEPS_PER_PRINT)
     ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": run.zero_stage}
-    if run.zero_stage == 3 and run.recompute in (1, 2):
+    if run.zero_stage == 3 and (run.recompute in (1, 2) or run.compile):
         # ZeRO-3's default linear adds the bias in place onto the matmul output that selective recompute
-        # keeps, so recompute would add it twice; torch's own linear (addmm) is out of place
+        # keeps, so recompute would add it twice; under torch.compile its parameter checks guard on each
+        # layer's parameter ids (a recompile per block) and its gradients came out wrong on an H100.
+        # torch's own linear (addmm) is out of place and compiles into the block's graph.
+        why = f"-r {run.recompute}" if run.recompute in (1, 2) else "--compile 1"
         _check(ds["zero_optimization"].get("memory_efficient_linear") is not True,
                f"--ds_config {path}: zero_optimization.memory_efficient_linear true gives wrong gradients with "
-               f"-r {run.recompute} at ZeRO-3; remove it or use -r 0 or -r 3")
+               f"{why} at ZeRO-3; remove it (or use -r 0/3 and --compile 0)")
         ds["zero_optimization"]["memory_efficient_linear"] = False
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": run.bf16}
     if run.bf16 and run.zero_stage > 0:

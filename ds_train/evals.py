@@ -8,8 +8,8 @@ results are summed over ranks.
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ds_train.tokenizer import EOT, decode
 
@@ -73,15 +73,13 @@ def score_endings(model, examples: list, device):
     pass for all four endings of every example, padded to the longest row."""
     rows = [e.ctx_tokens + ending for e in examples for ending in e.ending_tokens]
     width = max(map(len, rows))
-    tokens = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    tokens = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=bool)
     for i, (row, example) in enumerate(zip(rows, (e for e in examples for _ in range(4)))):
-        tokens[i, :len(row)] = torch.tensor(row)
+        tokens[i, :len(row)] = row
         mask[i, len(example.ctx_tokens):len(row)] = True  # the ending's tokens are the ones scored
-    tokens, mask = tokens.to(device), mask.to(device)
-    logits = model(tokens)
-    losses = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-    losses = losses.view(len(rows), width - 1) * mask[:, 1:]
+    tokens, mask = torch.from_numpy(tokens).to(device), torch.from_numpy(mask).to(device)
+    losses = model(tokens[:, :-1], tokens[:, 1:], reduction="none") * mask[:, 1:]  # the head's chunks, no logits
     summed = losses.sum(1)
     return (summed / mask[:, 1:].sum(1)).view(-1, 4), summed.view(-1, 4)
 

@@ -53,6 +53,9 @@ def build_engine(run: config.RunConfig, ds_config: dict):
     if run.init_from_file:
         _, weights = convert.load_weights(run.init, "-e")
         model.load_state_dict(weights)
+    if torch.cuda.is_available():  # fp32 matmuls on tensor cores in TF32, as llm.c does in fp32 mode
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model.set_compile(run.compile)
     if run.zero_stage == 3:  # gather each block's parameters at once, outside its recompute region
         deepspeed.utils.set_z3_leaf_modules(model, [Block])
     if run.recompute == 3:  # DeepSpeed parses this section but leaves applying it to the model
@@ -81,8 +84,10 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
         ("max_steps", run.max_steps), ("val_loss_every", run.val_every), ("val_max_steps", run.val_max_steps),
         ("sample_every", run.sample_every), ("genT", run.gen_tokens),
         ("overfit_single_batch", int(run.overfit_single_batch)), ("shuffle", int(run.shuffle)),
-        ("recompute", f"{run.recompute} ({RECOMPUTE_LEVELS[run.recompute]})"), (None, None),
-        ("device", device), ("precision", "bf16 (fp32 master weights)" if run.bf16 else "fp32"),
+        ("recompute", f"{run.recompute} ({RECOMPUTE_LEVELS[run.recompute]})"), ("torch.compile", int(run.compile)),
+        (None, None),
+        ("device", device), ("precision", "bf16 (fp32 master weights)" if run.bf16 else
+                                                   "fp32 (TF32 matmuls)" if device not in ("cpu", "(dry run)") else "fp32"),
         ("DeepSpeed config", run.ds_config_path), (None, None),
         ("model", run.init), ("max_sequence_length T", m.block_size), ("vocab_size V", m.vocab_size),
         ("padded_vocab_size Vp", m.padded_vocab_size), ("num_layers L", m.n_layer), ("num_heads NH", m.n_head),
@@ -250,21 +255,30 @@ def train(argv=None):
         return run.checkpoint_every and ((step > 0 and step % run.checkpoint_every == 0) or last_step)
 
     def evaluate_and_save(step, last_step):
+        timings = []
         if step % run.val_every == 0 or last_step:
+            start = time.perf_counter()
             loss = val_loss(engine.module, val_loader, val_batches)
+            timings.append(("val loss", time.perf_counter() - start))
             print0(f"val loss {loss:.6f}")
             log.val(step, loss)
             monitor.log(step, **{"Val/loss": loss})
         if hellaswag_examples and ((step > 0 and step % run.val_every == 0) or last_step):
             start = time.perf_counter()
             result = hellaswag(engine.module, hellaswag_examples, token_budget=run.B * run.T)
+            timings.append(("HellaSwag", time.perf_counter() - start))
             print0(f"HellaSwag: {result.correct_norm}/{result.total} = {result.acc_norm:.6f} (acc_norm), "
-                   f"acc {result.acc:.6f}, {time.perf_counter() - start:.1f} s")
+                   f"acc {result.acc:.6f}, {timings[-1][1]:.1f} s")
             log.eval(step, result.acc_norm)
             monitor.log(step, **{"Eval/hellaswag_acc_norm": result.acc_norm, "Eval/hellaswag_acc": result.acc})
         if run.sample_every > 0 and ((step > 0 and step % run.sample_every == 0) or last_step):
+            start = time.perf_counter()
             text = sample_text(engine.module, run.gen_tokens)
+            timings.append(("sample", time.perf_counter() - start))
             print0(f"generating:\n---\n{text}\n---")
+        if timings:  # what -v, -h and -s cost, to weigh against the step time
+            print0(f"eval at step {step}: {sum(t for _, t in timings):.2f} s (" +
+                   ", ".join(f"{what} {t:.2f} s" for what, t in timings) + ")")
         if checkpoint_due(step, last_step):
             save(step)
 

@@ -1,5 +1,5 @@
 """A per-GPU memory estimate for a run, from its settings alone (for --dry_run): model states by ZeRO stage,
-activations by recompute level, the logits of the loss. An estimate to size a run before paying for it; the
+activations by recompute level, the loss's working memory. An estimate to size a run before paying for it; the
 README compares it with peaks measured on an H100.
 
 Model states, bytes per parameter (N parameters, W ranks):
@@ -11,10 +11,13 @@ Activations kept for backward, per layer and token, in units of C values (bf16 o
 2+2, q/k/v 3, attention out 1, the MLP's 4C in and GELU'd 4C out 4+4: 16 without recompute; -r 1 drops the
 GELU output (12), -r 2 also the LayerNorm outputs (10), -r 3 keeps each block's input only (1), plus one
 block's 16 while it is recomputed. Flash attention keeps no T x T matrix.
-Logits: the bf16 head output, its fp32 copy and the loss's fp32 log-softmax: 10 bytes per token and vocab entry.
+The loss (ds_train.loss) never holds the whole logits: one chunk of at most CHUNK_ROWS rows at a time, in bf16
+with its gradient written over it on a GPU (2 bytes per row and vocab entry; fp32 runs take the eager path,
+about 12), plus the fp32 weight-gradient accumulator (vocab x C x 4) and the input gradient (tokens x C).
 """
 
 from ds_train.config import RunConfig
+from ds_train.loss import CHUNK_ROWS
 
 GiB = 2**30
 
@@ -33,7 +36,8 @@ def estimate(run: RunConfig) -> list:
     tokens = run.B * run.T
     per_layer = {0: 16, 1: 12, 2: 10, 3: 1}[run.recompute]
     layers = (m.n_layer * per_layer + (16 if run.recompute == 3 else 0) + 3) * tokens * m.n_embd * value
-    logits = 10 * tokens * m.padded_vocab_size
+    chunk = min(tokens, CHUNK_ROWS) * m.padded_vocab_size * (2 if run.bf16 else 12)
+    loss = chunk + 4 * m.padded_vocab_size * m.n_embd + tokens * m.n_embd * value
     parts = [("weights", weights), ("gradients", grads), ("optimizer (fp32 master + AdamW)", optimizer),
-             ("activations", layers), ("logits and loss", logits)]
+             ("activations", layers), ("loss (chunked logits)", loss)]
     return parts + [("total", sum(size for _, size in parts))]

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from ds_train import loss
+
 VOCAB_SIZE = 50257
 PADDED_VOCAB_SIZE = 50304
 GPT2_DEPTHS = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25),
@@ -97,14 +99,24 @@ class MLP(nn.Module):
 
 
 class LMHead(nn.Linear):
-    """The output head (weight tied to the token embedding). It returns logits for the real vocabulary only,
-    so the padded rows are never scored and get no gradient."""
+    """The output head (weight tied to the token embedding). Given targets it returns the mean cross-entropy
+    over the real vocabulary, computed in chunks without the whole logits (ds_train.loss); else the logits
+    of the real vocabulary. The padded rows are never scored and get no gradient."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         self.vocab_size = cfg.vocab_size
+        self.chunk_fns = loss.EAGER_CHUNK_FNS  # GPT.set_compile swaps in compiled ones
 
-    def forward(self, x):
+    def forward(self, x, targets=None, reduction: str = "mean"):
+        if targets is not None:  # on the GPU the aligned 50304-wide matmuls and the Triton kernel; on CPU the
+            # real rows only (cheaper there) and the eager or compiled chunk functions
+            triton = x.is_cuda and loss.triton_available()
+            weight = self.weight if x.is_cuda else self.weight[:self.vocab_size]
+            chunk_fns = loss.TRITON_CHUNK_FNS if triton else self.chunk_fns
+            if reduction == "none":
+                return loss.token_losses(x, weight, targets, self.vocab_size, chunk_fns)
+            return loss.linear_cross_entropy(x, weight, targets, self.vocab_size, chunk_fns)
         if x.is_cuda:  # tensor cores want the 50304-wide (aligned) product; 50257 columns fall back to slow kernels
             return F.linear(x, self.weight)[..., :self.vocab_size]
         return F.linear(x, self.weight[:self.vocab_size])  # on CPU slicing the logits and its gradient costs more
@@ -174,6 +186,18 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.checkpoint_context = context
 
+    def set_compile(self, enabled: bool = True):
+        """torch.compile each block's forward and the loss's chunk functions. Compiling block by block keeps
+        module hooks (ZeRO-3 gathers a block's parameters in one) eager at the block boundary, and all blocks
+        share one compiled graph; the recompute region (-r 1/2) is compiled with the block. Training compiles for
+        its fixed shape; the first other shape (HellaSwag's batches) gets one graph with dynamic shapes."""
+        for block in self.transformer.h:
+            if enabled:
+                block.forward = torch.compile(Block.forward.__get__(block))
+            else:
+                block.__dict__.pop("forward", None)
+        self.lm_head.chunk_fns = loss.compiled_chunk_fns() if enabled else loss.EAGER_CHUNK_FNS
+
     @torch.no_grad()
     def _init_weights(self, seed: int):
         gen = torch.Generator().manual_seed(seed)
@@ -196,16 +220,14 @@ class GPT(nn.Module):
             return deepspeed.checkpointing.checkpoint(block, x)
         return block(x)
 
-    def forward(self, idx, targets=None):
-        """Mean cross-entropy over the real vocabulary if targets are given, else logits (B, T, 50257)."""
+    def forward(self, idx, targets=None, reduction: str = "mean"):
+        """The cross-entropy over the real vocabulary (float32) if targets are given: the mean, or with
+        reduction="none" each position's (B, T), for evaluation; else the logits (B, T, 50257)."""
         T = idx.shape[1]
         x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device))
         for block in self.transformer.h:
             x = self._run_block(block, x)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return self.lm_head(self.transformer.ln_f(x), targets, reduction)
 
     def param_groups(self, weight_decay: float) -> list:
         """AdamW groups: decay on 2-D weights (embeddings, matmuls), never on biases or LayerNorm."""

@@ -77,6 +77,15 @@ class NormHook:
         setattr(optimizer, name, wrap(getattr(optimizer, name)))
 
 
+def to_device(batch, device):
+    """From pinned memory the copy to a GPU is asynchronous: the CPU goes on queueing the step's kernels instead
+    of waiting for the GPU to drain its queue up to the copy, as a copy from pageable memory does."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
+
+
 def train_step(engine, loader, grad_accum: int, lr: float, guard, hook, poison: bool = False):
     """One optimizer step over grad_accum micro-batches -> (mean loss over all ranks, grad norm before clipping,
     why the update was skipped or None). `hook` is the engine's NormHook under ZeRO, None without ZeRO.
@@ -86,7 +95,7 @@ def train_step(engine, loader, grad_accum: int, lr: float, guard, hook, poison: 
     loss_sum = torch.zeros((), device=engine.device)
     for micro_step in range(grad_accum):
         x, y = loader.next_batch()
-        loss = engine(x.to(engine.device, non_blocking=True), y.to(engine.device, non_blocking=True))
+        loss = engine(to_device(x, engine.device), to_device(y, engine.device))
         if poison:
             loss = loss * float("nan")
         loss_sum += loss.detach().float()

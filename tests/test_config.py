@@ -112,6 +112,18 @@ def test_precision(tmp_path):
     assert resolve(tmp_path, [], {"bf16": {"enabled": False}}, gpu=True)[0].bf16 is False
 
 
+def test_compile_defaults_to_the_gpu_and_uses_torch_s_linear_at_zero3(tmp_path):
+    assert resolve(tmp_path, ["-z", "1"], {}, gpu=True)[0].compile is True
+    assert resolve(tmp_path, [], {}, gpu=False)[0].compile is False
+    run, ds, _ = resolve(tmp_path, ["--compile", "1", "-z", "3"])
+    assert run.compile and ds["zero_optimization"]["memory_efficient_linear"] is False
+    assert "memory_efficient_linear" not in resolve(tmp_path, ["--compile", "0", "-z", "3"])[1]["zero_optimization"]
+    with pytest.raises(UserError, match=r"memory_efficient_linear true gives wrong gradients with --compile 1 at ZeRO-3"):
+        resolve(tmp_path, ["-z", "3"], {"zero_optimization": {"memory_efficient_linear": True}}, gpu=True)
+    with pytest.raises(UserError, match=r"--compile 2: expected 0 or 1"):
+        resolve(tmp_path, ["--compile", "2"])
+
+
 def test_overfit_trains_on_val_without_shuffling(tmp_path):
     run, _, _ = resolve(tmp_path, ["-a", "1", "-j", "v.bin", "-i", "t.bin"])
     assert run.train_data == "v.bin" and run.shuffle is False

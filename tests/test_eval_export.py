@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -180,6 +181,7 @@ def test_in_the_training_loop_hellaswag_main_log_and_the_deepspeed_monitor(tmp_p
     evals = [line for line in (out / "main.log").read_text().splitlines() if " eval:" in line]
     assert [line.split()[0] for line in evals] == ["s:2", "s:4"]  # every -v steps after 0, and the last step
     assert run.stdout.count("HellaSwag: ") == 2 and "/29 = " in run.stdout
+    assert re.search(r"^eval at step 2: [\d.]+ s \(val loss [\d.]+ s, HellaSwag [\d.]+ s\)$", run.stdout, re.M)
     rows = lambda name: list(csv.reader(open(tmp_path / "csv" / "run" / f"{name}.csv")))[1:]
     assert [int(r[0]) for r in rows("Train_loss")] == [0, 1, 2, 3]
     assert [float(r[1]) for r in rows("Train_loss")] == pytest.approx(run.losses, abs=1e-5)

@@ -160,3 +160,27 @@ def test_torch_compile_traces_the_whole_model_and_matches_eager(level):
     assert compiled.item() == pytest.approx(eager.item(), abs=1e-5)
     for g, p in zip(eager_grads, model.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_trainer_compile_shares_one_block_graph_and_matches_eager(level):
+    """GPT.set_compile (what --compile 1 does): each block's forward compiled, one graph for all blocks (a
+    recompile per block would hit dynamo's limit and fall back to eager), the same loss and gradients."""
+    import torch._dynamo
+    model = GPT(config_from_descriptor("gpt2:d4:c64:h2"), recompute=level)
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(0))
+    eager = model(idx, idx.roll(-1, 1))
+    eager.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model.set_compile(True)
+    compiled = model(idx, idx.roll(-1, 1))
+    compiled.backward()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the block and the loss's chunk
+    assert compiled.item() == pytest.approx(eager.item(), abs=1e-5)
+    for g, p in zip(eager_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+    model.set_compile(False)
+    assert all("forward" not in block.__dict__ for block in model.transformer.h)

@@ -79,6 +79,14 @@ def test_recompute_levels_give_the_same_losses(stage, level):
     assert_same_training(run, ref)
 
 
+def test_torch_compile_gives_the_same_losses():
+    """--compile 1 (each block and the loss's chunks compiled, as on a GPU, here with ZeRO-3's parameter
+    gathering at the block boundary and selective recompute inside the compiled block) trains as eager does."""
+    run = train([*COMMON, "-b", 4, "-z", 3, "-r", 2, "--compile", 1], ranks=2, launcher="env").check()
+    assert "| torch.compile         | 1 " in run.stdout
+    assert_same_training(run, zero_run(3))
+
+
 def test_json_activation_checkpointing_section_is_applied(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "activation_checkpointing": {"cpu_checkpointing": False}}))

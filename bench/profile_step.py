@@ -1,0 +1,91 @@
+"""Where one optimizer step of the trainer spends its GPU time: the engine as main.py builds it (DeepSpeed,
+ZeRO, --compile), a few warm-up steps, then one step under torch.profiler, its CUDA kernels grouped by kind.
+
+    python bench/profile_step.py --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 \
+        -i "/tmp/bench_data/random_train_*.bin" -j "/tmp/bench_data/random_val_*.bin"
+
+Takes main.py's flags; one GPU, one process. Prints the step time, GPU busy time, a table by kind of kernel
+(matmul, attention, compiled Triton, optimizer, copies, other) and the top kernels.
+"""
+
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from ds_train import config, distributed  # noqa: E402
+from ds_train.data import ShardLoader  # noqa: E402
+from ds_train.main import build_engine  # noqa: E402
+from ds_train.outliers import UpdateGuard  # noqa: E402
+from ds_train.update import NormHook, train_step  # noqa: E402
+
+KINDS = [  # (kind, pattern on the kernel name), first match wins
+    ("attention", r"flash|fmha|sdpa|attention|cudnn"),
+    ("matmul", r"gemm|nvjet|cutlass|sm90_xmma|cublas|matmul"),
+    ("optimizer", r"multi_tensor|adam|Adam"),
+    ("compiled (Triton)", r"^triton_"),
+    ("copy / cast", r"copy|Copy|cast|to_copy|CatArray|memcpy|Memcpy|memset|Memset"),
+    ("reduction / norm", r"reduce|norm|Norm|softmax|Softmax"),
+]
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pattern in KINDS if re.search(pattern, name)), "other")
+
+
+def main():
+    args = config.parse_args(sys.argv[1:])
+    place = distributed.discover()
+    cuda = torch.cuda.is_available()  # a CPU run checks the script itself (its table then holds CPU ops only)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    run, ds_config, _ = config.resolve(args, place.world_size, has_gpu=cuda)
+    distributed.init_process_group(place)
+    engine = build_engine(run, ds_config)
+    loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle)
+    guard, hook = UpdateGuard(0, 0), NormHook(engine)
+
+    def step():
+        return train_step(engine, loader, run.grad_accum, 1e-4, guard, hook)
+
+    for _ in range(3):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(3):
+        step()
+    sync()
+    step_ms = (time.perf_counter() - start) / 3 * 1000
+
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        sync()
+    by_kind, by_name = defaultdict(float), defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type == (torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU):
+            ms = (event.device_time_total if cuda else event.self_cpu_time_total) / 1000
+            by_kind[kind_of(event.name)] += ms
+            by_name[event.name][0] += ms
+            by_name[event.name][1] += 1
+    busy = sum(by_kind.values())
+    tokens = run.total_batch_size
+    print(f"{torch.cuda.get_device_name() if cuda else 'cpu'} | {run.init} B={run.B} T={run.T} accum={run.grad_accum} ZeRO-{run.zero_stage} "
+          f"-r {run.recompute} compile={int(run.compile)}")
+    print(f"step {step_ms:.1f} ms ({tokens / step_ms * 1000:,.0f} tok/s, mean of 3) | kernels (CPU: ops) in the profiled step "
+          f"{busy:.1f} ms | peak memory {torch.cuda.max_memory_allocated() / 2**30 if cuda else 0:.2f} GiB")
+    print(f"{'kind':<20} {'ms':>9} {'share':>6}")
+    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"{kind:<20} {ms:>9.1f} {100 * ms / busy:>5.1f}%")
+    print(f"\n{'top kernels':<90} {'ms':>8} {'calls':>6}")
+    for name, (ms, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
+        print(f"{name[:90]:<90} {ms:>8.1f} {calls:>6}")
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+#!/bin/bash
+# Weak scaling on one machine: the same per-GPU work (micro-batch B, no accumulation) on 1, 2, 4, 8 GPUs, for
+# d12 (B=64) and d48 (B=16) at ZeRO-1 and ZeRO-3, so each step's gradient reduction (and, at ZeRO-3, the
+# parameter gathers) is as large as it gets next to the compute. Efficiency at N GPUs = tokens/s at N / (N x
+# tokens/s at 1). One table at the end (bench/summarize.py), logs in $OUT (default bench_out/scaling).
+#   bash bench/scaling.sh [GPU counts, default: 1 2 4 8 up to the GPUs present]
+# (from the repo root; on the lent GPU machine carry .whl, as for bench/throughput.sh)
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench_out/scaling}
+mkdir -p "$OUT"
+DATA=${DATA:-/tmp/bench_data}
+source bench/device_env.sh
+random_shards || exit 1
+gpus=$(nvidia-smi -L | wc -l)
+counts=${*:-$(for n in 1 2 4 8; do [ "$n" -le "$gpus" ] && echo $n; done)}
+shards=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)
+
+for n in $counts; do
+  for model in d12 d48; do
+    if [ $model = d12 ]; then B=64 steps=15 json=gpt2_124M; else B=16 steps=10 json=gpt2_1558M; fi
+    for z in 1 3; do
+      name=${model}_z${z}_gpus$n
+      echo "=== $name" >&2
+      # the deepspeed launcher as a module: on the lent machine deepspeed is installed without its scripts
+      timeout 540 "$PYTHON" -m deepspeed.launcher.runner --num_gpus "$n" ds_train/main.py "${shards[@]}" \
+        --ds_config ds_configs/$json.json -e $model -b $B -t 1024 -d $((B * 1024 * n)) -z $z -x $steps \
+        > "$OUT/$name.log" 2>&1 || echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
+    done
+  done
+done
+"$PYTHON" bench/summarize.py "$OUT"/*_gpus*.log --first 4 --last 15 | tee "$OUT/summary.txt"
+"$PYTHON" - "$OUT/summary.txt" <<'PY'
+import re, sys
+rows = [line.split() for line in open(sys.argv[1]) if re.match(r"d\d+_z\d_gpus\d", line)]
+one = {r[0].rsplit("_gpus", 1)[0]: float(r[7]) for r in rows if r[0].endswith("_gpus1")}
+print(f"\n{'run':<18} {'GPUs':>4} {'tok/s':>10} {'per GPU':>9} {'efficiency':>10}")
+for r in rows:
+    base, n = r[0].rsplit("_gpus", 1)
+    tok_s = float(r[7])
+    eff = f"{100 * tok_s / (int(n) * one[base]):.1f}%" if base in one else "-"
+    print(f"{base:<18} {n:>4} {tok_s:>10.0f} {tok_s / int(n):>9.0f} {eff:>10}")
+PY

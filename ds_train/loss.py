@@ -1,0 +1,170 @@
+"""The output head's cross-entropy without the (B*T, vocab) logits: the head matmul, the loss and both
+gradients are computed a chunk of rows at a time, in the forward pass.
+
+At B=64, T=1024 the whole logits are 3.3G values: 6.6 GB in bf16, and the fp32 softmax a plain
+`F.cross_entropy(logits.float())` builds beside them is twice that again. Here a chunk's logits live only
+while its rows are processed, so the head needs about `CHUNK_ROWS` x 50304 x 10 bytes whatever B and T are.
+The gradients cost no extra FLOPs: grad_logits = softmax - onehot is known as soon as the loss is, so the
+two backward matmuls run right away and backward only scales the stored results (the loss is the last op
+of the graph, so its incoming gradient is a scalar).
+
+The padded vocabulary rows of the head (50257..50303) stay in the matmuls, whose tensor-core kernels want
+the aligned width, but are masked out of the softmax: they are never scored and get no gradient.
+"""
+
+import torch
+
+CHUNK_ROWS = 4096  # 4096 x 50304 fp32 logits are 0.8 GB
+
+
+def chunk_loss(logits, targets, vocab_size: int):
+    """Per-row cross-entropy (float32) of a chunk of logits (rows, padded vocab) over the first vocab_size columns."""
+    z = logits[:, :vocab_size].float()
+    return torch.logsumexp(z, dim=1) - z.gather(1, targets[:, None]).squeeze(1)
+
+
+def chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
+    """(summed loss, scale * d loss / d logits in the logits' dtype, zero in the padded columns). Written for
+    few full-size passes in eager mode too: a log-softmax, then in place its exp and the scaling."""
+    z = logits.float()
+    if z.shape[1] > vocab_size:  # the padded columns: out of the softmax, so their gradient is 0
+        z = z.masked_fill(torch.arange(z.shape[1], device=z.device) >= vocab_size, float("-inf"))
+    log_probs = torch.log_softmax(z, dim=1)
+    rows = torch.arange(z.shape[0], device=z.device)
+    loss_sum = -log_probs[rows, targets].sum()
+    grad = log_probs.exp_()
+    grad[rows, targets] -= 1.0
+    return loss_sum, grad.mul_(scale).to(logits.dtype)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """mean over rows of cross_entropy(x @ weight.T restricted to vocab_size columns, targets)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, vocab_size: int, chunk_rows: int, chunk_fns):
+        loss_fn, loss_and_grad_fn = chunk_fns
+        rows = x.shape[0]
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+        for start in range(0, rows, chunk_rows):
+            x_chunk, t_chunk = x[start:start + chunk_rows], targets[start:start + chunk_rows]
+            logits = x_chunk @ weight.t()
+            if not needs_grad:
+                total += loss_fn(logits, t_chunk, vocab_size).sum()
+                continue
+            loss_sum, grad_logits = loss_and_grad_fn(logits, t_chunk, vocab_size, 1.0 / rows)
+            total += loss_sum
+            del logits
+            grad_x[start:start + chunk_rows] = grad_logits @ weight
+            _accumulate(grad_weight, grad_logits, x_chunk)
+        if needs_grad:
+            ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
+        return total / rows
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_weight = ctx.saved_tensors
+        return grad_x * grad_loss.to(grad_x.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None, None, None
+
+
+def _accumulate(grad_weight, grad_logits, x_chunk):
+    """grad_weight (float32) += grad_logits.T @ x_chunk, without a full-size product in bf16 to cast and add."""
+    if grad_weight.dtype == x_chunk.dtype:
+        grad_weight.addmm_(grad_logits.t(), x_chunk)
+    elif x_chunk.is_cuda:  # cuBLAS accumulates bf16 inputs into the float32 buffer in place
+        torch.addmm(grad_weight, grad_logits.t(), x_chunk, out_dtype=torch.float32, out=grad_weight)
+    else:
+        grad_weight += (grad_logits.t() @ x_chunk).float()
+
+
+EAGER_CHUNK_FNS = (chunk_loss, chunk_loss_and_grad)
+
+
+def compiled_chunk_fns():
+    """The chunk functions compiled (one fused kernel or two per chunk instead of a dozen full-size passes)."""
+    return (torch.compile(chunk_loss, dynamic=False), torch.compile(chunk_loss_and_grad, dynamic=False))
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401  (ships with torch's CUDA builds)
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+_kernel = None
+
+
+def _softmax_grad_kernel():
+    """One program per row: an online max/sum over the real columns, then the row's loss, then (with
+    WRITE_GRAD) scale * (softmax - onehot) over the padded width, written over the logits in place. The logits
+    are read twice and written once, the least a two-pass softmax can do."""
+    global _kernel
+    if _kernel is None:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def softmax_grad(logits_ptr, targets_ptr, loss_ptr, row_stride, vocab, width, scale,
+                         WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+            row = tl.program_id(0).to(tl.int64)
+            ptr = logits_ptr + row * row_stride
+            offsets = tl.arange(0, BLOCK)
+            running_max = float("-inf")
+            running_sum = 0.0
+            for start in range(0, vocab, BLOCK):
+                cols = start + offsets
+                z = tl.load(ptr + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+                new_max = tl.maximum(running_max, tl.max(z, axis=0))
+                running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max), axis=0)
+                running_max = new_max
+            lse = running_max + tl.log(running_sum)
+            target = tl.load(targets_ptr + row)
+            tl.store(loss_ptr + row, lse - tl.load(ptr + target).to(tl.float32))
+            if WRITE_GRAD:
+                for start in range(0, width, BLOCK):
+                    cols = start + offsets
+                    z = tl.load(ptr + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+                    grad = tl.exp(z - lse)
+                    grad = tl.where(cols == target, grad - 1.0, grad) * scale
+                    tl.store(ptr + cols, grad.to(logits_ptr.dtype.element_ty), mask=cols < width)
+
+        _kernel = softmax_grad
+    return _kernel
+
+
+def _triton_chunk(logits, targets, vocab_size: int, scale: float, write_grad: bool):
+    losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    _softmax_grad_kernel()[(logits.shape[0],)](logits, targets, losses, logits.stride(0), vocab_size, logits.shape[1],
+                                               scale, WRITE_GRAD=write_grad, BLOCK=4096, num_warps=8)
+    return losses
+
+
+def triton_chunk_loss(logits, targets, vocab_size: int):
+    return _triton_chunk(logits, targets, vocab_size, 1.0, write_grad=False)
+
+
+def triton_chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
+    """As chunk_loss_and_grad, but the gradient overwrites `logits` (a fresh matmul output) and is returned."""
+    return _triton_chunk(logits, targets, vocab_size, scale, write_grad=True).sum(), logits
+
+
+TRITON_CHUNK_FNS = (triton_chunk_loss, triton_chunk_loss_and_grad)
+
+
+@torch.no_grad()
+def token_losses(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS, chunk_rows: int = CHUNK_ROWS):
+    """x (..., C), weight (padded vocab, C), targets (...) -> each position's cross-entropy (...), float32, for
+    evaluation (no gradient), also without the whole logits."""
+    rows, flat_targets = x.flatten(0, -2), targets.flatten()
+    losses = [chunk_fns[0](rows[start:start + chunk_rows] @ weight.t(), flat_targets[start:start + chunk_rows], vocab_size)
+              for start in range(0, rows.shape[0], chunk_rows)]
+    return torch.cat(losses).view(targets.shape)
+
+
+def linear_cross_entropy(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS, chunk_rows: int = CHUNK_ROWS):
+    """x (..., C), weight (padded vocab, C), targets (...) -> the mean cross-entropy, a float32 scalar."""
+    return LinearCrossEntropy.apply(x.flatten(0, -2), weight, targets.flatten(), vocab_size, chunk_rows, chunk_fns)

@@ -1,0 +1,97 @@
+"""The head's chunked cross-entropy (ds_train.loss): the same loss and gradients as the plain full-logits
+cross-entropy, in any number of chunks, with the padded vocabulary columns out of the softmax."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ds_train import loss
+
+V, VP, C = 50257, 50304, 16
+
+
+def inputs(rows, seed=0, padded=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, C, generator=gen, dtype=torch.float64).requires_grad_()
+    w = (torch.randn(VP if padded else V, C, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+    t = torch.randint(0, V, (rows,), generator=gen)
+    return x, w, t
+
+
+def reference(x, w, t):
+    """The plain way: the whole (rows, 50257) logits and F.cross_entropy."""
+    return F.cross_entropy((x @ w[:V].t()), t)
+
+
+@pytest.mark.parametrize("chunk_rows", [1000, 96, 37])  # one chunk, an exact split, a ragged last chunk
+@pytest.mark.parametrize("padded", [True, False])  # the GPU's 50304-wide weight, the CPU's 50257 real rows
+def test_loss_and_both_gradients_match_full_logits(chunk_rows, padded):
+    x, w, t = inputs(96, padded=padded)
+    expected = reference(x, w, t)
+    gx, gw = torch.autograd.grad(expected, (x, w))
+    got = loss.linear_cross_entropy(x, w, t, V, chunk_rows=chunk_rows)
+    assert got.dtype == torch.float32  # the loss is reported in float32 whatever the model's dtype
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    got_gx, got_gw = torch.autograd.grad(got * 3.0, (x, w))  # a scaled loss (gradient accumulation divides it)
+    # float64 in, but the softmax is computed in float32 (as for bf16 models): float32 agreement
+    torch.testing.assert_close(got_gx, 3.0 * gx, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(got_gw, 3.0 * gw, rtol=1e-4, atol=1e-7)
+    if padded:  # never scored, the padded rows of the tied embedding get exactly no gradient
+        assert torch.count_nonzero(got_gw[V:]) == 0
+
+
+def test_bf16_chunks_are_as_accurate_as_one_matmul():
+    x, w, t = inputs(64)
+
+    def grads(chunk_rows):
+        x16, w16 = x.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+        loss.linear_cross_entropy(x16, w16, t, V, chunk_rows=chunk_rows).backward()
+        return x16.grad, w16.grad
+
+    reference_w = torch.autograd.grad(reference(x, w, t), w)[0]
+    error = lambda g: float((g.double() - reference_w).norm() / reference_w.norm())
+    one_x, one_w = grads(64)  # one matmul over all rows
+    many_x, many_w = grads(8)  # 8 chunk products summed in float32: about as close to float64 as one matmul
+    assert many_w.dtype == torch.bfloat16
+    torch.testing.assert_close(many_x, one_x, rtol=0, atol=0)  # row chunks do not touch each other's rows
+    assert error(many_w) < 1.05 * error(one_w)  # error (about 2e-3) from bf16 inputs, not from the chunking
+
+
+def test_token_losses_are_each_positions_cross_entropy():
+    x, w, t = inputs(24)
+    x, t = x.detach().view(4, 6, C), t.view(4, 6)
+    expected = F.cross_entropy((x @ w[:V].t()).flatten(0, 1), t.flatten(), reduction="none").view(4, 6)
+    got = loss.token_losses(x, w.detach(), t, V, chunk_rows=5)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_no_grad_forward_keeps_nothing_for_backward():
+    x, w, t = inputs(32)
+    with torch.no_grad():
+        got = loss.linear_cross_entropy(x, w, t, V, chunk_rows=10)
+    assert not got.requires_grad and got.item() == pytest.approx(reference(x, w, t).item(), rel=1e-6)
+
+
+def test_compiled_chunk_functions_agree_with_eager():
+    x, w, t = inputs(40)
+    x, w = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    eager = loss.linear_cross_entropy(x, w, t, V, loss.EAGER_CHUNK_FNS, chunk_rows=16)
+    eager_grads = torch.autograd.grad(eager, (x, w))
+    compiled = loss.linear_cross_entropy(x, w, t, V, loss.compiled_chunk_fns(), chunk_rows=16)
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-6)
+    for got, expected in zip(torch.autograd.grad(compiled, (x, w)), eager_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not loss.triton_available(), reason="the Triton kernel needs a CUDA GPU")
+def test_triton_kernel_agrees_with_eager_on_the_gpu():
+    x, w, t = inputs(5000)  # two chunks of 4096 rows, the second ragged
+    x, w, t = x.detach().cuda().bfloat16().requires_grad_(), w.detach().cuda().bfloat16().requires_grad_(), t.cuda()
+    eager = loss.linear_cross_entropy(x, w, t, V, loss.EAGER_CHUNK_FNS)
+    eager_grads = torch.autograd.grad(eager, (x, w))
+    triton = loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS)
+    assert triton.item() == pytest.approx(eager.item(), rel=1e-5)
+    for got, expected in zip(torch.autograd.grad(triton, (x, w)), eager_grads):
+        torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2, atol=1e-6)
+    token = loss.token_losses(x.detach(), w.detach(), t, V, loss.TRITON_CHUNK_FNS)
+    torch.testing.assert_close(token, loss.token_losses(x.detach(), w.detach(), t, V), rtol=1e-5, atol=1e-5)
