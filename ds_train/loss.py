@@ -3,14 +3,21 @@ gradients are computed a chunk of rows at a time, in the forward pass.
 
 At B=64, T=1024 the whole logits are 3.3G values: 6.6 GB in bf16, and the fp32 softmax a plain
 `F.cross_entropy(logits.float())` builds beside them is twice that again. Here a chunk's logits live only
-while its rows are processed, so the head needs about `CHUNK_ROWS` x 50304 x 10 bytes whatever B and T are.
+while its rows are processed, so the head's working memory is one chunk (`CHUNK_ROWS` x 50304 values) plus
+the float32 weight gradient, whatever B and T are.
 The gradients cost no extra FLOPs: grad_logits = softmax - onehot is known as soon as the loss is, so the
 two backward matmuls run right away and backward only scales the stored results (the loss is the last op
 of the graph, so its incoming gradient is a scalar).
 
 The padded vocabulary rows of the head (50257..50303) stay in the matmuls, whose tensor-core kernels want
 the aligned width, but are masked out of the softmax: they are never scored and get no gradient.
+
+The per-chunk softmax work comes in three forms with one meaning (tests/test_loss.py checks they agree): eager
+torch ops (CPU), the same compiled (CPU with --compile 1), and a Triton kernel (every CUDA run), which
+overwrites the chunk's bf16 logits with their gradient.
 """
+
+import functools
 
 import torch
 
@@ -87,6 +94,7 @@ def compiled_chunk_fns():
     return (torch.compile(chunk_loss, dynamic=False), torch.compile(chunk_loss_and_grad, dynamic=False))
 
 
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401  (ships with torch's CUDA builds)

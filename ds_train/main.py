@@ -87,7 +87,7 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
         ("recompute", f"{run.recompute} ({RECOMPUTE_LEVELS[run.recompute]})"), ("torch.compile", int(run.compile)),
         (None, None),
         ("device", device), ("precision", "bf16 (fp32 master weights)" if run.bf16 else
-                                                   "fp32 (TF32 matmuls)" if device not in ("cpu", "(dry run)") else "fp32"),
+                                                   "fp32" if device == "cpu" else "fp32 (TF32 matmuls on a GPU)"),
         ("DeepSpeed config", run.ds_config_path), (None, None),
         ("model", run.init), ("max_sequence_length T", m.block_size), ("vocab_size V", m.vocab_size),
         ("padded_vocab_size Vp", m.padded_vocab_size), ("num_layers L", m.n_layer), ("num_heads NH", m.n_head),

@@ -147,19 +147,26 @@ def test_generate_is_reproducible_and_stays_in_the_vocabulary():
     assert int(a.max()) < 50257
 
 
+def loss_and_grads(model, forward=None):
+    """(loss, parameter gradients) of one forward+backward on a fixed batch, through `forward` (default: model)."""
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(0))
+    model.zero_grad()
+    loss = (model if forward is None else forward)(idx, idx.roll(-1, 1))
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+
+def assert_same(got, expected):
+    assert got[0] == pytest.approx(expected[0], abs=1e-5)
+    for g, e in zip(got[1], expected[1]):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("level", [0, 2])
 def test_torch_compile_traces_the_whole_model_and_matches_eager(level):
     model = GPT(config_from_descriptor("gpt2:d2:c64:h2"), recompute=level)
-    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(0))
-    eager = model(idx, idx.roll(-1, 1))
-    eager.backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    compiled = torch.compile(model, fullgraph=True)(idx, idx.roll(-1, 1))  # fullgraph: no graph breaks allowed
-    compiled.backward()
-    assert compiled.item() == pytest.approx(eager.item(), abs=1e-5)
-    for g, p in zip(eager_grads, model.parameters()):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+    eager = loss_and_grads(model)
+    assert_same(loss_and_grads(model, torch.compile(model, fullgraph=True)), eager)  # fullgraph: no graph breaks
 
 
 @pytest.mark.parametrize("level", [0, 1])
@@ -168,19 +175,13 @@ def test_trainer_compile_shares_one_block_graph_and_matches_eager(level):
     recompile per block would hit dynamo's limit and fall back to eager), the same loss and gradients."""
     import torch._dynamo
     model = GPT(config_from_descriptor("gpt2:d4:c64:h2"), recompute=level)
-    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(0))
-    eager = model(idx, idx.roll(-1, 1))
-    eager.backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
+    eager = loss_and_grads(model)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
+    keys = list(model.state_dict())
     model.set_compile(True)
-    compiled = model(idx, idx.roll(-1, 1))
-    compiled.backward()
+    assert list(model.state_dict()) == keys  # no wrapper module: checkpoints and exports keep their names
+    assert_same(loss_and_grads(model), eager)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the block and the loss's chunk
-    assert compiled.item() == pytest.approx(eager.item(), abs=1e-5)
-    for g, p in zip(eager_grads, model.parameters()):
-        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
     model.set_compile(False)
     assert all("forward" not in block.__dict__ for block in model.transformer.h)
