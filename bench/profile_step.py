@@ -47,7 +47,7 @@ def main():
     distributed.init_process_group(place)
     engine = build_engine(run, ds_config)
     loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle)
-    guard, hook = UpdateGuard(0, 0), NormHook(engine)
+    guard, hook = UpdateGuard(0, 0), NormHook(engine) if run.zero_stage > 0 else None  # as main.py
 
     def step():
         return train_step(engine, loader, run.grad_accum, 1e-4, guard, hook)
