@@ -138,3 +138,11 @@ def all_reduce_mean(value: torch.Tensor) -> float:
     value = value.detach().float().clone()
     torch.distributed.all_reduce(value)
     return value.item() / torch.distributed.get_world_size()
+
+
+def all_gather_values(values: list, device) -> list:
+    """Every rank's list of numbers, in rank order (the lists must have the same length on all ranks)."""
+    mine = torch.tensor(values, dtype=torch.float64, device=device)
+    gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, mine)
+    return [t.tolist() for t in gathered]

@@ -313,10 +313,12 @@ def train(argv=None):
         print0(metrics.step_line(step + 1, num_steps, loss, norm, lr, 1000 * seconds, tokens_per_s, mfu))
         if skipped:
             print0(f"skipped the update of step {step + 1}: {skipped}")
+        if step == start_step:  # AdamW's moments exist from the first update on
+            print0(memory.rank_model_states_line(engine))
         log.train(step, loss, lr, norm)
-        memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         monitor.log(step, **{"Train/loss": loss, "Train/lr": lr, "Train/grad_norm": norm, "Train/tokens_per_s": tokens_per_s,
-                             "Train/mfu": mfu, "Train/peak_memory_GiB": memory})
+                             "Train/mfu": mfu, "Train/peak_memory_GiB": peak_gib})
     summary = f"total average iteration time: {throughput.mean_step_ms():.2f} ms"
     if torch.cuda.is_available():
         summary += f" | peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"

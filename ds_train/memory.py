@@ -16,7 +16,10 @@ with its gradient written over it on a GPU (2 bytes per row and vocab entry; fp3
 about 12), plus the fp32 weight-gradient accumulator (vocab x C x 4) and the input gradient (tokens x C).
 """
 
+import torch
+
 from ds_train.config import RunConfig
+from ds_train.distributed import all_gather_values
 from ds_train.loss import CHUNK_ROWS
 
 GiB = 2**30
@@ -41,3 +44,29 @@ def estimate(run: RunConfig) -> list:
     parts = [("weights", weights), ("gradients", grads), ("optimizer (fp32 master + AdamW)", optimizer),
              ("activations", layers), ("loss (chunked logits)", loss)]
     return parts + [("total", sum(size for _, size in parts))]
+
+
+def rank_model_states(engine) -> tuple:
+    """(weights, fp32 master weights + AdamW moments) in bytes that this rank holds, as DeepSpeed partitioned
+    them, and the optimizer's own (partitioned) parameters and state. At ZeRO-0 in fp32 the module's weights are the master weights, counted in both. The moments
+    exist from the first step on."""
+    # under ZeRO-3 a parameter is its shard (ds_tensor) plus, while gathered, its whole data: always for the
+    # small ones below stage3_param_persistence_threshold, which stay gathered
+    weights = sum(p.data.numel() * p.element_size() + (p.ds_tensor.numel() * p.ds_tensor.element_size()
+                                                       if hasattr(p, "ds_tensor") else 0)
+                  for p in engine.module.parameters())
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the AdamW inside ZeRO's wrapper
+    # the master weights are the parameters the inner optimizer keeps state for (ZeRO-3 takes them out of its
+    # param_groups between steps)
+    masters = {id(p): p for p in inner.state} | {id(p): p for group in inner.param_groups for p in group["params"]}
+    masters = sum(p.numel() * p.element_size() for p in masters.values())
+    moments = sum(t.numel() * t.element_size() for state in inner.state.values() for t in state.values()
+                  if torch.is_tensor(t) and t.dim() > 0)  # not the step counters
+    return weights, masters + moments
+
+
+def rank_model_states_line(engine) -> str:
+    """What each rank holds, gathered on every rank: llm.c prints its allocations, ZeRO makes them per rank."""
+    per_rank = all_gather_values(list(rank_model_states(engine)), engine.device)
+    mib = lambda column: " | ".join(f"{sizes[column] / 2**20:.2f}" for sizes in per_rank)
+    return f"model states per rank (MiB, rank 0 | 1 | ...): weights {mib(0)}; fp32 master + AdamW {mib(1)}"

@@ -14,7 +14,10 @@ import pytest
 
 import subprocess
 
+import torch
+
 from ds_train.data import read_shard, write_shard
+from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
                       free_port, parse, train, zero_run)
 
@@ -56,6 +59,29 @@ def test_the_schedule_reaches_the_optimizer(stage):
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_zero_stages_give_the_same_losses(stage):
     assert_same_training(zero_run(stage))
+
+
+STATES_LINE = re.compile(r"^model states per rank \(MiB, rank 0 \| 1 \| \.\.\.\): weights ([\d.]+) \| ([\d.]+); "
+                         r"fp32 master \+ AdamW ([\d.]+) \| ([\d.]+)$", re.M)
+
+
+def test_zero_stages_partition_the_model_states_over_two_ranks():
+    """What each rank holds after the first step (the runs above, 2 ranks, fp32): ZeRO-1 and 2 split the fp32
+    master weights and AdamW's moments in half; ZeRO-3 also the weights, but the tensors under DeepSpeed's
+    stage3_param_persistence_threshold (1e5 values) also stay gathered whole beside their shard. Tolerance 1%
+    (alignment padding of the partitions)."""
+    sizes = {stage: [float(v) for v in STATES_LINE.search(zero_run(stage).stdout).groups()] for stage in range(4)}
+    weights, optimizer = sizes[0][0], sizes[0][2]
+    assert sizes[0] == [weights, weights, optimizer, optimizer] and optimizer == pytest.approx(3 * weights, rel=1e-3)
+    for stage in (1, 2, 3):
+        w0, w1, o0, o1 = sizes[stage]
+        assert o0 == pytest.approx(optimizer / 2, rel=0.01) and o1 == pytest.approx(optimizer / 2, rel=0.01)
+    assert sizes[1][:2] == sizes[2][:2] == [weights, weights]
+    with torch.device("meta"):
+        params = list(GPT(config_from_descriptor(TINY[1])).parameters())
+    persistent = sum(p.numel() for p in params if p.numel() < 1e5) * 4 / 2**20
+    expected_zero3 = weights / 2 + persistent
+    assert sizes[3][0] == pytest.approx(expected_zero3, rel=0.01) and sizes[3][1] == pytest.approx(expected_zero3, rel=0.01)
 
 
 def test_gradient_accumulation_matches_a_bigger_micro_batch():
