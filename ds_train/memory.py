@@ -50,11 +50,13 @@ def rank_model_states(engine) -> tuple:
     """(weights, fp32 master weights + AdamW moments) in bytes that this rank holds, as DeepSpeed partitioned
     them, and the optimizer's own (partitioned) parameters and state. At ZeRO-0 in fp32 the module's weights are the master weights, counted in both. The moments
     exist from the first step on."""
-    # under ZeRO-3 a parameter is its shard (ds_tensor) plus, while gathered, its whole data: always for the
-    # small ones below stage3_param_persistence_threshold, which stay gathered
-    weights = sum(p.data.numel() * p.element_size() + (p.ds_tensor.numel() * p.ds_tensor.element_size()
-                                                       if hasattr(p, "ds_tensor") else 0)
-                  for p in engine.module.parameters())
+    def held(p):  # under ZeRO-3 a parameter's shard (ds_tensor), plus the whole tensor for the small ones below
+        # stage3_param_persistence_threshold, which stay gathered (others are gathered only while in use)
+        if not hasattr(p, "ds_tensor"):
+            return p.numel() * p.element_size()
+        return p.ds_tensor.numel() * p.ds_tensor.element_size() + (p.ds_numel * p.element_size() if p.ds_persist else 0)
+
+    weights = sum(held(p) for p in engine.module.parameters())
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the AdamW inside ZeRO's wrapper
     # the master weights are the parameters the inner optimizer keeps state for (ZeRO-3 takes them out of its
     # param_groups between steps)
