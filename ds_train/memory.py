@@ -54,7 +54,7 @@ def rank_model_states(engine) -> tuple:
         # stage3_param_persistence_threshold, which stay gathered (others are gathered only while in use)
         if not hasattr(p, "ds_tensor"):
             return p.numel() * p.element_size()
-        return p.ds_tensor.numel() * p.ds_tensor.element_size() + (p.ds_numel * p.element_size() if p.ds_persist else 0)
+        return p.ds_tensor.numel() * p.ds_tensor.element_size() + (p.ds_numel * p.element_size() if getattr(p, "ds_persist", False) else 0)
 
     weights = sum(held(p) for p in engine.module.parameters())
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the AdamW inside ZeRO's wrapper
