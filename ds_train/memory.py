@@ -1,5 +1,6 @@
-"""A per-GPU memory estimate for a run, from its settings alone (for --dry_run): model states by ZeRO stage,
-activations by recompute level, the loss's working memory. An estimate to size a run before paying for it; the
+"""Memory: a per-GPU estimate for a run, from its settings alone (for --dry_run): model states by ZeRO stage,
+activations by recompute level, the loss's working memory; and what each rank of a running engine holds
+(rank_model_states, printed after the first step). An estimate to size a run before paying for it; the
 README compares it with peaks measured on an H100.
 
 Model states, bytes per parameter (N parameters, W ranks):
@@ -48,20 +49,22 @@ def estimate(run: RunConfig) -> list:
 
 def rank_model_states(engine) -> tuple:
     """(weights, fp32 master weights + AdamW moments) in bytes that this rank holds, as DeepSpeed partitioned
-    them, and the optimizer's own (partitioned) parameters and state. At ZeRO-0 in fp32 the module's weights are the master weights, counted in both. The moments
-    exist from the first step on."""
+    them, and the optimizer's own (partitioned) parameters and state. At ZeRO-0 in fp32 the module's weights
+    are the master weights, counted in both. The moments exist from the first step on."""
+
     def held(p):  # under ZeRO-3 a parameter's shard (ds_tensor), plus the whole tensor for the small ones below
         # stage3_param_persistence_threshold, which stay gathered (others are gathered only while in use)
         if not hasattr(p, "ds_tensor"):
             return p.numel() * p.element_size()
-        return p.ds_tensor.numel() * p.ds_tensor.element_size() + (p.ds_numel * p.element_size() if getattr(p, "ds_persist", False) else 0)
+        persistent = p.ds_numel * p.element_size() if getattr(p, "ds_persist", False) else 0
+        return p.ds_tensor.numel() * p.ds_tensor.element_size() + persistent
 
     weights = sum(held(p) for p in engine.module.parameters())
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the AdamW inside ZeRO's wrapper
     # the master weights are the parameters the inner optimizer keeps state for (ZeRO-3 takes them out of its
     # param_groups between steps)
-    masters = {id(p): p for p in inner.state} | {id(p): p for group in inner.param_groups for p in group["params"]}
-    masters = sum(p.numel() * p.element_size() for p in masters.values())
+    master_params = {id(p): p for p in inner.state} | {id(p): p for g in inner.param_groups for p in g["params"]}
+    masters = sum(p.numel() * p.element_size() for p in master_params.values())
     moments = sum(t.numel() * t.element_size() for state in inner.state.values() for t in state.values()
                   if torch.is_tensor(t) and t.dim() > 0)  # not the step counters
     return weights, masters + moments
