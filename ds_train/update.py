@@ -77,13 +77,17 @@ class NormHook:
         setattr(optimizer, name, wrap(getattr(optimizer, name)))
 
 
-def to_device(batch, device):
-    """From pinned memory the copy to a GPU is asynchronous: the CPU goes on queueing the step's kernels instead
-    of waiting for the GPU to drain its queue up to the copy, as a copy from pageable memory does."""
+def to_device(x, y, device):
+    """A micro-batch's inputs and targets on the engine's device. To a GPU both go through one pinned buffer:
+    from pinned memory the copy is asynchronous, and the CPU goes on queueing the step's kernels instead of
+    waiting for the GPU to drain its queue up to the copy, as a copy from pageable memory does."""
     device = torch.device(device)
-    if device.type == "cuda":
-        batch = batch.pin_memory()
-    return batch.to(device, non_blocking=True)
+    if device.type != "cuda":
+        return x.to(device), y.to(device)
+    pinned = torch.empty((2, *x.shape), dtype=x.dtype, pin_memory=True)
+    pinned[0], pinned[1] = x, y
+    both = pinned.to(device, non_blocking=True)
+    return both[0], both[1]
 
 
 def train_step(engine, loader, grad_accum: int, lr: float, guard, hook, poison: bool = False):
@@ -95,7 +99,7 @@ def train_step(engine, loader, grad_accum: int, lr: float, guard, hook, poison: 
     loss_sum = torch.zeros((), device=engine.device)
     for micro_step in range(grad_accum):
         x, y = loader.next_batch()
-        loss = engine(to_device(x, engine.device), to_device(y, engine.device))
+        loss = engine(*to_device(x, y, engine.device))
         if poison:
             loss = loss * float("nan")
         loss_sum += loss.detach().float()
