@@ -26,6 +26,8 @@ ACTIVATION_CHECKPOINTING_DEFAULTS = {"partition_activations": False, "cpu_checkp
                                      "contiguous_memory_optimization": False,
                                      "synchronize_checkpoint_boundary": False, "profile": False}
 QUIET_STEPS_PER_PRINT = 2**31 - 1  # ds_train prints its own step line
+# what ZeRO keeps off the GPU: "params" (parameters only) can come from a JSON, the flag offers the other three
+OFFLOAD_LEVELS = {"none": (False, False), "optimizer": (True, False), "params": (False, True), "all": (True, True)}
 
 # (short, long, type, default, metavar, help). A default of None means "from the JSON, else a default in resolve()".
 FLAGS = [
@@ -74,6 +76,15 @@ FLAGS = [
                                          "(default: 3 if the JSON has an activation_checkpointing section, else 0)"),
         (None, "--compile", int, None, "0|1", "1 = torch.compile each block and the loss's chunks (default: 1 on a "
                                               "GPU, 0 on CPU, where compiling costs more than it saves)"),
+        (None, "--offload", str, None, "WHAT", "ZeRO offload to CPU memory: none | optimizer (fp32 master weights and "
+                                               "AdamW; -z 1-3) | all (the bf16 weights too; -z 3) (JSON: "
+                                               "zero_optimization.offload_optimizer/offload_param; default none)"),
+        (None, "--offload_nvme", str, None, "DIR", "offload to files under DIR on an NVMe drive instead of CPU memory "
+                                                   "(-z 3; needs DeepSpeed's async_io op, which needs libaio)"),
+        (None, "--auto_fit", int, 0, "0|1", "1 = choose -b, -r, -z and --offload (those not given as flags) as the "
+                                            "fastest setting whose memory estimate fits the GPU, keeping -d"),
+        (None, "--gpu_memory", float, None, "GIB", "the GPU memory per rank --auto_fit plans for (default: 90%% of "
+                                                   "this GPU's; needed on a machine without one)"),
         ("-ge", "--gelu_fusion", int, -1, "N", "llm.c's CUDA GELU fusion: accepted and ignored"),
     ]),
 ]
@@ -142,6 +153,8 @@ class RunConfig:
     gen_tokens: int
     zero_stage: int
     recompute: int
+    offload: str  # OFFLOAD_LEVELS
+    offload_nvme: str  # the NVMe folder, or None for CPU memory
     bf16: bool
     compile: bool
 
@@ -218,6 +231,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     zero_stage = merge("-z", args.zero_stage, "zero_optimization.stage", zero.get("stage"), 0)
     _check(zero_stage in (0, 1, 2, 3), f"-z {zero_stage}: the ZeRO stage must be 0, 1, 2 or 3")
     recompute = _resolve_recompute(args.recompute, ds, merge)
+    offload, offload_nvme = _resolve_offload(args, zero, path, zero_stage, merge)
     lr = merge("-l", args.learning_rate, "optimizer.params.lr", opt_params.get("lr"), 3e-4)
     weight_decay = merge("-c", args.weight_decay, "optimizer.params.weight_decay", opt_params.get("weight_decay"), 0.0)
     bf16 = _resolve_bf16(ds, path, has_gpu)
@@ -251,6 +265,8 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.dry_run >= 0, f"--dry_run {args.dry_run}: expected the number of ranks to plan for")
     _check(args.resume_new_batch in (0, 1), f"--resume_new_batch {args.resume_new_batch}: expected 0 or 1")
     _check(args.compile in (None, 0, 1), f"--compile {args.compile}: expected 0 or 1")
+    _check(args.auto_fit in (0, 1), f"--auto_fit {args.auto_fit}: expected 0 or 1")
+    _check(args.gpu_memory is None or args.gpu_memory > 0, f"--gpu_memory {args.gpu_memory}: expected GiB > 0")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
@@ -267,7 +283,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         checkpoints_keep=args.checkpoints_keep, major_checkpoint_every=args.major_checkpoint_every, resume=bool(args.resume),
         resume_new_batch=bool(args.resume_new_batch), skip_loss_z=args.skip_loss_z, skip_grad_z=args.skip_grad_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
-        bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile))
+        offload=offload, offload_nvme=offload_nvme, bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile))
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes
 
 
@@ -309,6 +325,38 @@ def _resolve_recompute(flag_value, ds: dict, merge: _Merge) -> int:
     return level
 
 
+def _resolve_offload(args, zero: dict, path: str, zero_stage: int, merge: _Merge):
+    """-> (offload level, NVMe folder or None) from --offload/--offload_nvme over the JSON's offload sections."""
+    sections = [zero.get(key) or {} for key in ("offload_optimizer", "offload_param")]
+    for key, section in zip(("offload_optimizer", "offload_param"), sections):
+        _check(isinstance(section, dict) and section.get("device", "cpu") in ("cpu", "nvme", "none", None),
+               f"--ds_config {path}: zero_optimization.{key} must be an object with \"device\": \"cpu\", \"nvme\" or \"none\"")
+    on = tuple(bool(s) and s.get("device", "cpu") not in ("none", None) for s in sections)
+    json_level = next(name for name, flags in OFFLOAD_LEVELS.items() if flags == on)
+    json_nvme = next((s.get("nvme_path") for s, used in zip(sections, on) if used and s.get("device") == "nvme"), None)
+    _check(args.offload in (None, "none", "optimizer", "all"), f"--offload {args.offload}: expected none, optimizer or all")
+    level = merge("--offload", args.offload, "zero_optimization's offload sections", json_level, "none")
+    nvme = merge("--offload_nvme", args.offload_nvme, "nvme_path", json_nvme, None)
+    _check(level == "none" or zero_stage > 0, f"--offload {level}: offloading needs ZeRO (-z 1, 2 or 3); ZeRO-0 keeps "
+           "the optimizer whole on every GPU")
+    _check(level in ("none", "optimizer") or zero_stage == 3, f"--offload {level}: offloading the parameters needs -z 3 "
+           f"(only ZeRO-3 partitions them), got -z {zero_stage}; use --offload optimizer at ZeRO-{zero_stage}")
+    if nvme is not None:
+        _check(level != "none", f"--offload_nvme {nvme}: say what goes there with --offload optimizer or all")
+        _check(zero_stage == 3, f"--offload_nvme {nvme}: DeepSpeed offloads to NVMe at ZeRO-3 only, got -z {zero_stage}")
+        _check(os.path.isdir(nvme) and os.access(nvme, os.W_OK), f"--offload_nvme {nvme}: not a writable directory")
+    return level, nvme
+
+
+def _offload_section(old: dict, nvme: str) -> dict:
+    section = {**(old or {}), "device": "nvme" if nvme else "cpu", "pin_memory": (old or {}).get("pin_memory", True)}
+    if nvme:
+        section["nvme_path"] = nvme
+    else:
+        section.pop("nvme_path", None)
+    return section
+
+
 def _resolve_bf16(ds: dict, path: str, has_gpu: bool) -> bool:
     if ds.get("fp16", {}).get("enabled") is True:
         raise UserError(f"--ds_config {path}: fp16 is not supported (llm.c trains in bf16); use \"bf16\": {{\"enabled\": true}} or fp32")
@@ -332,7 +380,12 @@ def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict) -
     ds["optimizer"] = {**optimizer, "params": params}
     ds.setdefault("gradient_clipping", 1.0)
     ds.setdefault("steps_per_print", QUIET_STEPS_PER_PRINT)
-    ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": run.zero_stage}
+    ds["zero_optimization"] = zero = {**ds.get("zero_optimization", {}), "stage": run.zero_stage}
+    for key, used in zip(("offload_optimizer", "offload_param"), OFFLOAD_LEVELS[run.offload]):
+        if used:  # pinned CPU buffers: the copies to and from the GPU run asynchronously
+            zero[key] = _offload_section(zero.get(key), run.offload_nvme)
+        else:
+            zero.pop(key, None)
     if run.zero_stage == 3 and (run.recompute in (1, 2) or run.compile):
         # ZeRO-3's default linear adds the bias in place onto the matmul output that selective recompute
         # keeps, so recompute would add it twice; under torch.compile its parameter checks guard on each

@@ -49,6 +49,9 @@ def build_engine(run: config.RunConfig, ds_config: dict):
     import pydantic
 
     _cuda_arch_list_for_deepspeed()
+    if run.offload_nvme and not deepspeed.ops.op_builder.AsyncIOBuilder().is_compatible(verbose=False):
+        raise UserError(f"--offload_nvme {run.offload_nvme}: DeepSpeed's async_io op cannot be built on this machine "
+                        "(it needs libaio: apt install libaio-dev); offload to CPU memory without --offload_nvme")
     model = GPT(run.model, recompute=run.recompute)
     if run.init_from_file:
         _, weights = convert.load_weights(run.init, "-e")
@@ -93,7 +96,9 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
         ("padded_vocab_size Vp", m.padded_vocab_size), ("num_layers L", m.n_layer), ("num_heads NH", m.n_head),
         ("channels C", m.n_embd), ("num_parameters", f"{m.num_params:,}"), (None, None),
         ("train_num_batches", num_steps), ("val_num_batches", val_batches), (None, None),
-        ("num_processes", place.world_size), ("zero_stage", run.zero_stage), ("grad_accum_steps", run.grad_accum),
+        ("num_processes", place.world_size), ("zero_stage", run.zero_stage),
+        ("offload", run.offload + (f" (NVMe: {run.offload_nvme})" if run.offload_nvme else "")),
+        ("grad_accum_steps", run.grad_accum),
     ])
 
 
@@ -188,8 +193,12 @@ def dry_run(args):
     print(f"dry run | ranks {world} | steps {num_steps or '?'} | tokens per step {run.total_batch_size} | "
           f"micro-batch {run.B} x {run.T} | grad accumulation {run.grad_accum} | total tokens {total}")
     parts = memory.estimate(run)
-    print(f"memory per GPU (estimate; ZeRO-{run.zero_stage} over {world} ranks, -r {run.recompute}, "
+    offload = f", --offload {run.offload}" if run.offload != "none" else ""
+    print(f"memory per GPU (estimate; ZeRO-{run.zero_stage} over {world} ranks, -r {run.recompute}{offload}, "
           f"{'bf16' if run.bf16 else 'fp32'}) | " + " | ".join(f"{what} {size / memory.GiB:.2f} GiB" for what, size in parts))
+    if run.offload != "none":
+        print(f"offloaded per rank (estimate): {memory.offloaded(run) / memory.GiB:.2f} GiB of "
+              f"{'NVMe under ' + run.offload_nvme if run.offload_nvme else 'CPU memory'}")
 
 
 def train(argv=None):

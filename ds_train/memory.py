@@ -19,7 +19,7 @@ about 12), plus the fp32 weight-gradient accumulator (vocab x C x 4) and the inp
 
 import torch
 
-from ds_train.config import RunConfig
+from ds_train.config import OFFLOAD_LEVELS, RunConfig
 from ds_train.distributed import all_gather_values
 from ds_train.loss import CHUNK_ROWS
 
@@ -30,6 +30,7 @@ def estimate(run: RunConfig) -> list:
     """[(what, bytes)] per GPU for one micro-batch of `run`; the last entry is the total."""
     N, W, stage, m = run.model.num_params, run.world_size, run.zero_stage, run.model
     shard = lambda bytes_per_param, from_stage: bytes_per_param * N / (W if stage >= from_stage else 1)
+    offload_optimizer, offload_params = OFFLOAD_LEVELS[run.offload]
     if run.bf16:
         weights, grads = shard(2, 3), shard(4, 2) + (2 * N if stage == 1 else 0)
         optimizer = shard(12, 1)
@@ -37,6 +38,13 @@ def estimate(run: RunConfig) -> list:
         weights, grads = shard(4, 3), shard(4, 2)
         optimizer = shard(12, 1) if stage > 0 else 8 * N
     value = 2 if run.bf16 else 4
+    if offload_optimizer:  # the fp32 gradient partition goes to CPU memory with the optimizer; the module's own
+        # gradients stay on the GPU until they are reduced and copied out
+        optimizer, grads = 0, value * N
+    if offload_params:  # only what is gathered stays on the GPU: the block at work and the next one (prefetched)
+        # or the embedding, with their gradients until they are copied out
+        working_set = value * max(2 * m.block_params, m.padded_vocab_size * m.n_embd)
+        weights, grads = working_set, working_set if offload_optimizer else grads
     tokens = run.B * run.T
     per_layer = {0: 16, 1: 12, 2: 10, 3: 1}[run.recompute]
     layers = (m.n_layer * per_layer + (16 if run.recompute == 3 else 0) + 3) * tokens * m.n_embd * value
@@ -45,6 +53,14 @@ def estimate(run: RunConfig) -> list:
     parts = [("weights", weights), ("gradients", grads), ("optimizer (fp32 master + AdamW)", optimizer),
              ("activations", layers), ("loss (chunked logits)", loss)]
     return parts + [("total", sum(size for _, size in parts))]
+
+
+def offloaded(run: RunConfig) -> int:
+    """Bytes per rank that --offload keeps in CPU memory (or on NVMe): the optimizer's partition (fp32 master
+    weights, AdamW's moments, the fp32 gradients: 16 bytes per parameter) and the parameters' (2 in bf16)."""
+    offload_optimizer, offload_params = OFFLOAD_LEVELS[run.offload]
+    per_param = 16 * offload_optimizer + (2 if run.bf16 else 4) * offload_params
+    return per_param * run.model.num_params // run.world_size
 
 
 def rank_model_states(engine) -> tuple:
@@ -74,4 +90,6 @@ def rank_model_states_line(engine) -> str:
     """What each rank holds, gathered on every rank: llm.c prints its allocations, ZeRO makes them per rank."""
     per_rank = all_gather_values(list(rank_model_states(engine)), engine.device)
     mib = lambda column: " | ".join(f"{sizes[column] / 2**20:.2f}" for sizes in per_rank)
-    return f"model states per rank (MiB, rank 0 | 1 | ...): weights {mib(0)}; fp32 master + AdamW {mib(1)}"
+    where = lambda offloaded: " (offloaded)" if offloaded else ""
+    return (f"model states per rank (MiB, rank 0 | 1 | ...): weights {mib(0)}{where(engine.zero_offload_param())}; "
+            f"fp32 master + AdamW {mib(1)}{where(engine.zero_offload_optimizer())}")

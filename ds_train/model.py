@@ -38,11 +38,15 @@ class GPTConfig:
     padded_vocab_size: int = PADDED_VOCAB_SIZE
 
     @property
+    def block_params(self) -> int:
+        C = self.n_embd
+        return 4 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+
+    @property
     def num_params(self) -> int:
         """Parameters as llm.c counts them: the padded embedding rows included, the tied head once."""
-        C, L = self.n_embd, self.n_layer
-        per_layer = 4 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
-        return self.padded_vocab_size * C + self.block_size * C + L * per_layer + 2 * C
+        C = self.n_embd
+        return self.padded_vocab_size * C + self.block_size * C + self.n_layer * self.block_params + 2 * C
 
     def flops_per_token(self, T: int) -> int:
         """llm.c's MFU numerator: 6N for the weight matmuls plus 6*L*C*T for attention."""
