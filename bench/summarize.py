@@ -18,13 +18,18 @@ STEP = re.compile(r"^step\s+(\d+)/(\d+) \| loss (\S+) \| norm (\S+) \| lr (\S+) 
                   r"(?: \| (\S+)% bf16 MFU)? \| (\d+) tok/s")
 ROW = re.compile(r"^\| (.+?)\s+\| (.+?)\s+\|$")
 TOTAL = re.compile(r"total average iteration time: (\S+) ms(?: \| peak memory (\S+) GiB)?")
+ESTIMATE = re.compile(r"^memory per GPU \(estimate.* total (\S+) GiB")  # --dry_run's, when the log has it
+HOST = re.compile(r"^host peak RSS (\S+) GiB")  # bench/memory.sh's
 
 
 def parse(path):
-    rows, steps, total = {}, [], None
+    rows, steps, total, extra = {}, [], None, {}
     with open(path, errors="replace") as f:
         for line in f:
             line = line.rstrip("\n")
+            for key, pattern in (("estimate_gib", ESTIMATE), ("host_gib", HOST)):
+                if m := pattern.match(line):
+                    extra[key] = float(m.group(1))
             if m := ROW.match(line):
                 rows.setdefault(m.group(1), m.group(2))
             elif m := STEP.match(line):
@@ -32,14 +37,17 @@ def parse(path):
                                   mfu=float(m.group(7)) if m.group(7) else None, tok_s=int(m.group(8))))
             elif m := TOTAL.search(line):
                 total = (float(m.group(1)), float(m.group(2)) if m.group(2) else None)
-    return rows, steps, total
+    return rows, steps, total, extra
 
 
 def summarize(path, first, last):
-    rows, steps, total = parse(path)
+    rows, steps, total, extra = parse(path)
     name = os.path.splitext(os.path.basename(path))[0]
     if not steps:
-        return dict(run=name, note="no step lines")
+        with open(path, errors="replace") as f:
+            oom = "out of memory" in f.read()
+        return dict(run=name, note=("out of memory" if oom else "no step lines") +
+                    (f" (estimate {extra['estimate_gib']:.1f} GiB)" if "estimate_gib" in extra else ""))
     window = [s for s in steps if first <= s["step"] <= last] or steps
     ms = statistics.mean(s["ms"] for s in window)
     tokens = int(rows["total batch size"])
@@ -48,6 +56,8 @@ def summarize(path, first, last):
     tok_s = tokens / (ms / 1000)
     mfus = [s["mfu"] for s in window if s["mfu"] is not None]
     return dict(run=name, B=rows["micro batch size B"], accum=rows["grad_accum_steps"], recompute=rows["recompute"].split()[0],
+                zero=rows.get("zero_stage", "-"), offload=rows.get("offload", "-").split()[0],
+                estimate_gib=extra.get("estimate_gib"), host_gib=extra.get("host_gib"),
                 steps=f"{window[0]['step']}-{window[-1]['step']}", ms=ms, ms_sd=statistics.pstdev(s["ms"] for s in window),
                 tok_s=tok_s, mfu=100 * tok_s * flops_per_token / PEAK,
                 con_mfu=statistics.mean(mfus) if mfus else None, con_tok_s=steps[-1]["tok_s"],
@@ -56,7 +66,7 @@ def summarize(path, first, last):
 
 
 def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    return format("-", spec.split(".")[0]) if v is None else format(v, spec)
 
 
 def main():
@@ -65,18 +75,20 @@ def main():
     p.add_argument("--first", type=int, default=11)
     p.add_argument("--last", type=int, default=30)
     a = p.parse_args()
-    head = (f"{'run':<18} {'B':>3} {'accum':>5} {'r':>2} {'steps':>6} {'ms/step':>9} {'sd':>6} {'tok/s':>9} "
-            f"{'MFU%':>5} | {'con MFU%':>8} {'con tok/s':>9} {'avg ms':>9} {'peak GiB':>8} {'loss':>8}")
+    head = (f"{'run':<22} {'B':>3} {'accum':>5} {'r':>2} {'z':>2} {'offload':>9} {'steps':>6} {'ms/step':>9} {'sd':>6} "
+            f"{'tok/s':>9} {'MFU%':>5} | {'con MFU%':>8} {'con tok/s':>9} {'avg ms':>9} {'peak GiB':>8} {'est GiB':>7} "
+            f"{'host GiB':>8} {'loss':>8}")
     print(head)
     print("-" * len(head))
     for path in a.logs:
         r = summarize(path, a.first, a.last)
         if "note" in r:
-            print(f"{r['run']:<18} {r['note']}")
+            print(f"{r['run']:<22} {r['note']}")
             continue
-        print(f"{r['run']:<18} {r['B']:>3} {r['accum']:>5} {r['recompute']:>2} {r['steps']:>6} {r['ms']:>9.2f} "
-              f"{r['ms_sd']:>6.2f} {r['tok_s']:>9.0f} {r['mfu']:>5.1f} | {fmt(r['con_mfu'], '>8.1f')} "
-              f"{r['con_tok_s']:>9} {fmt(r['avg_ms'], '>9.2f')} {fmt(r['peak_gib'], '>8.2f')} {r['final_loss']:>8.4f}")
+        print(f"{r['run']:<22} {r['B']:>3} {r['accum']:>5} {r['recompute']:>2} {r['zero']:>2} {r['offload']:>9} "
+              f"{r['steps']:>6} {r['ms']:>9.2f} {r['ms_sd']:>6.2f} {r['tok_s']:>9.0f} {r['mfu']:>5.1f} | "
+              f"{fmt(r['con_mfu'], '>8.1f')} {r['con_tok_s']:>9} {fmt(r['avg_ms'], '>9.2f')} {fmt(r['peak_gib'], '>8.2f')} "
+              f"{fmt(r['estimate_gib'], '>7.2f')} {fmt(r['host_gib'], '>8.1f')} {r['final_loss']:>8.4f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+#!/bin/bash
+# Memory as a config choice, measured: for each setting (model, micro-batch B, recompute -r, ZeRO stage,
+# offload) one `python ds_train/main.py` run on one GPU, and one table (bench/summarize.py) of its peak GPU
+# memory (torch.cuda.max_memory_allocated) beside the `--dry_run` estimate, the process's peak host memory,
+# ms/step, tokens/s and MFU over the steps after the compile warm-up.
+#   bash bench/memory.sh GROUP...     (from the repo root; logs in $OUT, default bench_out/memory)
+# Groups, T=1024 for GPT-2 and 2048 for GPT-3, random-token shards, no gradient accumulation unless noted:
+#   d12    B=1/4/16/64 at ZeRO-1; B=64 at ZeRO-2, ZeRO-3, and offloaded (--offload optimizer at ZeRO-1 and 2,
+#          all at ZeRO-3)
+#   d24    B=8/32 at ZeRO-1
+#   d48    B=4/16 at ZeRO-1; B=16 at -r 1/2/3; B=32 at -r 3
+#   d48_offload  B=16 offloaded (optimizer at ZeRO-2, all at ZeRO-3)
+#   c2048  gpt3:c2048 (1.3B) B=4/8 at ZeRO-1; B=8 with the optimizer offloaded at ZeRO-2
+#   c2560  gpt3:c2560 (2.7B) B=2 at ZeRO-1 (no offload); B=8 with the optimizer offloaded at ZeRO-2, 8 micro-steps
+#   c4096  gpt3:c4096 (6.7B) -r 3 B=4 with the optimizer offloaded at ZeRO-2, 4 micro-steps
+# On the lent GPU machine carry .whl (../shared/tools/device-wheels.sh); see bench/README.md.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench_out/memory}
+mkdir -p "$OUT"
+DATA=${DATA:-/tmp/bench_data}
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+source bench/device_env.sh
+random_shards || exit 1
+shards=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)
+
+# measure NAME STEPS FLAGS...: the --dry_run estimate, then the run under a parent that reports its peak RSS
+measure() {
+  local name=$1 steps=$2; shift 2
+  local flags=("${shards[@]}" -x "$steps" "$@")
+  echo "=== $name: $*" >&2
+  "$PYTHON" ds_train/main.py --dry_run 1 "${flags[@]}" > "$OUT/$name.log" 2>&1
+  timeout 540 "$PYTHON" -c 'import resource, subprocess, sys
+status = subprocess.call(sys.argv[1:])
+print(f"host peak RSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20:.1f} GiB", flush=True)
+sys.exit(status)' "$PYTHON" ds_train/main.py "${flags[@]}" >> "$OUT/$name.log" 2>&1 ||
+    echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
+}
+
+gpt2() {  # gpt2 NAME MODEL CONFIG B FLAGS...: one micro-step of B x 1024 tokens per step
+  local name=$1 model=$2 config=$3 B=$4; shift 4
+  measure "$name" 6 --ds_config "ds_configs/$config" -e "$model" -t 1024 -b "$B" -d $((B * 1024)) "$@"
+}
+
+for group in "$@"; do
+  case $group in
+    d12)
+      for B in 1 4 16 64; do gpt2 "d12_B${B}_z1" d12 gpt2_124M.json "$B" -z 1 -r 0; done
+      gpt2 d12_B64_z2 d12 gpt2_124M.json 64 -z 2 -r 0
+      gpt2 d12_B64_z3 d12 gpt2_124M.json 64 -z 3 -r 0
+      gpt2 d12_B64_z1_offopt d12 gpt2_124M.json 64 -z 1 -r 0 --offload optimizer
+      gpt2 d12_B64_z2_offopt d12 gpt2_124M.json 64 -z 2 -r 0 --offload optimizer
+      gpt2 d12_B64_z3_offall d12 gpt2_124M.json 64 -z 3 -r 0 --offload all ;;
+    d24)
+      for B in 8 32; do gpt2 "d24_B${B}_z1" d24 gpt2_350M.json "$B" -z 1 -r 0; done ;;
+    d48)
+      for B in 4 16; do gpt2 "d48_B${B}_z1" d48 gpt2_1558M.json "$B" -z 1 -r 0; done
+      for r in 1 2 3; do gpt2 "d48_B16_z1_r$r" d48 gpt2_1558M.json 16 -z 1 -r "$r"; done
+      gpt2 d48_B32_z1_r3 d48 gpt2_1558M.json 32 -z 1 -r 3 ;;
+    d48_offload)
+      gpt2 d48_B16_z2_offopt d48 gpt2_1558M.json 16 -z 2 -r 0 --offload optimizer
+      gpt2 d48_B16_z3_offall d48 gpt2_1558M.json 16 -z 3 -r 0 --offload all ;;
+    c2048)
+      for B in 4 8; do measure "c2048_B${B}_z1" 5 --ds_config ds_configs/gpt3.json -e gpt3:c2048 -t 2048 -b "$B" \
+        -d $((B * 2048)) -z 1 -r 0; done
+      measure c2048_B8_z2_offopt 5 --ds_config ds_configs/gpt3.json -e gpt3:c2048 -t 2048 -b 8 -d 16384 -z 2 -r 0 \
+        --offload optimizer ;;
+    c2560)
+      measure c2560_B2_z1 5 --ds_config ds_configs/gpt3.json -e gpt3:c2560 -t 2048 -b 2 -d 4096 -z 1 -r 0
+      measure c2560_B8_z2_offopt 4 --ds_config ds_configs/gpt3.json -e gpt3:c2560 -t 2048 -b 8 -d 131072 -z 2 -r 0 \
+        --offload optimizer ;;
+    c4096)
+      measure c4096_B4_z2_offopt_r3 3 --ds_config ds_configs/gpt3.json -e gpt3:c4096 -t 2048 -b 4 -d 32768 -z 2 -r 3 \
+        --offload optimizer ;;
+    *) echo "unknown group $group (d12 d24 d48 d48_offload c2048 c2560 c4096)" >&2; exit 2 ;;
+  esac
+done 2>&1 | tee -a "$OUT/runs.txt"
+"$PYTHON" bench/summarize.py "$OUT"/*.log --first 3 --last 100 | tee "$OUT/summary.txt"
