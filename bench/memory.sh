@@ -7,9 +7,12 @@
 # Groups, T=1024 for GPT-2 and 2048 for GPT-3, random-token shards, no gradient accumulation unless noted:
 #   d12    B=1/4/16/64 at ZeRO-1; B=64 at ZeRO-2, ZeRO-3, and offloaded (--offload optimizer at ZeRO-1 and 2,
 #          all at ZeRO-3)
+#   d12_accum  B=8/16/32 at ZeRO-1 with 0.5M-token steps (gradient accumulation 64/32/16): what -b costs at a
+#          fixed total batch
 #   d24    B=8/32 at ZeRO-1
 #   d48    B=4/16 at ZeRO-1; B=16 at -r 1/2/3; B=32 at -r 3
 #   d48_offload  B=16 offloaded (optimizer at ZeRO-2, all at ZeRO-3)
+#   d48_accum  B=4/8 at ZeRO-1 with 131K-token steps (accumulation 32/16)
 #   c2048  gpt3:c2048 (1.3B) B=4/8 at ZeRO-1; B=8 with the optimizer offloaded at ZeRO-2
 #   c2560  gpt3:c2560 (2.7B) B=2 at ZeRO-1 (no offload); B=8 with the optimizer offloaded at ZeRO-2, 8 micro-steps
 #   c4096  gpt3:c4096 (6.7B) -r 3 B=4 with the optimizer offloaded at ZeRO-2, 4 micro-steps
@@ -51,6 +54,9 @@ for group in "$@"; do
       gpt2 d12_B64_z1_offopt d12 gpt2_124M.json 64 -z 1 -r 0 --offload optimizer
       gpt2 d12_B64_z2_offopt d12 gpt2_124M.json 64 -z 2 -r 0 --offload optimizer
       gpt2 d12_B64_z3_offall d12 gpt2_124M.json 64 -z 3 -r 0 --offload all ;;
+    d12_accum)
+      for B in 8 16 32; do measure "d12_B${B}_z1_accum" 5 --ds_config ds_configs/gpt2_124M.json -e d12 -t 1024 -b "$B" \
+        -d 524288 -z 1 -r 0; done ;;
     d24)
       for B in 8 32; do gpt2 "d24_B${B}_z1" d24 gpt2_350M.json "$B" -z 1 -r 0; done ;;
     d48)
@@ -60,6 +66,9 @@ for group in "$@"; do
     d48_offload)
       gpt2 d48_B16_z2_offopt d48 gpt2_1558M.json 16 -z 2 -r 0 --offload optimizer
       gpt2 d48_B16_z3_offall d48 gpt2_1558M.json 16 -z 3 -r 0 --offload all ;;
+    d48_accum)
+      for B in 4 8; do measure "d48_B${B}_z1_accum" 4 --ds_config ds_configs/gpt2_1558M.json -e d48 -t 1024 -b "$B" \
+        -d 131072 -z 1 -r 0; done ;;
     c2048)
       for B in 4 8; do measure "c2048_B${B}_z1" 5 --ds_config ds_configs/gpt3.json -e gpt3:c2048 -t 2048 -b "$B" \
         -d $((B * 2048)) -z 1 -r 0; done
@@ -72,7 +81,7 @@ for group in "$@"; do
     c4096)
       measure c4096_B4_z2_offopt_r3 3 --ds_config ds_configs/gpt3.json -e gpt3:c4096 -t 2048 -b 4 -d 32768 -z 2 -r 3 \
         --offload optimizer ;;
-    *) echo "unknown group $group (d12 d24 d48 d48_offload c2048 c2560 c4096)" >&2; exit 2 ;;
+    *) echo "unknown group $group (d12 d12_accum d24 d48 d48_offload d48_accum c2048 c2560 c4096)" >&2; exit 2 ;;
   esac
 done 2>&1 | tee -a "$OUT/runs.txt"
 "$PYTHON" bench/summarize.py "$OUT"/*.log --first 3 --last 100 | tee "$OUT/summary.txt"
