@@ -45,23 +45,29 @@ def chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """mean over rows of cross_entropy(x @ weight.T restricted to vocab_size columns, targets), for training:
-    the gradients are computed here, in forward (linear_cross_entropy takes token_losses when none is needed)."""
+    """mean over rows of cross_entropy(x @ weight.T restricted to vocab_size columns, targets)."""
 
     @staticmethod
     def forward(ctx, x, weight, targets, vocab_size: int, chunk_rows: int, chunk_fns):
-        loss_and_grad_fn = chunk_fns[1]
+        loss_fn, loss_and_grad_fn = chunk_fns
         rows = x.shape[0]
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x = torch.empty_like(x)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
         for start in range(0, rows, chunk_rows):
             x_chunk, t_chunk = x[start:start + chunk_rows], targets[start:start + chunk_rows]
-            loss_sum, grad_logits = loss_and_grad_fn(x_chunk @ weight.t(), t_chunk, vocab_size, 1.0 / rows)
+            logits = x_chunk @ weight.t()
+            if not needs_grad:
+                total += loss_fn(logits, t_chunk, vocab_size).sum()
+                continue
+            loss_sum, grad_logits = loss_and_grad_fn(logits, t_chunk, vocab_size, 1.0 / rows)
             total += loss_sum
+            del logits
             grad_x[start:start + chunk_rows] = grad_logits @ weight
             _accumulate(grad_weight, grad_logits, x_chunk)
-        ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
+        if needs_grad:
+            ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
         return total / rows
 
     @staticmethod
@@ -169,6 +175,4 @@ def token_losses(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS,
 
 def linear_cross_entropy(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS, chunk_rows: int = CHUNK_ROWS):
     """x (..., C), weight (padded vocab, C), targets (...) -> the mean cross-entropy, a float32 scalar."""
-    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):  # evaluation: no gradients
-        return token_losses(x, weight, targets, vocab_size, chunk_fns, chunk_rows).mean()
     return LinearCrossEntropy.apply(x.flatten(0, -2), weight, targets.flatten(), vocab_size, chunk_rows, chunk_fns)
