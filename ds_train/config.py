@@ -85,6 +85,8 @@ FLAGS = [
                                             "fastest setting whose memory estimate fits the GPU, keeping -d"),
         (None, "--gpu_memory", float, None, "GIB", "the GPU memory per rank --auto_fit plans for (default: 90%% of "
                                                    "this GPU's; needed on a machine without one)"),
+        (None, "--host_memory", float, None, "GIB", "the host memory per node --auto_fit plans offload with "
+                                                    "(default: 90%% of this machine's)"),
         ("-ge", "--gelu_fusion", int, -1, "N", "llm.c's CUDA GELU fusion: accepted and ignored"),
     ]),
 ]
@@ -266,7 +268,12 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.resume_new_batch in (0, 1), f"--resume_new_batch {args.resume_new_batch}: expected 0 or 1")
     _check(args.compile in (None, 0, 1), f"--compile {args.compile}: expected 0 or 1")
     _check(args.auto_fit in (0, 1), f"--auto_fit {args.auto_fit}: expected 0 or 1")
-    _check(args.gpu_memory is None or args.gpu_memory > 0, f"--gpu_memory {args.gpu_memory}: expected GiB > 0")
+    if args.gpu_memory is not None:
+        _check(args.gpu_memory > 0, f"--gpu_memory {args.gpu_memory:g}: expected GiB > 0")
+        _check(args.auto_fit, f"--gpu_memory {args.gpu_memory:g}: only --auto_fit 1 plans with it")
+    if args.host_memory is not None:
+        _check(args.host_memory > 0, f"--host_memory {args.host_memory:g}: expected GiB > 0")
+        _check(args.auto_fit, f"--host_memory {args.host_memory:g}: only --auto_fit 1 plans with it")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
@@ -301,6 +308,11 @@ def _check_json_types(ds: dict, path: str):
     for key in ("lr", "weight_decay"):
         value = ds.get("optimizer", {}).get("params", {}).get(key, 0.0)
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"--ds_config {path}: optimizer.params.{key} must be a number, got {value!r}")
+
+
+def json_total_tokens(path: str, T: int, world_size: int):
+    """The total batch in tokens that --ds_config `path` gives, or None when it gives none."""
+    return _json_total_tokens(load_json(path), path, T, world_size)
 
 
 def _json_total_tokens(ds: dict, path: str, T: int, world_size: int):

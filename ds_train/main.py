@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 
 import torch
 
-from ds_train import checkpoint, config, convert, distributed, memory, metrics, reshard
+from ds_train import autofit, checkpoint, config, convert, distributed, memory, metrics, reshard
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
@@ -170,10 +170,22 @@ def resume_engine(engine, run: config.RunConfig, step: int, saved: dict):
         reshard.load(engine, where, saved["zero_stage"], run.weight_decay, step)
 
 
+def auto_fit(args, place, say):
+    """--auto_fit 1: args with the -b -r -z --offload that fit this GPU (or --gpu_memory), chosen and explained."""
+    gpu_bytes, name = None, None
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(place.local_rank % torch.cuda.device_count())
+        gpu_bytes, name = properties.total_memory, properties.name
+    return autofit.fit(args, place.world_size, True, gpu_bytes, name, name and metrics.peak_bf16_flops(name), say)
+
+
 def dry_run(args):
     """--dry_run N: the run as N ranks would run it, resolved and checked, with a memory estimate per GPU.
     Nothing is launched; the train shards' headers are read only to count the steps of -x -1."""
     world = args.dry_run
+    place = distributed.Place(0, 0, world, "dry run")
+    if args.auto_fit:
+        args = auto_fit(args, place, print)
     run, ds_config, notes = config.resolve(args, world, has_gpu=True)  # plans a GPU run: bf16 "auto" is on
     num_steps = run.max_steps
     if num_steps < 1:
@@ -183,7 +195,6 @@ def dry_run(args):
         except UserError as e:
             num_steps = None
             notes.append(f"{e}: the number of steps of one epoch (-x -1) is unknown until the data is prepared")
-    place = distributed.Place(0, 0, world, "dry run")
     val_batches = run.val_max_steps if run.val_max_steps > 0 else "the whole split"
     print_setup(print, run, place, num_steps if num_steps else "?", val_batches, "(dry run)", notes, ds_config)
     if run.output_dir and checkpoint.done_steps(run.output_dir):
@@ -206,6 +217,8 @@ def train(argv=None):
     if args.dry_run:
         return dry_run(args)
     place = distributed.discover()
+    if args.auto_fit:
+        args = auto_fit(args, place, distributed.print0)
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
     train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
     train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag)

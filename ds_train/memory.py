@@ -24,6 +24,7 @@ from ds_train.distributed import all_gather_values
 from ds_train.loss import CHUNK_ROWS
 
 GiB = 2**30
+ZERO3_BUFFERS = int(1.3 * GiB)
 
 
 def estimate(run: RunConfig) -> list:
@@ -39,8 +40,9 @@ def estimate(run: RunConfig) -> list:
         optimizer = shard(12, 1) if stage > 0 else 8 * N
     value = 2 if run.bf16 else 4
     if offload_optimizer:  # the fp32 gradient partition goes to CPU memory with the optimizer; the module's own
-        # gradients stay on the GPU until they are reduced and copied out
-        optimizer, grads = 0, value * N
+        # gradients stay on the GPU until they are reduced and copied out, and with accumulation DeepSpeed keeps
+        # a second copy that it accumulates into (gpt3:c2560 B=8 x 8 micro-steps measured 2N above 1 copy)
+        optimizer, grads = 0, value * N * (2 if run.grad_accum > 1 else 1)
     if offload_params:  # only what is gathered stays on the GPU: the block at work and the next one (prefetched)
         # or the embedding, with their gradients until they are copied out
         working_set = value * max(2 * m.block_params, m.padded_vocab_size * m.n_embd)
@@ -52,6 +54,8 @@ def estimate(run: RunConfig) -> list:
     loss = chunk + 4 * m.padded_vocab_size * m.n_embd + tokens * m.n_embd * value
     parts = [("weights", weights), ("gradients", grads), ("optimizer (fp32 master + AdamW)", optimizer),
              ("activations", layers), ("loss (chunked logits)", loss)]
+    if stage == 3:  # its gather, prefetch and reduce buffers: 1.3 GiB more than the rest at d12 on an H100
+        parts.append(("ZeRO-3 buffers", ZERO3_BUFFERS))
     return parts + [("total", sum(size for _, size in parts))]
 
 
@@ -61,6 +65,17 @@ def offloaded(run: RunConfig) -> int:
     offload_optimizer, offload_params = OFFLOAD_LEVELS[run.offload]
     per_param = 16 * offload_optimizer + (2 if run.bf16 else 4) * offload_params
     return per_param * run.model.num_params // run.world_size
+
+
+HOST_BASE = 5 * GiB  # a rank's own host memory before offload: CUDA context, torch, data (d48: 6.7 GiB peak)
+
+
+def host_estimate(run: RunConfig) -> int:
+    """Peak host memory of one rank: the model built in fp32 before the engine takes it (4 bytes per
+    parameter), what --offload keeps there and its pinned staging (x 1.2), and HOST_BASE. Measured on the
+    H100 machine: d48 34.0 / 43.9 GiB (optimizer / all), gpt3:c2560 62.4 GiB; gpt3:c4096 passed 122.9 GiB
+    and was killed on that 125 GiB machine."""
+    return int(1.2 * offloaded(run) + 4 * run.model.num_params + HOST_BASE)
 
 
 def rank_model_states(engine) -> tuple:

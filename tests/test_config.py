@@ -124,6 +124,26 @@ def test_compile_defaults_to_the_gpu_and_uses_torch_s_linear_at_zero3(tmp_path):
         resolve(tmp_path, ["--compile", "2"])
 
 
+def test_offload_from_the_flag_or_the_json(tmp_path):
+    run, ds, _ = resolve(tmp_path, ["-z", "2", "--offload", "optimizer"])
+    assert run.offload == "optimizer" and ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert "offload_param" not in ds["zero_optimization"]
+    json_all = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": False},
+                                      "offload_param": {"device": "cpu", "buffer_count": 4}}}
+    run, ds, _ = resolve(tmp_path, [], json_all)
+    assert run.offload == "all" and ds["zero_optimization"]["offload_param"] == {"device": "cpu", "buffer_count": 4, "pin_memory": True}
+    assert ds["zero_optimization"]["offload_optimizer"]["pin_memory"] is False  # the JSON's own setting stays
+    run, ds, notes = resolve(tmp_path, ["--offload", "none"], json_all)  # the flag wins, and says so
+    assert run.offload == "none" and not {"offload_optimizer", "offload_param"} & set(ds["zero_optimization"])
+    assert any(n.startswith("--offload none overrides") for n in notes)
+    assert resolve(tmp_path, ["-z", "3"], {"zero_optimization": {"offload_param": {"device": "cpu"}}})[0].offload == "params"
+    assert resolve(tmp_path, ["-z", "1"], {"zero_optimization": {"offload_optimizer": {"device": "none"}}})[0].offload == "none"
+    nvme = str(tmp_path)
+    run, ds, _ = resolve(tmp_path, ["-z", "3", "--offload", "all", "--offload_nvme", nvme])
+    assert run.offload_nvme == nvme and all(ds["zero_optimization"][k] == {"device": "nvme", "nvme_path": nvme, "pin_memory": True}
+                                            for k in ("offload_optimizer", "offload_param"))
+
+
 def test_overfit_trains_on_val_without_shuffling(tmp_path):
     run, _, _ = resolve(tmp_path, ["-a", "1", "-j", "v.bin", "-i", "t.bin"])
     assert run.train_data == "v.bin" and run.shuffle is False
@@ -162,6 +182,16 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     ([], {"train_batch_size": 10, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2},
      r"train_batch_size 10 != train_micro_batch_size_per_gpu 2 x gradient_accumulation_steps 2 x world size 2"),
     (["-r", "1", "-z", "3"], {"zero_optimization": {"memory_efficient_linear": True}}, r"memory_efficient_linear true gives wrong gradients"),
+    (["-z", "0", "--offload", "optimizer"], {}, r"--offload optimizer: offloading needs ZeRO \(-z 1, 2 or 3\)"),
+    (["-z", "2", "--offload", "all"], {}, r"--offload all: offloading the parameters needs -z 3 .*got -z 2; use --offload optimizer"),
+    (["-z", "2"], {"zero_optimization": {"offload_param": {"device": "cpu"}}}, r"--offload params: offloading the parameters needs -z 3"),
+    (["-z", "2", "--offload", "cpu"], {}, r"--offload cpu: expected none, optimizer or all"),
+    (["-z", "3", "--offload_nvme", "."], {}, r"--offload_nvme \.: say what goes there with --offload optimizer or all"),
+    (["-z", "2", "--offload", "optimizer", "--offload_nvme", "."], {}, r"DeepSpeed offloads to NVMe at ZeRO-3 only, got -z 2"),
+    (["-z", "3", "--offload", "all", "--offload_nvme", "/no/such/dir"], {}, r"--offload_nvme /no/such/dir: not a writable directory"),
+    ([], {"zero_optimization": {"offload_optimizer": {"device": "gpu"}}}, r"offload_optimizer must be an object with \"device\": \"cpu\""),
+    (["--gpu_memory", "40"], {}, r"--gpu_memory 40: only --auto_fit 1 plans with it"),
+    (["--auto_fit", "2"], {}, r"--auto_fit 2: expected 0 or 1"),
     ([], {"bf16": True}, r"\"bf16\" must be an object, got True"),
     ([], {"zero_optimization": 2}, r"\"zero_optimization\" must be an object, got 2"),
     ([], {"train_micro_batch_size_per_gpu": "16"}, r"train_micro_batch_size_per_gpu must be a positive integer, got '16'"),

@@ -84,6 +84,23 @@ def test_zero_stages_partition_the_model_states_over_two_ranks():
     assert sizes[3][0] == pytest.approx(expected_zero3, rel=0.01) and sizes[3][1] == pytest.approx(expected_zero3, rel=0.01)
 
 
+OFFLOADED_STATES_LINE = re.compile(r"^model states per rank \(MiB, rank 0 \| 1 \| \.\.\.\): weights ([\d.]+) \| ([\d.]+)( \(offloaded\))?; "
+                                   r"fp32 master \+ AdamW ([\d.]+) \| ([\d.]+) \(offloaded\)$", re.M)
+
+
+@pytest.mark.parametrize("stage, offload", [(2, "optimizer"), (3, "all")])
+def test_offload_gives_the_same_losses(stage, offload):
+    """The optimizer state (and at ZeRO-3 --offload all the weights) in CPU memory, updated by DeepSpeed's CPU
+    AdamW: the same losses as the run that keeps them on the device, the same partition per rank."""
+    ref = zero_run(stage)
+    run = train([*COMMON, "-b", 4, "-z", stage, "--offload", offload], ranks=2, launcher="env").check()
+    assert f"| offload               | {offload} " in run.stdout
+    w0, w1, weights_offloaded, o0, o1 = OFFLOADED_STATES_LINE.search(run.stdout).groups()
+    assert bool(weights_offloaded) == (offload == "all")
+    assert [float(v) for v in (o0, o1)] == [float(v) for v in STATES_LINE.search(ref.stdout).groups()[2:]]
+    assert_same_training(run, ref)
+
+
 def test_gradient_accumulation_matches_a_bigger_micro_batch():
     # -m counts micro-batches (as in llm.c): 4 batches of B=2 cover the val tokens of 2 batches of B=4
     run = cached_train("accum", [*COMMON, "-b", 2, "-z", 1, "-m", 4], ranks=2, launcher="env")
