@@ -46,11 +46,11 @@ def test_a_planted_outlier_batch_is_skipped(tmp_path, flag, z, stage):
     """llm.c's detectors need 128 steps of history; step 141 reads a batch of random tokens, whose loss and
     grad norm both stand out. -sl judges the loss, -sg the grad norm (under ZeRO, inside DeepSpeed's step)."""
     tokens = np.array(read_shard(TRAIN_SHARD))
-    rows = slice(140 * 256, 141 * 256 + 1)  # step 140 (0-based) with -d 256 and --shuffle 0 (1 rank, accumulation 2)
+    rows = slice(140 * 256, 141 * 256 + 1)  # step 140 (0-based) with -d 256 and --shuffle 0 (1 rank, B=8 x T=32)
     tokens[rows] = np.random.default_rng(0).integers(0, 50257, rows.stop - rows.start)
     write_shard(str(tmp_path / "planted.bin"), tokens)
     out = str(tmp_path / "run")
-    run = train([*TINY, "-b", 4, "-d", 256, "-z", stage, "-x", 141, "-n", 140, "-k", "constant", "-u", 0, "-l", "1e-3", "-v", 1000,
+    run = train([*TINY, "-b", 8, "-d", 256, "-z", stage, "-x", 141, "-n", 140, "-k", "constant", "-u", 0, "-l", "1e-3", "-v", 1000,
                  "-m", 1, "--shuffle", 0, "-i", tmp_path / "planted.bin", flag, z, "-o", out]).check()
     skips = [line for line in run.stdout.splitlines() if line.startswith("skipped the update")]
     judged = {"-sl": "loss z-score", "-sg": "grad norm z-score"}[flag]

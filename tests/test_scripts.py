@@ -78,10 +78,11 @@ def finish(proc, log, timeout=600):
 
 
 def test_smoke_runs_survive_a_crash_and_finish(tmp_path):
-    """SMOKE=1 for all five scripts at once: a 2-layer model for 6 steps on one CPU rank under the deepspeed
-    launcher, a checkpoint every 2 steps, each script's own flags otherwise. Each rank is killed with SIGKILL
-    after step 3; each script's loop resumes from step 2 and finishes with the DONE marker."""
-    names = sorted(LLMC)
+    """SMOKE=1 for a GPT-2 and the GPT-3 script at once: a 2-layer model for 6 steps on one CPU rank under the
+    deepspeed launcher, a checkpoint every 2 steps, each script's own flags otherwise. Each rank is killed with
+    SIGKILL after step 3; each script's loop resumes from step 2 and finishes with the DONE marker. (The loop is
+    scripts/lib.sh's, shared by all five; every script's flags are checked by the dry-run test above.)"""
+    names = ["gpt2_124M", "gpt3_125M"]
     runs = {name: start(f"run_{name}.sh", str(tmp_path / name), tmp_path / f"{name}.log", NUM_GPUS=1) for name in names}
     alive, deadline = dict(runs), time.time() + 300
     while alive and time.time() < deadline:  # each is killed as soon as it has passed step 3
