@@ -7,7 +7,10 @@ Model states, bytes per parameter (N parameters, W ranks):
   bf16 weights 2 (ZeRO-3: /W); gradients accumulated in fp32, 4 (ZeRO-2/3: /W), plus the module's bf16
   gradients, 2, under ZeRO-1 (DeepSpeed's BF16_Optimizer keeps both); fp32 master weights 4 and AdamW's two
   moments 8 (ZeRO 1-3: /W). fp32 runs: weights 4, gradients 4, AdamW 8, and under ZeRO a separate fp32
-  partition, 4/W.
+  partition, 4/W. ZeRO-3 adds its gather and reduce buffers (ZERO3_BUFFERS, measured).
+  --offload optimizer moves the master weights, the moments and the fp32 gradients to the host (offloaded()),
+  leaving the module's gradients (a second copy with accumulation); --offload all also the weights, leaving
+  what is gathered at a time. host_estimate() sizes a rank's host memory for auto_fit.
 Activations kept for backward, per layer and token, in units of C values (bf16 or fp32): LayerNorm in/out
 2+2, q/k/v 3, attention out 1, the MLP's 4C in and GELU'd 4C out 4+4: 16 without recompute; -r 1 drops the
 GELU output (12), -r 2 also the LayerNorm outputs (10), -r 3 keeps each block's input only (1), plus one
