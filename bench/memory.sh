@@ -15,6 +15,8 @@
 #   d48_accum  B=4/8 at ZeRO-1 with 131K-token steps (accumulation 32/16)
 #   c2048  gpt3:c2048 (1.3B) B=4/8 at ZeRO-1; B=8 with the optimizer offloaded at ZeRO-2
 #   c2560  gpt3:c2560 (2.7B) B=2 at ZeRO-1 (no offload); B=8 with the optimizer offloaded at ZeRO-2, 8 micro-steps
+#   stages d24 B=32 at ZeRO-2, ZeRO-3, -r 3, offload all; d48 B=16 at ZeRO-2, ZeRO-3; gpt3:c2048 B=8 at -r 3 and
+#          offload all (the rows the groups above leave out)
 #   c4096  gpt3:c4096 (6.7B) -r 3 B=4 with the optimizer offloaded at ZeRO-2, 4 micro-steps
 # On the lent GPU machine carry .whl (../shared/tools/device-wheels.sh); see bench/README.md.
 set -u -o pipefail
@@ -78,10 +80,20 @@ for group in "$@"; do
       measure c2560_B2_z1 5 --ds_config ds_configs/gpt3.json -e gpt3:c2560 -t 2048 -b 2 -d 4096 -z 1 -r 0
       measure c2560_B8_z2_offopt 4 --ds_config ds_configs/gpt3.json -e gpt3:c2560 -t 2048 -b 8 -d 131072 -z 2 -r 0 \
         --offload optimizer ;;
+    stages)
+      gpt2 d24_B32_z2 d24 gpt2_350M.json 32 -z 2 -r 0
+      gpt2 d24_B32_z3 d24 gpt2_350M.json 32 -z 3 -r 0
+      gpt2 d24_B32_z1_r3 d24 gpt2_350M.json 32 -z 1 -r 3
+      gpt2 d24_B32_z3_offall d24 gpt2_350M.json 32 -z 3 -r 0 --offload all
+      gpt2 d48_B16_z2 d48 gpt2_1558M.json 16 -z 2 -r 0
+      gpt2 d48_B16_z3 d48 gpt2_1558M.json 16 -z 3 -r 0
+      for flags in "-z 1 -r 3" "-z 3 -r 0 --offload all"; do
+        measure "c2048_B8_$(echo $flags | tr -d ' -')" 5 --ds_config ds_configs/gpt3.json -e gpt3:c2048 -t 2048 -b 8 -d 16384 $flags
+      done ;;
     c4096)
       measure c4096_B4_z2_offopt_r3 3 --ds_config ds_configs/gpt3.json -e gpt3:c4096 -t 2048 -b 4 -d 32768 -z 2 -r 3 \
         --offload optimizer ;;
-    *) echo "unknown group $group (d12 d12_accum d24 d48 d48_offload d48_accum c2048 c2560 c4096)" >&2; exit 2 ;;
+    *) echo "unknown group $group (d12 d12_accum d24 d48 d48_offload d48_accum c2048 c2560 stages c4096)" >&2; exit 2 ;;
   esac
 done 2>&1 | tee -a "$OUT/runs.txt"
 "$PYTHON" bench/summarize.py "$OUT"/*.log --first 3 --last 100 | tee "$OUT/summary.txt"
