@@ -1,8 +1,10 @@
 # Sourced by the bench/*.sh GPU scripts, from the repo root: what DeepSpeed needs on the lent GPU machine.
 # That machine has no deepspeed: carry .whl (built by ../shared/tools/device-wheels.sh), installed here into
-# /tmp/site. FusedAdam is JIT-built into TORCH_EXTENSIONS_DIR on first use. PYTHON defaults to python3.
+# /tmp/site. FusedAdam is JIT-built into TORCH_EXTENSIONS_DIR on first use. PYTHON defaults to the repo's
+# .venv where there is one (this machine), else python3 (the GPU machine).
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_ext}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+DATA=${DATA:-/tmp/bench_data}
 if [ -d .whl ] && ! "$PYTHON" -c 'import deepspeed' 2>/dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -12,3 +14,6 @@ fi
 random_shards() {
   [ -e "$DATA/random_val_000000.bin" ] || "$PYTHON" bench/random_shards.py "$DATA" --train 20000000 --val 1000000 >/dev/null
 }
+# main.py's flags for those shards, with evaluation cut to one val batch at step 0 and no sampling (a run's own
+# flags come after these and win)
+SHARDS=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)

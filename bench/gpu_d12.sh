@@ -9,7 +9,6 @@ OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 # ds_train itself hands DeepSpeed a plain arch list when the environment has one like "9.0a" (which
 # DeepSpeed 0.19.8's JIT builder cannot parse); FusedAdam is JIT-built into TORCH_EXTENSIONS_DIR on first use
-DATA=${DATA:-/tmp/bench_data}
 
 source bench/device_env.sh
 

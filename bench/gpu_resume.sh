@@ -8,7 +8,6 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/resume}
 mkdir -p "$OUT"
-DATA=${DATA:-/tmp/bench_data}
 source bench/device_env.sh
 random_shards || exit 1
 RUNS=/tmp/gpu_resume_runs

@@ -13,8 +13,6 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/llmc}
 mkdir -p "$OUT"
 LLMC_DIR=${LLMC_DIR:-.llmc}
-DATA=${DATA:-/tmp/bench_data}
-PYTHON=${PYTHON:-python3}
 source bench/device_env.sh
 random_shards || exit 1
 export PATH=$PATH:/usr/local/cuda/bin
@@ -44,17 +42,17 @@ timeout 400 "$PYTHON" ds_train/main.py --ds_config ds_configs/gpt2_124M.json -e 
   -x 20 -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0 > "$OUT/ds_train_d12.log" 2>&1
 
 "$PYTHON" - "$OUT/llmc_d12.log" "$OUT/ds_train_d12.log" <<'PY'
-import re, statistics, subprocess, sys
+import re, statistics, sys
+sys.path.insert(0, "bench")
+from summarize import summarize
 llmc = [float(m.group(2)) for m in re.finditer(r"^step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms", open(sys.argv[1]).read(), re.M)
         if 11 <= int(m.group(1)) <= 30]
-print(subprocess.run([sys.executable, "bench/summarize.py", sys.argv[2], "--first", "6", "--last", "20"],
-                     capture_output=True, text=True).stdout)
-ours = [float(m.group(2)) for m in re.finditer(r"^step\s+(\d+)/\d+ \| loss \S+ \| norm \S+ \| lr \S+ \| ([\d.]+) ms", open(sys.argv[2]).read(), re.M)
-        if 6 <= int(m.group(1)) <= 20]
-if not llmc or not ours:
-    sys.exit(f"missing step lines: llm.c {len(llmc)}, ds_train {len(ours)}")
-a, b = statistics.mean(llmc), statistics.mean(ours)
+ours = summarize(sys.argv[2], 6, 20)
+if not llmc or "note" in ours:
+    sys.exit(f"missing step lines: llm.c {len(llmc)}, ds_train {ours.get('note', 'ok')}")
+a, b = statistics.mean(llmc), ours["ms"]
 print(f"llm.c train_gpt2cu: {a:.1f} ms/step, {524288 / a * 1000:,.0f} tokens/s (steps 11-30)")
-print(f"ds_train:           {b:.1f} ms/step, {524288 / b * 1000:,.0f} tokens/s (steps 6-20)")
+print(f"ds_train:           {b:.1f} ms/step, {524288 / b * 1000:,.0f} tokens/s (steps 6-20, MFU {ours['mfu']:.1f}%, "
+      f"peak {ours['peak_gib']} GiB)")
 print(f"ds_train / llm.c tokens/s: {a / b:.3f}")
 PY

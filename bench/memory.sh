@@ -23,16 +23,13 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/memory}
 mkdir -p "$OUT"
-DATA=${DATA:-/tmp/bench_data}
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 source bench/device_env.sh
 random_shards || exit 1
-shards=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)
 
 # measure NAME STEPS FLAGS...: the --dry_run estimate, then the run under a parent that reports its peak RSS
 measure() {
   local name=$1 steps=$2; shift 2
-  local flags=("${shards[@]}" -x "$steps" "$@")
+  local flags=("${SHARDS[@]}" -x "$steps" "$@")
   echo "=== $name: $*" >&2
   "$PYTHON" ds_train/main.py --dry_run 1 "${flags[@]}" > "$OUT/$name.log" 2>&1
   timeout 540 "$PYTHON" -c 'import resource, subprocess, sys
@@ -96,4 +93,5 @@ for group in "$@"; do
     *) echo "unknown group $group (d12 d12_accum d24 d48 d48_offload d48_accum c2048 c2560 stages c4096)" >&2; exit 2 ;;
   esac
 done 2>&1 | tee -a "$OUT/runs.txt"
+ls "$OUT"/*.log > /dev/null 2>&1 || exit 2  # no run got as far as a log
 "$PYTHON" bench/summarize.py "$OUT"/*.log --first 3 --last 100 | tee "$OUT/summary.txt"

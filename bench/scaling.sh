@@ -9,12 +9,10 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/scaling}
 mkdir -p "$OUT"
-DATA=${DATA:-/tmp/bench_data}
 source bench/device_env.sh
 random_shards || exit 1
 gpus=$(nvidia-smi -L | wc -l)
 counts=${*:-$(for n in 1 2 4 8; do [ "$n" -le "$gpus" ] && echo $n; done)}
-shards=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)
 
 for n in $counts; do
   for model in d12 d48; do
@@ -23,7 +21,7 @@ for n in $counts; do
       name=${model}_z${z}_gpus$n
       echo "=== $name" >&2
       # the deepspeed launcher as a module: on the lent machine deepspeed is installed without its scripts
-      timeout 540 "$PYTHON" -m deepspeed.launcher.runner --num_gpus "$n" ds_train/main.py "${shards[@]}" \
+      timeout 540 "$PYTHON" -m deepspeed.launcher.runner --num_gpus "$n" ds_train/main.py "${SHARDS[@]}" \
         --ds_config ds_configs/$json.json -e $model -b $B -t 1024 -d $((B * 1024 * n)) -z $z -x $steps \
         > "$OUT/$name.log" 2>&1 || echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
     done

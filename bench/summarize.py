@@ -30,6 +30,8 @@ def parse(path):
             for key, pattern in (("estimate_gib", ESTIMATE), ("host_gib", HOST)):
                 if m := pattern.match(line):
                     extra[key] = float(m.group(1))
+            if "out of memory" in line:
+                extra["oom"] = True
             if m := ROW.match(line):
                 rows.setdefault(m.group(1), m.group(2))
             elif m := STEP.match(line):
@@ -44,9 +46,7 @@ def summarize(path, first, last):
     rows, steps, total, extra = parse(path)
     name = os.path.splitext(os.path.basename(path))[0]
     if not steps:
-        with open(path, errors="replace") as f:
-            oom = "out of memory" in f.read()
-        return dict(run=name, note=("out of memory" if oom else "no step lines") +
+        return dict(run=name, note=("out of memory" if extra.get("oom") else "no step lines") +
                     (f" (estimate {extra['estimate_gib']:.1f} GiB)" if "estimate_gib" in extra else ""))
     window = [s for s in steps if first <= s["step"] <= last] or steps
     ms = statistics.mean(s["ms"] for s in window)

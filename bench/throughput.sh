@@ -15,17 +15,14 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/throughput}
 mkdir -p "$OUT"
-DATA=${DATA:-/tmp/bench_data}
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 source bench/device_env.sh
 random_shards || exit 1
-shards=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)  # a run's own flags come after these and win
 
 # run NAME STEPS FLAGS...: one training run of STEPS steps, its console in $OUT/NAME.log
 run() {
   local name=$1 steps=$2; shift 2
   echo "=== $name: $*" >&2
-  timeout 540 "$PYTHON" ds_train/main.py "${shards[@]}" -x "$steps" "$@" > "$OUT/$name.log" 2>&1 ||
+  timeout 540 "$PYTHON" ds_train/main.py "${SHARDS[@]}" -x "$steps" "$@" > "$OUT/$name.log" 2>&1 ||
     echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
 }
 
@@ -49,7 +46,7 @@ case "${1:-d12}" in
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
     for mode in real memory; do
       echo "=== loader_$mode" >&2
-      timeout 540 "$PYTHON" bench/loader_stall.py $mode "${shards[@]}" "${d12[@]}" -x 15 > "$OUT/loader_$mode.log" 2>&1
+      timeout 540 "$PYTHON" bench/loader_stall.py $mode "${SHARDS[@]}" "${d12[@]}" -x 15 > "$OUT/loader_$mode.log" 2>&1
     done
     "$PYTHON" bench/summarize.py "$OUT"/loader_*.log --first 4 --last 15 ;;
   eval)  # d12 ZeRO-1 with val loss (-m 20), HellaSwag (10042 examples) and a 64-token sample every 5 steps
@@ -60,7 +57,7 @@ case "${1:-d12}" in
   cpu)
     deepspeed_bin="$(dirname "$PYTHON")/deepspeed"
     OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
-      -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${shards[@]}" > "$OUT/cpu_d4.log" 2>&1
+      -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
   *) echo "usage: bash bench/throughput.sh d12|recompute|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
