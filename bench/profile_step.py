@@ -56,18 +56,20 @@ def main():
         step()
     sync()
     start = time.perf_counter()
-    for _ in range(3):
+    for _ in range(TIMED_STEPS):
         step()
     sync()
-    step_ms = (time.perf_counter() - start) / 3 * 1000
+    step_ms = (time.perf_counter() - start) / TIMED_STEPS * 1000
 
     from torch.profiler import ProfilerActivity, profile
+    label_phases(engine, loader)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         sync()
     by_kind, by_name = defaultdict(float), defaultdict(lambda: [0.0, 0])
     for event in prof.events():
-        if event.device_type == (torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU):
+        if event.device_type == (torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU) and \
+                not event.name.startswith("phase: "):  # a phase label's GPU-side span is not a kernel
             ms = (event.device_time_total if cuda else event.self_cpu_time_total) / 1000
             by_kind[kind_of(event.name)] += ms
             by_name[event.name][0] += ms
@@ -76,15 +78,74 @@ def main():
     tokens = run.total_batch_size
     print(f"{torch.cuda.get_device_name() if cuda else 'cpu'} | {run.init} B={run.B} T={run.T} accum={run.grad_accum} ZeRO-{run.zero_stage} "
           f"-r {run.recompute} compile={int(run.compile)}")
-    print(f"step {step_ms:.1f} ms ({tokens / step_ms * 1000:,.0f} tok/s, mean of 3) | kernels (CPU: ops) in the profiled step "
+    print(f"step {step_ms:.1f} ms ({tokens / step_ms * 1000:,.0f} tok/s, mean of {TIMED_STEPS}) | kernels (CPU: ops) in the profiled step "
           f"{busy:.1f} ms | peak memory {torch.cuda.max_memory_allocated() / 2**30 if cuda else 0:.2f} GiB")
     print(f"{'kind':<20} {'ms':>9} {'share':>6}")
     for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         print(f"{kind:<20} {ms:>9.1f} {100 * ms / busy:>5.1f}%")
     print(f"\n{'top kernels':<90} {'ms':>8} {'calls':>6}")
-    for name, (ms, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:25]:
+    for name, (ms, calls) in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:30]:
         print(f"{name[:90]:<90} {ms:>8.1f} {calls:>6}")
+    if cuda:  # the same GPU time by the operator that launched it (compiled graphs' Triton kernels included)
+        print(f"\n{'top operators (GPU time of the kernels each launched itself)':<90} {'ms':>8} {'calls':>6}")
+        ops = sorted((e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU),
+                     key=lambda e: -e.self_device_time_total)[:20]
+        for op in ops:
+            print(f"{op.key[:90]:<90} {op.self_device_time_total / 1000:>8.1f} {op.count:>6}")
+    if cuda:
+        print_idle(prof.events())
     distributed.shutdown()
+
+
+TIMED_STEPS = 5
+PHASES = ("forward", "backward", "step", "next_batch")
+
+
+def label_phases(engine, loader):
+    """Name the trainer's phases in the profile (record_function around the engine's and loader's calls)."""
+    from torch.profiler import record_function
+
+    def labelled(name, fn):
+        def call(*args, **kwargs):
+            with record_function(f"phase: {name}"):
+                return fn(*args, **kwargs)
+        return call
+    for name in PHASES:
+        owner = loader if name == "next_batch" else engine
+        setattr(owner, name, labelled(name, getattr(owner, name)))
+
+
+def print_idle(events):
+    """Where the GPU waits for the CPU: gaps between kernels, charged to the trainer phase (and innermost CPU
+    op) that was running when the next kernel was launched."""
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in events
+                     if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith("phase: "))
+    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    phases = [e for e in cpu if e.name.startswith("phase: ")]
+    ops = [e for e in cpu if not e.name.startswith("phase: ")]
+    gaps, busy_until = [], kernels[0][1]
+    for start, end in kernels[1:]:
+        if start > busy_until + 1:  # µs
+            gaps.append((busy_until, start))
+        busy_until = max(busy_until, end)
+    by_phase = defaultdict(float)
+
+    def around(events, t):  # the innermost event running at time t
+        running = [e for e in events if e.time_range.start <= t <= e.time_range.end]
+        return min(running, key=lambda e: e.time_range.end - e.time_range.start) if running else None
+
+    described = []
+    for start, end in gaps:
+        phase = around(phases, end - 5)
+        by_phase[phase.name[7:] if phase else "outside"] += (end - start) / 1000
+        described.append((end - start, phase, start))
+    total = sum(by_phase.values())
+    print(f"\nGPU idle between kernels: {total:.1f} ms in {len(gaps)} gaps over {(busy_until - kernels[0][0]) / 1000:.1f} ms; "
+          "by the phase launching the next kernel: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(by_phase.items(), key=lambda kv: -kv[1])))
+    for length, phase, start in sorted(described, key=lambda d: -d[0])[:8]:
+        op = around(ops, start + length - 5)
+        print(f"  {length / 1000:7.2f} ms at +{(start - kernels[0][0]) / 1000:7.1f} ms  {phase.name if phase else '-'}  "
+              f"(CPU in {op.name if op else '-'})")
 
 
 if __name__ == "__main__":

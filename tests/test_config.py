@@ -112,6 +112,12 @@ def test_precision(tmp_path):
     assert resolve(tmp_path, [], {"bf16": {"enabled": False}}, gpu=True)[0].bf16 is False
 
 
+def test_deepspeed_s_synchronizing_throughput_timer_is_off_unless_the_json_asks(tmp_path):
+    assert resolve(tmp_path, [])[1]["timers"] == {"throughput": {"enabled": False}}
+    asked = {"timers": {"throughput": {"enabled": True, "synchronized": False}}}
+    assert resolve(tmp_path, [], asked)[1]["timers"] == asked["timers"]
+
+
 def test_compile_defaults_to_the_gpu_and_uses_torch_s_linear_at_zero3(tmp_path):
     assert resolve(tmp_path, ["-z", "1"], {}, gpu=True)[0].compile is True
     assert resolve(tmp_path, [], {}, gpu=False)[0].compile is False
