@@ -6,6 +6,7 @@
 #   bash bench/throughput.sh big       GPU: d24 (350M) B=32 at ZeRO-1 (0.5M tokens/step), d48 (1558M) B=16 at ZeRO-1
 #                                      (131K tokens/step, fewer steps: a step is several seconds on one GPU)
 #   bash bench/throughput.sh microbatch GPU: d12 B=128 and d24 B=64 at the same 0.5M-token steps
+#   bash bench/throughput.sh timer     GPU: d12 with DeepSpeed's synchronizing throughput timer on and off, twice each
 # Runs use the trainer's defaults (on a GPU: --compile 1); the first steps pay for compiling and are left out.
 #   bash bench/throughput.sh loader    GPU: d12 with the real shard loader vs 32 batches served from memory
 #   bash bench/throughput.sh eval      GPU: d12 with val loss, HellaSwag and sampling every 5 steps (their cost)
@@ -44,6 +45,16 @@ case "${1:-d12}" in
     run d24_b64 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1 -r 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_b128.log --first 6 --last 20
     "$PYTHON" bench/summarize.py "$OUT"/d24_b64.log --first 4 --last 15 ;;
+  timer)  # d12 ZeRO-1 with DeepSpeed's synchronizing throughput timer on (DeepSpeed's default) and off (ds_train's),
+    # alternating so that the GPU's warming up weighs on both alike
+    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["timers"] = {"throughput": {"enabled": True}}
+json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.json"
+    d12=(-e d12 -b 64 -t 1024 -d 524288 -z 1)
+    for i in 1 2; do
+      run "d12_timer_on_$i" 12 --ds_config "$OUT/timer_on.json" "${d12[@]}"
+      run "d12_timer_off_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}"
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_timer_*.log --first 4 --last 12 ;;
   big)
     run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
     run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0
@@ -65,5 +76,5 @@ case "${1:-d12}" in
     OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
       -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
