@@ -17,6 +17,7 @@
 #   c2560  gpt3:c2560 (2.7B) B=2 at ZeRO-1 (no offload); B=8 with the optimizer offloaded at ZeRO-2, 8 micro-steps
 #   stages d24 B=32 at ZeRO-2, ZeRO-3, -r 3, offload all; d48 B=16 at ZeRO-2, ZeRO-3 (rows the groups above leave out)
 #   c2048_stages  gpt3:c2048 B=8 at -r 3 and at ZeRO-3 with offload all
+#   fill   gpt3:c2048 B=8 at ZeRO-2, ZeRO-3, -r 1, -r 2; d24 B=32 at -r 1, -r 2
 #   c4096  gpt3:c4096 (6.7B) -r 3 B=4 with the optimizer offloaded at ZeRO-2, 4 micro-steps
 # On the lent GPU machine carry .whl (../shared/tools/device-wheels.sh); see bench/README.md.
 set -u -o pipefail
@@ -88,10 +89,16 @@ for group in "$@"; do
       for flags in "-z 1 -r 3" "-z 3 -r 0 --offload all"; do
         measure "c2048_B8_$(echo $flags | tr -d ' -')" 5 --ds_config ds_configs/gpt3.json -e gpt3:c2048 -t 2048 -b 8 -d 16384 $flags
       done ;;
+    fill)  # the stage and recompute rows the groups above leave out for gpt3:c2048 (B=8) and d24 (B=32)
+      for flags in "-z 2 -r 0" "-z 3 -r 0" "-z 1 -r 1" "-z 1 -r 2"; do
+        measure "c2048_B8_$(echo $flags | tr -d ' -')" 5 --ds_config ds_configs/gpt3.json -e gpt3:c2048 -t 2048 -b 8 -d 16384 $flags
+      done
+      gpt2 d24_B32_z1_r1 d24 gpt2_350M.json 32 -z 1 -r 1
+      gpt2 d24_B32_z1_r2 d24 gpt2_350M.json 32 -z 1 -r 2 ;;
     c4096)
       measure c4096_B4_z2_offopt_r3 3 --ds_config ds_configs/gpt3.json -e gpt3:c4096 -t 2048 -b 4 -d 32768 -z 2 -r 3 \
         --offload optimizer ;;
-    *) echo "unknown group $group (d12 d12_accum d24 d48 d48_offload d48_accum c2048 c2560 stages c2048_stages c4096)" >&2; exit 2 ;;
+    *) echo "unknown group $group (d12 d12_accum d24 d48 d48_offload d48_accum c2048 c2560 stages c2048_stages fill c4096)" >&2; exit 2 ;;
   esac
 done 2>&1 | tee -a "$OUT/runs.txt"
 ls "$OUT"/*.log > /dev/null 2>&1 || exit 2  # no run got as far as a log
