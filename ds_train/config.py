@@ -268,12 +268,10 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.resume_new_batch in (0, 1), f"--resume_new_batch {args.resume_new_batch}: expected 0 or 1")
     _check(args.compile in (None, 0, 1), f"--compile {args.compile}: expected 0 or 1")
     _check(args.auto_fit in (0, 1), f"--auto_fit {args.auto_fit}: expected 0 or 1")
-    if args.gpu_memory is not None:
-        _check(args.gpu_memory > 0, f"--gpu_memory {args.gpu_memory:g}: expected GiB > 0")
-        _check(args.auto_fit, f"--gpu_memory {args.gpu_memory:g}: only --auto_fit 1 plans with it")
-    if args.host_memory is not None:
-        _check(args.host_memory > 0, f"--host_memory {args.host_memory:g}: expected GiB > 0")
-        _check(args.auto_fit, f"--host_memory {args.host_memory:g}: only --auto_fit 1 plans with it")
+    for flag, gib in (("--gpu_memory", args.gpu_memory), ("--host_memory", args.host_memory)):
+        if gib is not None:
+            _check(gib > 0, f"{flag} {gib:g}: expected GiB > 0")
+            _check(args.auto_fit, f"{flag} {gib:g}: only --auto_fit 1 plans with it")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")

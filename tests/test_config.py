@@ -197,6 +197,8 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["-z", "3", "--offload", "all", "--offload_nvme", "/no/such/dir"], {}, r"--offload_nvme /no/such/dir: not a writable directory"),
     ([], {"zero_optimization": {"offload_optimizer": {"device": "gpu"}}}, r"offload_optimizer must be an object with \"device\": \"cpu\""),
     (["--gpu_memory", "40"], {}, r"--gpu_memory 40: only --auto_fit 1 plans with it"),
+    (["--host_memory", "100"], {}, r"--host_memory 100: only --auto_fit 1 plans with it"),
+    (["--auto_fit", "1", "--host_memory", "0"], {}, r"--host_memory 0: expected GiB > 0"),
     (["--auto_fit", "2"], {}, r"--auto_fit 2: expected 0 or 1"),
     ([], {"bf16": True}, r"\"bf16\" must be an object, got True"),
     ([], {"zero_optimization": 2}, r"\"zero_optimization\" must be an object, got 2"),
