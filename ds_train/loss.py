@@ -53,21 +53,19 @@ class LinearCrossEntropy(torch.autograd.Function):
         rows = x.shape[0]
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_x = torch.empty_like(x) if needs_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+        if not needs_grad:  # evaluation: the chunks' summed losses, in order (the sum a resumed run must repeat)
+            for losses in _chunk_losses(x, weight, targets, vocab_size, loss_fn, chunk_rows):
+                total += losses.sum()
+            return total / rows
+        grad_x = torch.empty_like(x)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for start in range(0, rows, chunk_rows):
             x_chunk, t_chunk = x[start:start + chunk_rows], targets[start:start + chunk_rows]
-            logits = x_chunk @ weight.t()
-            if not needs_grad:
-                total += loss_fn(logits, t_chunk, vocab_size).sum()
-                continue
-            loss_sum, grad_logits = loss_and_grad_fn(logits, t_chunk, vocab_size, 1.0 / rows)
+            loss_sum, grad_logits = loss_and_grad_fn(x_chunk @ weight.t(), t_chunk, vocab_size, 1.0 / rows)
             total += loss_sum
-            del logits
             grad_x[start:start + chunk_rows] = grad_logits @ weight
             _accumulate(grad_weight, grad_logits, x_chunk)
-        if needs_grad:
-            ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
+        ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
         return total / rows
 
     @staticmethod
@@ -167,10 +165,14 @@ TRITON_CHUNK_FNS = (triton_chunk_loss, triton_chunk_loss_and_grad)
 def token_losses(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS, chunk_rows: int = CHUNK_ROWS):
     """x (..., C), weight (padded vocab, C), targets (...) -> each position's cross-entropy (...), float32, for
     evaluation (no gradient), also without the whole logits."""
-    rows, flat_targets = x.flatten(0, -2), targets.flatten()
-    losses = [chunk_fns[0](rows[start:start + chunk_rows] @ weight.t(), flat_targets[start:start + chunk_rows], vocab_size)
-              for start in range(0, rows.shape[0], chunk_rows)]
-    return torch.cat(losses).view(targets.shape)
+    losses = _chunk_losses(x.flatten(0, -2), weight, targets.flatten(), vocab_size, chunk_fns[0], chunk_rows)
+    return torch.cat(list(losses)).view(targets.shape)
+
+
+def _chunk_losses(rows, weight, targets, vocab_size: int, loss_fn, chunk_rows: int):
+    """Each chunk's per-row losses, rows (N, C) and targets (N,), one chunk of logits at a time."""
+    for start in range(0, rows.shape[0], chunk_rows):
+        yield loss_fn(rows[start:start + chunk_rows] @ weight.t(), targets[start:start + chunk_rows], vocab_size)
 
 
 def linear_cross_entropy(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS, chunk_rows: int = CHUNK_ROWS):
