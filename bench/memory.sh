@@ -11,6 +11,7 @@
 #          fixed total batch
 #   d24    B=8/32 at ZeRO-1
 #   d48    B=4/16 at ZeRO-1; B=16 at -r 1/2/3; B=32 at -r 3
+#   d24_offload  B=32 with the optimizer offloaded at ZeRO-2
 #   d48_offload  B=16 offloaded (optimizer at ZeRO-2, all at ZeRO-3)
 #   d48_accum  B=4/8 at ZeRO-1 with 131K-token steps (accumulation 32/16)
 #   c2048  gpt3:c2048 (1.3B) B=4/8 at ZeRO-1; B=8 with the optimizer offloaded at ZeRO-2
@@ -63,6 +64,8 @@ for group in "$@"; do
       for B in 4 16; do gpt2 "d48_B${B}_z1" d48 gpt2_1558M.json "$B" -z 1 -r 0; done
       for r in 1 2 3; do gpt2 "d48_B16_z1_r$r" d48 gpt2_1558M.json 16 -z 1 -r "$r"; done
       gpt2 d48_B32_z1_r3 d48 gpt2_1558M.json 32 -z 1 -r 3 ;;
+    d24_offload)
+      gpt2 d24_B32_z2_offopt d24 gpt2_350M.json 32 -z 2 -r 0 --offload optimizer ;;
     d48_offload)
       gpt2 d48_B16_z2_offopt d48 gpt2_1558M.json 16 -z 2 -r 0 --offload optimizer
       gpt2 d48_B16_z3_offall d48 gpt2_1558M.json 16 -z 3 -r 0 --offload all ;;
@@ -98,7 +101,7 @@ for group in "$@"; do
     c4096)
       measure c4096_B4_z2_offopt_r3 3 --ds_config ds_configs/gpt3.json -e gpt3:c4096 -t 2048 -b 4 -d 32768 -z 2 -r 3 \
         --offload optimizer ;;
-    *) echo "unknown group $group (d12 d12_accum d24 d48 d48_offload d48_accum c2048 c2560 stages c2048_stages fill c4096)" >&2; exit 2 ;;
+    *) echo "unknown group $group (d12 d12_accum d24 d24_offload d48 d48_offload d48_accum c2048 c2560 stages c2048_stages fill c4096)" >&2; exit 2 ;;
   esac
 done 2>&1 | tee -a "$OUT/runs.txt"
 ls "$OUT"/*.log > /dev/null 2>&1 || exit 2  # no run got as far as a log
