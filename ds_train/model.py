@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from ds_train import loss
+from ds_train import gelu_fusion, loss
 
 VOCAB_SIZE = 50257
 PADDED_VOCAB_SIZE = 50304
@@ -97,8 +97,11 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.gelu_fusion = 0  # set by GPT.set_gelu_fusion
 
     def forward(self, x):
+        if self.gelu_fusion:
+            return gelu_fusion.mlp(x, self.c_fc, self.c_proj, self.gelu_fusion)
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
@@ -182,6 +185,8 @@ class GPT(nn.Module):
     def set_recompute(self, level: int):
         if level not in RECOMPUTE_LEVELS:
             raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {level}")
+        if level in (1, 2) and self.transformer.h[0].mlp.gelu_fusion:
+            raise ValueError(f"recompute level {level} does not combine with GELU fusion")
         self.recompute = level
         context = None
         if level in (1, 2):
@@ -189,6 +194,17 @@ class GPT(nn.Module):
             context = partial(create_selective_checkpoint_contexts, partial(_recompute_policy, saved))
         for block in self.transformer.h:
             block.checkpoint_context = context
+
+    def set_gelu_fusion(self, level: int):
+        """llm.c's -ge: GELU in the MLP's matmul epilogues, 1 in forward, 2 in forward and backward
+        (ds_train.gelu_fusion; cuBLASLt on CUDA, the same arithmetic unfused elsewhere). Not with -r 1/2: they
+        recompute GELU from its input in backward, and the fused forward writes input and output at once."""
+        if level not in gelu_fusion.LEVELS:
+            raise ValueError(f"GELU fusion level must be one of {sorted(gelu_fusion.LEVELS)}, got {level}")
+        if level and self.recompute in (1, 2):
+            raise ValueError(f"GELU fusion does not combine with recompute level {self.recompute}")
+        for block in self.transformer.h:
+            block.mlp.gelu_fusion = level
 
     def set_compile(self, enabled: bool = True):
         """torch.compile each block's forward and the loss's chunk functions. Compiling block by block keeps

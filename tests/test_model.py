@@ -185,3 +185,70 @@ def test_trainer_compile_shares_one_block_graph_and_matches_eager(level):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the block and the loss's chunk
     model.set_compile(False)
     assert all("forward" not in block.__dict__ for block in model.transformer.h)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_gelu_fusion_gives_the_unfused_loss_and_gradients(level):
+    """-ge 1/2 send the MLP through ds_train.gelu_fusion (two custom ops and a hand-written backward). On CPU
+    the ops do the unfused arithmetic, so the loss and every gradient must be the plain MLP's: eagerly,
+    compiled whole without a graph break, and through the trainer's per-block compile."""
+    import torch._dynamo
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2"))
+    plain = loss_and_grads(model)
+    model.set_gelu_fusion(level)
+    assert all(block.mlp.gelu_fusion == level for block in model.transformer.h)
+    assert_same(loss_and_grads(model), plain)
+    torch._dynamo.reset()
+    assert_same(loss_and_grads(model, torch.compile(model, fullgraph=True)), plain)
+    model.set_compile(True)
+    assert_same(loss_and_grads(model), plain)
+    model.set_compile(False)
+    model.set_gelu_fusion(0)
+    assert loss_and_grads(model)[0] == plain[0]
+
+
+def test_gelu_fusion_refuses_the_recompute_levels_that_recompute_gelu():
+    with pytest.raises(ValueError, match="does not combine with recompute level 1"):
+        GPT(config_from_descriptor("gpt2:d2:c64:h2"), recompute=1).set_gelu_fusion(2)
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2"), recompute=3)
+    model.set_gelu_fusion(2)
+    with pytest.raises(ValueError, match="recompute level 2 does not combine with GELU fusion"):
+        model.set_recompute(2)
+    with pytest.raises(ValueError, match="one of \\[0, 1, 2\\], got 3"):
+        model.set_gelu_fusion(3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuBLASLt kernels need a CUDA GPU")
+def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
+    """The cuBLASLt epilogues against fp32 reference arithmetic, each rounded once to bf16 (so within bf16's
+    tolerance), and the fused bf16 model's loss and gradients against the unfused one's."""
+    import torch.nn.functional as F
+    from ds_train import gelu_fusion
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    M, C = 1000, 256
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=gen) * scale).bfloat16()
+
+    x, w_fc, b_fc, w_proj, grad_y = randn(M, C), randn(4 * C, C, scale=0.05), randn(4 * C), randn(C, 4 * C, scale=0.05), randn(M, C)
+    out, pre = gelu_fusion.linear_gelu(x, w_fc, b_fc)
+    pre_ref = F.linear(x.float(), w_fc.float(), b_fc.float())
+    torch.testing.assert_close(pre, pre_ref.bfloat16())
+    torch.testing.assert_close(out, F.gelu(pre_ref, approximate="tanh").bfloat16())
+    grad_pre = gelu_fusion.matmul_gelu_backward(grad_y, w_proj, pre)
+    grad_ref = torch.ops.aten.gelu_backward(grad_y.float() @ w_proj.float(), pre.float(), approximate="tanh")
+    torch.testing.assert_close(grad_pre, grad_ref.bfloat16())
+
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2")).cuda().bfloat16()
+    idx = torch.randint(0, 50257, (4, 64), device="cuda", generator=gen)
+    results = []
+    for level in (0, 2):
+        model.set_gelu_fusion(level)
+        model.zero_grad()
+        loss = model(idx, idx.roll(-1, 1))
+        loss.backward()
+        results.append((loss.item(), [p.grad.float().clone() for p in model.parameters()]))
+    (loss0, grads0), (loss2, grads2) = results
+    assert loss2 == pytest.approx(loss0, abs=2e-2)
+    for g0, g2 in zip(grads0, grads2):
+        assert (g2 - g0).norm() <= 0.02 * g0.norm() + 1e-6

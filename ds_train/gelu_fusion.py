@@ -1,0 +1,96 @@
+"""llm.c's GELU fusion (-ge): the MLP's GELU computed inside cuBLASLt matmul epilogues on CUDA.
+
+Unfused, GELU is a pass of its own over the (B*T, 4C) activations in each direction: forward reads the first
+matmul's output and writes GELU's; backward reads the gradient and GELU's input and writes the gradient at
+that input. Fused (ds_train/csrc/gelu_matmul.cpp, JIT-built by torch's C++ extension tools on first use),
+level 1 applies GELU as the first matmul writes its result (keeping GELU's input for backward), and level 2
+also multiplies by GELU's derivative as the backward matmul of the second linear writes its result.
+`bench/gelu_epilogue.py` times both against the unfused kernels.
+
+The two operations are torch custom ops, so torch.compile keeps them whole in a block's graph. Their CPU
+kernels are the same arithmetic done unfused: what the tests check the fused MLP's gradients against.
+"""
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "gelu_matmul.cpp")
+LEVELS = {0: "none", 1: "forward", 2: "forward + backward"}
+
+
+@functools.cache
+def extension():
+    from torch.utils.cpp_extension import load
+    return load(name="ds_train_gelu_matmul", sources=[SOURCE], extra_ldflags=["-lcublasLt"], with_cuda=True)
+
+
+def build_error() -> str | None:
+    """None once the extension is built and loaded, else why it could not be (the compiler's last line)."""
+    try:
+        extension()
+    except Exception as e:  # a missing compiler, header or library: the build's own message says which
+        return (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    return None
+
+
+@torch.library.custom_op("ds_train::linear_gelu", mutates_args=())
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gelu(x @ weight.T + bias), x @ weight.T + bias) for 2-D x: on CUDA one cuBLASLt matmul writes both."""
+    if x.is_cuda:
+        out, pre_gelu = extension().linear_gelu(x, weight, bias)
+        return out, pre_gelu
+    pre_gelu = F.linear(x, weight, bias)
+    return F.gelu(pre_gelu, approximate="tanh"), pre_gelu
+
+
+@linear_gelu.register_fake
+def _(x, weight, bias):
+    out = x.new_empty(x.shape[0], weight.shape[0])
+    return out, torch.empty_like(out)
+
+
+@torch.library.custom_op("ds_train::matmul_gelu_backward", mutates_args=())
+def matmul_gelu_backward(grad_out: torch.Tensor, weight: torch.Tensor, pre_gelu: torch.Tensor) -> torch.Tensor:
+    """(grad_out @ weight) * gelu'(pre_gelu): from the gradient at the second linear's output to the gradient
+    at GELU's input; on CUDA one cuBLASLt matmul."""
+    if grad_out.is_cuda:
+        return extension().matmul_gelu_backward(grad_out, weight, pre_gelu, False)[0]
+    return torch.ops.aten.gelu_backward(grad_out @ weight, pre_gelu, approximate="tanh")
+
+
+@matmul_gelu_backward.register_fake
+def _(grad_out, weight, pre_gelu):
+    return torch.empty_like(pre_gelu)
+
+
+class GeluMLP(torch.autograd.Function):
+    """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) for 2-D x, GELU fused at `level` (1 or 2). It saves
+    what autograd saves unfused (x, GELU's input and output, the weights), so memory does not change. The
+    bias gradients stay torch sums, which inductor fuses: cuBLASLt's own bias-gradient epilogue (DGELU_BGRAD)
+    measured slower than the matmul and the sum together."""
+
+    @staticmethod
+    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, level: int):
+        h, pre_gelu = linear_gelu(x, w_fc, b_fc)
+        ctx.level = level
+        ctx.save_for_backward(x, pre_gelu, h, w_fc, w_proj)
+        return F.linear(h, w_proj, b_proj)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, pre_gelu, h, w_fc, w_proj = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        if ctx.level == 2:
+            grad_pre = matmul_gelu_backward(grad_y, w_proj, pre_gelu)
+        else:
+            grad_pre = torch.ops.aten.gelu_backward(grad_y @ w_proj, pre_gelu, approximate="tanh")
+        return (grad_pre @ w_fc, grad_pre.t() @ x, grad_pre.sum(0), grad_y.t() @ h, grad_y.sum(0), None)
+
+
+def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int):
+    """The MLP of a block on x (..., C) with GELU fused at `level` (1 or 2)."""
+    y = GeluMLP.apply(x.reshape(-1, x.shape[-1]), c_fc.weight, c_fc.bias, c_proj.weight, c_proj.bias, level)
+    return y.view(*x.shape[:-1], y.shape[-1])
