@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from ds_train import convert
 from ds_train.errors import UserError, usage_error
+from ds_train.gelu_fusion import LEVELS as GELU_FUSION_LEVELS
 from ds_train.model import RECOMPUTE_LEVELS, GPTConfig, config_from_descriptor
 from ds_train.schedule import SCHEDULES
 
@@ -87,7 +88,8 @@ FLAGS = [
                                                    "this GPU's; needed on a machine without one)"),
         (None, "--host_memory", float, None, "GIB", "the host memory per node --auto_fit plans offload with "
                                                     "(default: 90%% of this machine's)"),
-        ("-ge", "--gelu_fusion", int, -1, "N", "llm.c's CUDA GELU fusion: accepted and ignored"),
+        ("-ge", "--gelu_fusion", int, -1, "N", "GELU in cuBLASLt matmul epilogues, as llm.c's -ge: 0 none, 1 forward, "
+                                               "2 forward and backward (default -1: 2 for bf16 on a GPU at -r 0/3, else 0)"),
     ]),
 ]
 
@@ -159,6 +161,7 @@ class RunConfig:
     offload_nvme: str  # the NVMe folder, or None for CPU memory
     bf16: bool
     compile: bool
+    gelu_fusion: int  # gelu_fusion.LEVELS
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -254,7 +257,6 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.gen_tokens >= 1, f"-g {args.gen_tokens}: tokens to generate must be >= 1")
     _check(args.overfit_single_batch in (0, 1), f"-a {args.overfit_single_batch}: expected 0 or 1")
     _check(args.shuffle in (0, 1), f"--shuffle {args.shuffle}: expected 0 or 1")
-    _check(args.gelu_fusion in (-1, 0, 1, 2), f"-ge {args.gelu_fusion}: expected -1, 0, 1 or 2")
     _check(args.output_dir is None or not os.path.isfile(args.output_dir), f"-o {args.output_dir}: is a file, expected a directory")
     _check(args.hellaswag in (0, 1), f"-h {args.hellaswag}: expected 0 or 1")
     _check(args.checkpoint_every >= 0, f"-n {args.checkpoint_every}: expected 0 (never) or a number of steps")
@@ -276,6 +278,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
 
+    gelu_fusion = _resolve_gelu_fusion(args.gelu_fusion, has_gpu and bf16, recompute, model, merge.notes)
     overfit = bool(args.overfit_single_batch)
     run = RunConfig(
         ds_config_path=path, train_data=args.val_data if overfit else args.train_data, val_data=args.val_data,
@@ -288,7 +291,8 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         checkpoints_keep=args.checkpoints_keep, major_checkpoint_every=args.major_checkpoint_every, resume=bool(args.resume),
         resume_new_batch=bool(args.resume_new_batch), skip_loss_z=args.skip_loss_z, skip_grad_z=args.skip_grad_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
-        offload=offload, offload_nvme=offload_nvme, bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile))
+        offload=offload, offload_nvme=offload_nvme, bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile),
+        gelu_fusion=gelu_fusion)
     return run, _effective_ds_config(ds, path, run, optimizer), merge.notes
 
 
@@ -333,6 +337,21 @@ def _resolve_recompute(flag_value, ds: dict, merge: _Merge) -> int:
     _check(level in RECOMPUTE_LEVELS, f"-r {level}: recompute must be one of " +
            ", ".join(f"{k} ({v})" for k, v in RECOMPUTE_LEVELS.items()))
     return level
+
+
+def _resolve_gelu_fusion(flag_value: int, bf16_gpu: bool, recompute: int, model: GPTConfig, notes: list) -> int:
+    """-ge: llm.c's levels; -1 picks 2 where the fused kernels exist (bf16 on CUDA) and apply (-r 0 or 3:
+    -r 1/2 recompute GELU from its input, which the fused forward writes together with its output)."""
+    _check(flag_value in (-1, *GELU_FUSION_LEVELS), f"-ge {flag_value}: expected -1 (default), 0, 1 or 2")
+    why_not = ("the fused kernels are for bf16 on a CUDA GPU" if not bf16_gpu else
+               f"-r {recompute} recomputes GELU in backward; use -r 0 or 3" if recompute in (1, 2) else
+               f"cuBLASLt wants the width C = {model.n_embd} a multiple of 8" if model.n_embd % 8 else None)
+    if flag_value == -1:
+        return 0 if why_not else 2
+    if flag_value and why_not:
+        notes.append(f"-ge {flag_value}: GELU is computed unfused in this run ({why_not})")
+        return 0
+    return flag_value
 
 
 def _resolve_offload(args, zero: dict, path: str, zero_stage: int, merge: _Merge):

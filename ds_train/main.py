@@ -7,6 +7,7 @@
 Flags are llm.c's (train_gpt2cu); `--help` lists them with their long names.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -20,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 
 import torch
 
-from ds_train import autofit, checkpoint, config, convert, distributed, memory, metrics, reshard
+from ds_train import autofit, checkpoint, config, convert, distributed, gelu_fusion, memory, metrics, reshard
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
@@ -53,6 +54,7 @@ def build_engine(run: config.RunConfig, ds_config: dict):
         raise UserError(f"--offload_nvme {run.offload_nvme}: DeepSpeed's async_io op cannot be built on this machine "
                         "(it needs libaio: apt install libaio-dev); offload to CPU memory without --offload_nvme")
     model = GPT(run.model, recompute=run.recompute)
+    model.set_gelu_fusion(run.gelu_fusion)
     if run.init_from_file:
         _, weights = convert.load_weights(run.init, "-e")
         model.load_state_dict(weights)
@@ -88,6 +90,7 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
         ("sample_every", run.sample_every), ("genT", run.gen_tokens),
         ("overfit_single_batch", int(run.overfit_single_batch)), ("shuffle", int(run.shuffle)),
         ("recompute", f"{run.recompute} ({RECOMPUTE_LEVELS[run.recompute]})"), ("torch.compile", int(run.compile)),
+        ("gelu_fusion", f"{run.gelu_fusion} ({gelu_fusion.LEVELS[run.gelu_fusion]})"),
         (None, None),
         ("device", device), ("precision", "bf16 (fp32 master weights)" if run.bf16 else
                                                    "fp32" if device == "cpu" else "fp32 (TF32 matmuls on a GPU)"),
@@ -220,6 +223,11 @@ def train(argv=None):
     if args.auto_fit:
         args = auto_fit(args, place, distributed.print0)
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
+    if run.gelu_fusion and (error := gelu_fusion.build_error()):  # JIT-built once, then loaded from its cache
+        if args.gelu_fusion > 0:
+            raise UserError(f"-ge {args.gelu_fusion}: the cuBLASLt GELU kernels did not build ({error}); use -ge 0")
+        notes.append(f"GELU fusion is off: its cuBLASLt kernels did not build ({error}); -ge 0 skips trying")
+        run = dataclasses.replace(run, gelu_fusion=0)
     train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
     train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag)
     val_loader = ShardLoader(run.val_data, run.B, run.T, place.rank, place.world_size, shuffle=False, flag="-j")

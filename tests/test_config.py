@@ -200,6 +200,7 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["--host_memory", "100"], {}, r"--host_memory 100: only --auto_fit 1 plans with it"),
     (["--auto_fit", "1", "--host_memory", "0"], {}, r"--host_memory 0: expected GiB > 0"),
     (["--auto_fit", "2"], {}, r"--auto_fit 2: expected 0 or 1"),
+    (["-ge", "3"], {}, r"-ge 3: expected -1 \(default\), 0, 1 or 2"),
     ([], {"bf16": True}, r"\"bf16\" must be an object, got True"),
     ([], {"zero_optimization": 2}, r"\"zero_optimization\" must be an object, got 2"),
     ([], {"train_micro_batch_size_per_gpu": "16"}, r"train_micro_batch_size_per_gpu must be a positive integer, got '16'"),
@@ -246,3 +247,21 @@ def test_shipped_configs_resolve_to_llmc_batches(name):
     run, ds, notes = config.resolve(args, 8, True)
     assert (run.B, run.total_batch_size) == (B, total) and notes == []
     assert run.zero_stage == 1 and run.bf16 and run.recompute == 0
+
+
+@pytest.mark.parametrize("argv, ds, gpu, level, note", [
+    (["-z", "1"], {}, True, 2, None),  # the default on a GPU (bf16 "auto" is on there)
+    (["-z", "1", "-r", "3"], {}, True, 2, None),
+    (["-z", "1", "-ge", "1"], {}, True, 1, None),
+    (["-z", "1", "-ge", "0"], {}, True, 0, None),
+    (["-z", "1", "-r", "1"], {}, True, 0, None),  # the default stays off where it does not apply, without a note
+    ([], {}, False, 0, None),
+    ([], {"bf16": {"enabled": False}}, True, 0, None),
+    (["-ge", "2"], {}, False, 0, "-ge 2: GELU is computed unfused in this run (the fused kernels are for bf16 on a CUDA GPU)"),
+    (["-z", "1", "-r", "2", "-ge", "2"], {}, True, 0, "-ge 2: GELU is computed unfused in this run (-r 2 recomputes GELU in backward; use -r 0 or 3)"),
+    (["-z", "1", "-e", "gpt2:d2:c36:h2", "-ge", "1"], {}, True, 0, "-ge 1: GELU is computed unfused in this run (cuBLASLt wants the width C = 36 a multiple of 8)"),
+])
+def test_gelu_fusion_level_by_device_precision_and_recompute(tmp_path, argv, ds, gpu, level, note):
+    run, _, notes = resolve(tmp_path, argv, ds, gpu=gpu)
+    assert run.gelu_fusion == level
+    assert [n for n in notes if n.startswith("-ge")] == ([note] if note else [])
