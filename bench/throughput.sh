@@ -7,6 +7,10 @@
 #                                      (131K tokens/step, fewer steps: a step is several seconds on one GPU)
 #   bash bench/throughput.sh microbatch GPU: d12 B=128 and d24 B=64 at the same 0.5M-token steps
 #   bash bench/throughput.sh timer     GPU: d12 with DeepSpeed's synchronizing throughput timer on and off, twice each
+#   bash bench/throughput.sh gelu      GPU: d12 with GELU unfused (-ge 0) and fused (-ge 2), twice each, then -ge 1
+#   bash bench/throughput.sh gelu_ab   GPU: -ge 0 and -ge 2 alternating: d12 twice each, then d24 B=32
+#   bash bench/throughput.sh gelu_big  GPU: d24 B=32 and d48 B=16 at -ge 0 and -ge 2; d12 ZeRO-3 at -ge 2 (its losses
+#                                      against ZeRO-1's)
 # Runs use the trainer's defaults (on a GPU: --compile 1); the first steps pay for compiling and are left out.
 #   bash bench/throughput.sh loader    GPU: d12 with the real shard loader vs 32 batches served from memory
 #   bash bench/throughput.sh eval      GPU: d12 with val loss, HellaSwag and sampling every 5 steps (their cost)
@@ -55,6 +59,28 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
       run "d12_timer_off_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}"
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_timer_*.log --first 4 --last 12 ;;
+  gelu)  # llm.c's -ge on d12 ZeRO-1: GELU unfused and in cuBLASLt's epilogues, alternating as the timer group does
+    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    for i in 1 2; do
+      run "d12_ge0_$i" 12 "${d12[@]}" -ge 0
+      run "d12_ge2_$i" 12 "${d12[@]}" -ge 2
+    done
+    run d12_ge1 12 "${d12[@]}" -ge 1
+    "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 12 ;;
+  gelu_big)
+    for ge in 0 2; do
+      run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge
+      run "d48_ge$ge" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0 -ge $ge
+    done
+    run d12_z3_ge2 12 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 3 -ge 2
+    "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log "$OUT"/d48_ge*.log --first 4 --last 10
+    "$PYTHON" bench/summarize.py "$OUT"/d12_z3_ge2.log --first 4 --last 12 ;;
+  gelu_ab)  # -ge 0 against -ge 2 alternating, for d12 (twice each) and d24 B=32 (once each)
+    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    for i in 1 2; do run "d12_ge0_$i" 10 "${d12[@]}" -ge 0; run "d12_ge2_$i" 10 "${d12[@]}" -ge 2; done
+    for ge in 0 2; do run "d24_ge$ge" 9 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge; done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 10
+    "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log --first 4 --last 9 ;;
   big)
     run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
     run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0
@@ -76,5 +102,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
       -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|gelu|gelu_ab|gelu_big|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
