@@ -38,21 +38,28 @@ fi
 mkdir -p /tmp/llmc_run
 (cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -o /tmp/llmc_run \
   -e d12 -b 64 -t 1024 -d 524288 -x 30 -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006) > "$OUT/llmc_d12.log" 2>&1
+# llm.c's GELU fusion is off by default (-ge 0); ds_train's -ge 2 default fuses, so llm.c runs once more with it
+(cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -o /tmp/llmc_run \
+  -e d12 -b 64 -t 1024 -d 524288 -x 30 -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006 -ge 2) > "$OUT/llmc_d12_ge2.log" 2>&1
 timeout 400 "$PYTHON" ds_train/main.py --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 -r 0 \
   -x 20 -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0 > "$OUT/ds_train_d12.log" 2>&1
 
-"$PYTHON" - "$OUT/llmc_d12.log" "$OUT/ds_train_d12.log" <<'PY'
+"$PYTHON" - "$OUT/llmc_d12.log" "$OUT/llmc_d12_ge2.log" "$OUT/ds_train_d12.log" <<'PY'
 import re, statistics, sys
 sys.path.insert(0, "bench")
 from summarize import summarize
-llmc = [float(m.group(2)) for m in re.finditer(r"^step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms", open(sys.argv[1]).read(), re.M)
-        if 11 <= int(m.group(1)) <= 30]
-ours = summarize(sys.argv[2], 6, 20)
-if not llmc or "note" in ours:
-    sys.exit(f"missing step lines: llm.c {len(llmc)}, ds_train {ours.get('note', 'ok')}")
-a, b = statistics.mean(llmc), ours["ms"]
-print(f"llm.c train_gpt2cu: {a:.1f} ms/step, {524288 / a * 1000:,.0f} tokens/s (steps 11-30)")
-print(f"ds_train:           {b:.1f} ms/step, {524288 / b * 1000:,.0f} tokens/s (steps 6-20, MFU {ours['mfu']:.1f}%, "
+ours = summarize(sys.argv[3], 6, 20)
+if "note" in ours:
+    sys.exit(f"missing step lines: ds_train {ours['note']}")
+b = ours["ms"]
+print(f"ds_train:                 {b:.1f} ms/step, {524288 / b * 1000:,.0f} tokens/s (steps 6-20, MFU {ours['mfu']:.1f}%, "
       f"peak {ours['peak_gib']} GiB)")
-print(f"ds_train / llm.c tokens/s: {a / b:.3f}")
+for name, log in (("llm.c train_gpt2cu", sys.argv[1]), ("llm.c train_gpt2cu -ge 2", sys.argv[2])):
+    llmc = [float(m.group(2)) for m in re.finditer(r"^step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms", open(log).read(), re.M)
+            if 11 <= int(m.group(1)) <= 30]
+    if not llmc:
+        print(f"{name}: no step lines in {log}")
+        continue
+    a = statistics.mean(llmc)
+    print(f"{name:25} {a:.1f} ms/step, {524288 / a * 1000:,.0f} tokens/s (steps 11-30); ds_train / it: {a / b:.3f}")
 PY
