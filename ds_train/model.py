@@ -100,7 +100,8 @@ class MLP(nn.Module):
         self.gelu_fusion = 0  # set by GPT.set_gelu_fusion
 
     def forward(self, x):
-        if self.gelu_fusion:
+        if self.gelu_fusion and self.training:  # evaluation and sampling (eval mode, shapes that vary) stay
+            # unfused: the fused forward alone measured no faster, and only training's shapes were run on a GPU
             return gelu_fusion.mlp(x, self.c_fc, self.c_proj, self.gelu_fusion)
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
@@ -197,8 +198,9 @@ class GPT(nn.Module):
 
     def set_gelu_fusion(self, level: int):
         """llm.c's -ge: GELU in the MLP's matmul epilogues, 1 in forward, 2 in forward and backward
-        (ds_train.gelu_fusion; cuBLASLt on CUDA, the same arithmetic unfused elsewhere). Not with -r 1/2: they
-        recompute GELU from its input in backward, and the fused forward writes input and output at once."""
+        (ds_train.gelu_fusion; cuBLASLt on CUDA, the same arithmetic unfused elsewhere), in train mode. Not with
+        -r 1/2: they recompute GELU from its input in backward, and the fused forward writes input and output
+        at once."""
         if level not in gelu_fusion.LEVELS:
             raise ValueError(f"GELU fusion level must be one of {sorted(gelu_fusion.LEVELS)}, got {level}")
         if level and self.recompute in (1, 2):

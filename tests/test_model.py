@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ds_train import gelu_fusion
 from ds_train.model import GPT, GPTConfig, config_from_descriptor
 
 # REFERENCE.md: descriptor -> (layers, channels, heads, max T)
@@ -188,10 +189,11 @@ def test_trainer_compile_shares_one_block_graph_and_matches_eager(level):
 
 
 @pytest.mark.parametrize("level", [1, 2])
-def test_gelu_fusion_gives_the_unfused_loss_and_gradients(level):
+def test_gelu_fusion_gives_the_unfused_loss_and_gradients(level, monkeypatch):
     """-ge 1/2 send the MLP through ds_train.gelu_fusion (two custom ops and a hand-written backward). On CPU
     the ops do the unfused arithmetic, so the loss and every gradient must be the plain MLP's: eagerly,
-    compiled whole without a graph break, and through the trainer's per-block compile."""
+    compiled whole without a graph break, and through the trainer's per-block compile. Eval mode (evaluation,
+    sampling) runs the plain MLP."""
     import torch._dynamo
     model = GPT(config_from_descriptor("gpt2:d2:c64:h2"))
     plain = loss_and_grads(model)
@@ -203,8 +205,20 @@ def test_gelu_fusion_gives_the_unfused_loss_and_gradients(level):
     model.set_compile(True)
     assert_same(loss_and_grads(model), plain)
     model.set_compile(False)
+    calls = []  # training goes through the fused MLP, evaluation (eval mode) does not
+    fused_mlp = gelu_fusion.mlp
+    monkeypatch.setattr(gelu_fusion, "mlp", lambda *args: calls.append(args[-1]) or fused_mlp(*args))
+    loss_and_grads(model)
+    assert calls == [level, level]  # one per block
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, 50257)
+    assert calls == [level, level]
+    model.train()
     model.set_gelu_fusion(0)
     assert loss_and_grads(model)[0] == plain[0]
+    assert len(calls) == 2
+
 
 
 def test_gelu_fusion_refuses_the_recompute_levels_that_recompute_gelu():
@@ -223,7 +237,6 @@ def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
     """The cuBLASLt epilogues against fp32 reference arithmetic, each rounded once to bf16 (so within bf16's
     tolerance), and the fused bf16 model's loss and gradients against the unfused one's."""
     import torch.nn.functional as F
-    from ds_train import gelu_fusion
     gen = torch.Generator(device="cuda").manual_seed(0)
     M, C = 1000, 256
 
