@@ -52,13 +52,18 @@ def _(x, weight, bias):
     return out, torch.empty_like(out)
 
 
+def _unfused_gelu_backward(grad_out, weight, pre_gelu):
+    """(grad_out @ weight) * gelu'(pre_gelu) as two kernels: a matmul, then GELU's backward."""
+    return torch.ops.aten.gelu_backward(grad_out @ weight, pre_gelu, approximate="tanh")
+
+
 @torch.library.custom_op("ds_train::matmul_gelu_backward", mutates_args=())
 def matmul_gelu_backward(grad_out: torch.Tensor, weight: torch.Tensor, pre_gelu: torch.Tensor) -> torch.Tensor:
     """(grad_out @ weight) * gelu'(pre_gelu): from the gradient at the second linear's output to the gradient
     at GELU's input; on CUDA one cuBLASLt matmul."""
     if grad_out.is_cuda:
         return extension().matmul_gelu_backward(grad_out, weight, pre_gelu, False)[0]
-    return torch.ops.aten.gelu_backward(grad_out @ weight, pre_gelu, approximate="tanh")
+    return _unfused_gelu_backward(grad_out, weight, pre_gelu)
 
 
 @matmul_gelu_backward.register_fake
@@ -86,7 +91,7 @@ class GeluMLP(torch.autograd.Function):
         if ctx.level == 2:
             grad_pre = matmul_gelu_backward(grad_y, w_proj, pre_gelu)
         else:
-            grad_pre = torch.ops.aten.gelu_backward(grad_y @ w_proj, pre_gelu, approximate="tanh")
+            grad_pre = _unfused_gelu_backward(grad_y, w_proj, pre_gelu)
         return (grad_pre @ w_fc, grad_pre.t() @ x, grad_pre.sum(0), grad_y.t() @ h, grad_y.sum(0), None)
 
 

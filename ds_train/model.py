@@ -180,13 +180,14 @@ class GPT(nn.Module):
         ))
         self.lm_head = LMHead(cfg)
         self.lm_head.weight = self.transformer.wte.weight
+        self.gelu_fusion = 0  # set_gelu_fusion sets it, and each block's MLP, together
         self.set_recompute(recompute)
         self._init_weights(seed)
 
     def set_recompute(self, level: int):
         if level not in RECOMPUTE_LEVELS:
             raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {level}")
-        if level in (1, 2) and self.transformer.h[0].mlp.gelu_fusion:
+        if level in (1, 2) and self.gelu_fusion:
             raise ValueError(f"recompute level {level} does not combine with GELU fusion")
         self.recompute = level
         context = None
@@ -205,6 +206,7 @@ class GPT(nn.Module):
             raise ValueError(f"GELU fusion level must be one of {sorted(gelu_fusion.LEVELS)}, got {level}")
         if level and self.recompute in (1, 2):
             raise ValueError(f"GELU fusion does not combine with recompute level {self.recompute}")
+        self.gelu_fusion = level
         for block in self.transformer.h:
             block.mlp.gelu_fusion = level
 
