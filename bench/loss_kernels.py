@@ -57,6 +57,9 @@ def main():
                 "chunks compiled": lambda: loss.linear_cross_entropy(x, w, t, V, compiled_fns)}
     if loss.triton_available():
         variants["chunks Triton"] = lambda: loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS)
+        for rows in (2048, 8192):
+            variants[f"chunks Triton, {rows} rows"] = \
+                lambda rows=rows: loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS, chunk_rows=rows)
     reference = None
     print(f"{'variant':<24} {'ms fwd+bwd':>10} {'peak GiB':>9} {'loss':>10} {'max |dx| err':>12} {'max |dW| err':>12}")
     for name, fn in variants.items():

@@ -144,8 +144,10 @@ def _softmax_grad_kernel():
 
 def _triton_chunk(logits, targets, vocab_size: int, scale: float, write_grad: bool):
     losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    # 8192 columns a step over 16 warps: 0.43 ms per 4096-row chunk of d12 on an H100, against 0.46-0.48 at 4096
+    # over 8 warps and 0.28 for a plain copy (bench/softmax_variants.py)
     _softmax_grad_kernel()[(logits.shape[0],)](logits, targets, losses, logits.stride(0), vocab_size, logits.shape[1],
-                                               scale, WRITE_GRAD=write_grad, BLOCK=4096, num_warps=8)
+                                               scale, WRITE_GRAD=write_grad, BLOCK=8192, num_warps=16)
     return losses
 
 
