@@ -11,6 +11,9 @@
 #   bash bench/throughput.sh gelu_ab   GPU: -ge 0 and -ge 2 alternating: d12 twice each, then d24 B=32
 #   bash bench/throughput.sh gelu_big  GPU: d24 B=32 and d48 B=16 at -ge 0 and -ge 2; d12 ZeRO-3 at -ge 2 (its losses
 #                                      against ZeRO-1's)
+#   bash bench/throughput.sh gelu_d24  GPU: d24 B=32 at -ge 0, 1 and 2 (which level suits d24's shapes)
+#   bash bench/throughput.sh grad_update GPU: d12 with DeepSpeed's bf16 "immediate_grad_update" off and on, twice each,
+#                                      alternating, then d24 B=32 once each
 # Runs use the trainer's defaults (on a GPU: --compile 1); the first steps pay for compiling and are left out.
 #   bash bench/throughput.sh loader    GPU: d12 with the real shard loader vs 32 batches served from memory
 #   bash bench/throughput.sh eval      GPU: d12 with val loss, HellaSwag and sampling every 5 steps (their cost)
@@ -81,6 +84,27 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     for ge in 0 2; do run "d24_ge$ge" 9 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge; done
     "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 10
     "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log --first 4 --last 9 ;;
+  gelu_d24)
+    for ge in 0 1 2; do
+      run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log --first 4 --last 10 ;;
+  grad_update)  # BF16_Optimizer folding each micro-step's bf16 gradients into the fp32 ones after backward (off)
+    # or in each parameter's gradient hook, during backward (on)
+    for on in false true; do
+      "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["bf16"]["immediate_grad_update"] = sys.argv[3] == "true"
+json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/d12_igu_$on.json" $on
+      "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["bf16"]["immediate_grad_update"] = sys.argv[3] == "true"
+json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_350M.json "$OUT/d24_igu_$on.json" $on
+    done
+    for i in 1 2; do
+      for on in false true; do run "d12_igu_${on}_$i" 12 --ds_config "$OUT/d12_igu_$on.json" -e d12 -b 64 -t 1024 -d 524288 -z 1; done
+    done
+    for on in false true; do
+      run "d24_igu_$on" 10 --ds_config "$OUT/d24_igu_$on.json" -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_igu_*.log --first 4 --last 12
+    "$PYTHON" bench/summarize.py "$OUT"/d24_igu_*.log --first 4 --last 10 ;;
   big)
     run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
     run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0
@@ -102,5 +126,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
       -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|gelu|gelu_ab|gelu_big|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"

@@ -1,0 +1,28 @@
+#!/bin/bash
+# A/B of two versions of the code in one call on one GPU: the same training run from a base tree and from this
+# tree, alternating ROUNDS times so that the GPU's warming up weighs on both alike, then bench/summarize.py over
+# the logs (named base_I and new_I).
+#   bash bench/ab_trees.sh BASE_TREE NAME ROUNDS STEPS main.py-flags...
+# BASE_TREE is a copy of the code to compare with, e.g. `git archive HEAD | tar -x -C .base` before the change
+# (on the lent GPU machine carry it, and .whl). Each tree JIT-builds its extensions into its own folder.
+# Logs in $OUT/NAME (default bench_out/ab).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+base=$(cd "$1" && pwd) name=$2 rounds=$3 steps=$4
+shift 4
+OUT=${OUT:-bench_out/ab}/$name
+mkdir -p "$OUT"
+source bench/device_env.sh
+random_shards || exit 1
+[[ $PYTHON == */* ]] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")  # the runs start in either tree
+extensions=${TORCH_EXTENSIONS_DIR}
+
+for i in $(seq "$rounds"); do
+  for side in base new; do
+    tree=$([ $side = base ] && echo "$base" || pwd)
+    echo "=== ${side}_$i: $*" >&2
+    (cd "$tree" && TORCH_EXTENSIONS_DIR="$extensions/$side" timeout 540 "$PYTHON" ds_train/main.py "${SHARDS[@]}" \
+      -x "$steps" "$@") > "$OUT/${side}_$i.log" 2>&1 || echo "=== ${side}_$i: exit status $? (see $OUT/${side}_$i.log)" >&2
+  done
+done
+"$PYTHON" bench/summarize.py "$OUT"/base_*.log "$OUT"/new_*.log --first 4 --last "$steps" 2>&1 | tee "$OUT/summary.txt"
