@@ -29,7 +29,7 @@ from ds_train.hellaswag import load_rendered
 from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
 from ds_train.outliers import UpdateGuard
 from ds_train.schedule import learning_rate
-from ds_train.update import NormHook, train_step
+from ds_train.update import NormHook, fold_bf16_gradients_in_one_kernel, train_step
 
 # DeepSpeed 0.19 still calls this deprecated torch collective on every ZeRO step; the warning is not ours to fix
 warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
@@ -75,6 +75,7 @@ def build_engine(run: config.RunConfig, ds_config: dict):
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         raise UserError(f"--ds_config {run.ds_config_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    fold_bf16_gradients_in_one_kernel(engine.optimizer)
     return engine
 
 

@@ -77,6 +77,31 @@ class NormHook:
         setattr(optimizer, name, wrap(getattr(optimizer, name)))
 
 
+def fold_bf16_gradients_in_one_kernel(optimizer):
+    """Under BF16_Optimizer (bf16 at ZeRO-1) DeepSpeed adds each micro-step's bf16 gradient into the parameter's
+    fp32 accumulator as two kernels: a float32 copy of the gradient, then the add. One mixed-precision add
+    reads the bf16 gradient directly and gives the same fp32 sums (bf16 converts to fp32 exactly). For d48 on
+    an H100 the copies were 61 ms of a 2742 ms step. Other optimizers, and a DeepSpeed whose BF16_Optimizer
+    keeps its accumulators elsewhere, are left as they are (the same arithmetic either way)."""
+    names = ("_update_hp_grad", "fp32_groups_gradients", "fp32_groups_has_gradients", "autoep_folding_tp_group")
+    if type(optimizer).__name__ != "BF16_Optimizer" or not all(hasattr(optimizer, n) for n in names):
+        return
+    deepspeed_fold = optimizer._update_hp_grad
+
+    @torch.no_grad()
+    def update_hp_grad(lp, group_idx, param_idx, clear_lp_grads):
+        if lp.grad is None or optimizer.autoep_folding_tp_group is not None:  # expert parallelism: DeepSpeed's own
+            return deepspeed_fold(lp, group_idx, param_idx, clear_lp_grads)
+        hp_grad = optimizer.fp32_groups_gradients[group_idx][param_idx]
+        hp_grad.add_(lp.grad.view(hp_grad.shape))
+        lp._hp_grad = hp_grad  # what DeepSpeed's fold records: the gradient's fp32 home, and that it has one
+        optimizer.fp32_groups_has_gradients[group_idx][param_idx] = True
+        if clear_lp_grads:
+            lp.grad.zero_()
+
+    optimizer._update_hp_grad = update_hp_grad
+
+
 def to_device(x, y, device):
     """A micro-batch's inputs and targets on the engine's device. To a GPU both go through one pinned buffer:
     from pinned memory the copy is asynchronous, and the CPU goes on queueing the step's kernels instead of

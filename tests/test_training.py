@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 import subprocess
+import sys
 
 import torch
 
 from ds_train.data import read_shard, write_shard
 from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
-                      free_port, parse, train, zero_run)
+                      free_port, parse, run_ranks, train, zero_run)
 
 TOLERANCE = 2e-5
 
@@ -149,6 +150,48 @@ def test_bf16_trains_on_cpu_close_to_fp32(tmp_path):
     assert "bf16 (fp32 master weights)" in bf16.stdout
     assert bf16.losses == pytest.approx(fp32.losses, abs=5e-3)
     assert bf16.losses != fp32.losses  # it really ran in bf16
+
+
+FOLD_SCRIPT = """
+import sys, torch
+from ds_train import config, distributed
+from ds_train.main import build_engine
+place = distributed.discover()
+run, ds, _ = config.resolve(config.parse_args(sys.argv[1:]), place.world_size, has_gpu=False)
+distributed.init_process_group(place)
+engine = build_engine(run, ds)
+optimizer = engine.optimizer
+assert type(optimizer).__name__ == "BF16_Optimizer" and "_update_hp_grad" in vars(optimizer), "no one-kernel fold"
+gen = torch.Generator().manual_seed(0)
+batches = [torch.randint(0, 50257, (run.B, run.T + 1), generator=gen) for _ in range(3)]
+
+def accumulated():  # three micro-steps' bf16 gradients folded into the fp32 accumulators
+    optimizer.clear_hp_grads()
+    for batch in batches:
+        engine.backward(engine(batch[:, :-1], batch[:, 1:]))
+    return [g.clone() for group in optimizer.fp32_groups_gradients for g in group]
+
+ours = accumulated()
+del optimizer._update_hp_grad  # DeepSpeed's own fold again: a float32 copy of each bf16 gradient, then the add
+theirs = accumulated()
+assert len(ours) == len(theirs) > 0 and all(g.abs().sum() > 0 for g in ours)
+assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), "the folds differ"
+print("folds identical over", len(ours), "accumulators")
+"""
+
+
+def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path):
+    """bf16 at ZeRO-1: ds_train folds each bf16 gradient into its fp32 accumulator with one mixed-precision add
+    (update.fold_bf16_gradients_in_one_kernel) where DeepSpeed copies it to fp32 first; a real engine's
+    accumulators after three micro-steps are bitwise the same either way."""
+    ds = tmp_path / "bf16.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
+    script = tmp_path / "fold.py"
+    script.write_text(FOLD_SCRIPT)
+    args = [str(script), "--ds_config", str(ds), *TINY, "-b", "2", "-d", "64", "--compile", "0"]
+    result = run_ranks([sys.executable, *args], 1, dict(child_env(threads=2), PYTHONPATH=REPO), 300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "folds identical over" in result.stdout
 
 
 def test_loss_falls_on_tinyshakespeare(tmp_path):
