@@ -12,6 +12,7 @@ base=$(cd "$1" && pwd) name=$2 rounds=$3 steps=$4
 shift 4
 OUT=${OUT:-bench_out/ab}/$name
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # the runs start in either tree
 source bench/device_env.sh
 random_shards || exit 1
 [[ $PYTHON == */* ]] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")  # the runs start in either tree
@@ -20,9 +21,7 @@ extensions=${TORCH_EXTENSIONS_DIR}
 for i in $(seq "$rounds"); do
   for side in base new; do
     tree=$([ $side = base ] && echo "$base" || pwd)
-    echo "=== ${side}_$i: $*" >&2
-    (cd "$tree" && TORCH_EXTENSIONS_DIR="$extensions/$side" timeout 540 "$PYTHON" ds_train/main.py "${SHARDS[@]}" \
-      -x "$steps" "$@") > "$OUT/${side}_$i.log" 2>&1 || echo "=== ${side}_$i: exit status $? (see $OUT/${side}_$i.log)" >&2
+    (cd "$tree" && TORCH_EXTENSIONS_DIR="$extensions/$side" train_run "${side}_$i" "$steps" "$@")
   done
 done
 "$PYTHON" bench/summarize.py "$OUT"/base_*.log "$OUT"/new_*.log --first 4 --last "$steps" 2>&1 | tee "$OUT/summary.txt"

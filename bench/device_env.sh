@@ -17,3 +17,11 @@ random_shards() {
 # main.py's flags for those shards, with evaluation cut to one val batch at step 0 and no sampling (a run's own
 # flags come after these and win)
 SHARDS=(-i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0)
+# train_run NAME STEPS FLAGS...: one training run of STEPS steps on those shards, its console in $OUT/NAME.log
+# (from the tree to run: the current folder's ds_train/main.py)
+train_run() {
+  local name=$1 steps=$2; shift 2
+  echo "=== $name: $*" >&2
+  timeout 540 "$PYTHON" ds_train/main.py "${SHARDS[@]}" -x "$steps" "$@" > "$OUT/$name.log" 2>&1 ||
+    echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
+}

@@ -36,11 +36,15 @@ if [ ! -x "$LLMC_DIR/train_gpt2cu" ]; then
 fi
 
 mkdir -p /tmp/llmc_run
-(cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -o /tmp/llmc_run \
-  -e d12 -b 64 -t 1024 -d 524288 -x 30 -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006) > "$OUT/llmc_d12.log" 2>&1
+# llmc_d12 NAME FLAGS...: llm.c's d12 run of its 124M script's shape, its console in $OUT/NAME.log
+llmc_d12() {
+  local name=$1; shift
+  (cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -o /tmp/llmc_run \
+    -e d12 -b 64 -t 1024 -d 524288 -x 30 -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006 "$@") > "$OUT/$name.log" 2>&1
+}
+llmc_d12 llmc_d12
 # llm.c's GELU fusion is off by default (-ge 0); ds_train's -ge 2 default fuses, so llm.c runs once more with it
-(cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -o /tmp/llmc_run \
-  -e d12 -b 64 -t 1024 -d 524288 -x 30 -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006 -ge 2) > "$OUT/llmc_d12_ge2.log" 2>&1
+llmc_d12 llmc_d12_ge2 -ge 2
 timeout 400 "$PYTHON" ds_train/main.py --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 -r 0 \
   -x 20 -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0 > "$OUT/ds_train_d12.log" 2>&1
 

@@ -27,29 +27,21 @@ mkdir -p "$OUT"
 source bench/device_env.sh
 random_shards || exit 1
 
-# run NAME STEPS FLAGS...: one training run of STEPS steps, its console in $OUT/NAME.log
-run() {
-  local name=$1 steps=$2; shift 2
-  echo "=== $name: $*" >&2
-  timeout 540 "$PYTHON" ds_train/main.py "${SHARDS[@]}" -x "$steps" "$@" > "$OUT/$name.log" 2>&1 ||
-    echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
-}
-
 case "${1:-d12}" in
   d12)  # the stages compiled, and ZeRO-1 eager (--compile 0) for what compiling gives
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
-    run d12_z1 20 "${d12[@]}" -z 1
-    run d12_z2 20 "${d12[@]}" -z 2
-    run d12_z3 20 "${d12[@]}" -z 3
-    run d12_z1_eager 20 "${d12[@]}" -z 1 --compile 0
+    train_run d12_z1 20 "${d12[@]}" -z 1
+    train_run d12_z2 20 "${d12[@]}" -z 2
+    train_run d12_z3 20 "${d12[@]}" -z 3
+    train_run d12_z1_eager 20 "${d12[@]}" -z 1 --compile 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 6 --last 20 ;;
   recompute)  # d12 ZeRO-1 compiled at each recompute level (-r 0 is d12_z1 above)
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
-    for r in 1 2 3; do run "d12_r$r" 20 "${d12[@]}" -r $r; done
+    for r in 1 2 3; do train_run "d12_r$r" 20 "${d12[@]}" -r $r; done
     "$PYTHON" bench/summarize.py "$OUT"/d12_r*.log --first 6 --last 20 ;;
   microbatch)  # twice the micro-batch of the d12 and big groups, at the same tokens per step
-    run d12_b128 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 128 -t 1024 -d 524288 -z 1
-    run d24_b64 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1 -r 0
+    train_run d12_b128 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 128 -t 1024 -d 524288 -z 1
+    train_run d24_b64 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1 -r 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_b128.log --first 6 --last 20
     "$PYTHON" bench/summarize.py "$OUT"/d24_b64.log --first 4 --last 15 ;;
   timer)  # d12 ZeRO-1 with DeepSpeed's synchronizing throughput timer on (DeepSpeed's default) and off (ds_train's),
@@ -58,56 +50,56 @@ case "${1:-d12}" in
 json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.json"
     d12=(-e d12 -b 64 -t 1024 -d 524288 -z 1)
     for i in 1 2; do
-      run "d12_timer_on_$i" 12 --ds_config "$OUT/timer_on.json" "${d12[@]}"
-      run "d12_timer_off_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}"
+      train_run "d12_timer_on_$i" 12 --ds_config "$OUT/timer_on.json" "${d12[@]}"
+      train_run "d12_timer_off_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}"
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_timer_*.log --first 4 --last 12 ;;
   gelu)  # llm.c's -ge on d12 ZeRO-1: GELU unfused and in cuBLASLt's epilogues, alternating as the timer group does
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
     for i in 1 2; do
-      run "d12_ge0_$i" 12 "${d12[@]}" -ge 0
-      run "d12_ge2_$i" 12 "${d12[@]}" -ge 2
+      train_run "d12_ge0_$i" 12 "${d12[@]}" -ge 0
+      train_run "d12_ge2_$i" 12 "${d12[@]}" -ge 2
     done
-    run d12_ge1 12 "${d12[@]}" -ge 1
+    train_run d12_ge1 12 "${d12[@]}" -ge 1
     "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 12 ;;
   gelu_big)
     for ge in 0 2; do
-      run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge
-      run "d48_ge$ge" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0 -ge $ge
+      train_run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge
+      train_run "d48_ge$ge" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0 -ge $ge
     done
-    run d12_z3_ge2 12 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 3 -ge 2
+    train_run d12_z3_ge2 12 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 3 -ge 2
     "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log "$OUT"/d48_ge*.log --first 4 --last 10
     "$PYTHON" bench/summarize.py "$OUT"/d12_z3_ge2.log --first 4 --last 12 ;;
   gelu_ab)  # -ge 0 against -ge 2 alternating, for d12 (twice each) and d24 B=32 (once each)
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
-    for i in 1 2; do run "d12_ge0_$i" 10 "${d12[@]}" -ge 0; run "d12_ge2_$i" 10 "${d12[@]}" -ge 2; done
-    for ge in 0 2; do run "d24_ge$ge" 9 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge; done
+    for i in 1 2; do train_run "d12_ge0_$i" 10 "${d12[@]}" -ge 0; train_run "d12_ge2_$i" 10 "${d12[@]}" -ge 2; done
+    for ge in 0 2; do train_run "d24_ge$ge" 9 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge; done
     "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 10
     "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log --first 4 --last 9 ;;
   gelu_d24)
     for ge in 0 1 2; do
-      run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge
+      train_run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge
     done
     "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log --first 4 --last 10 ;;
   grad_update)  # BF16_Optimizer folding each micro-step's bf16 gradients into the fp32 ones after backward (off)
     # or in each parameter's gradient hook, during backward (on)
     for on in false true; do
-      "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["bf16"]["immediate_grad_update"] = sys.argv[3] == "true"
-json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/d12_igu_$on.json" $on
-      "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["bf16"]["immediate_grad_update"] = sys.argv[3] == "true"
-json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_350M.json "$OUT/d24_igu_$on.json" $on
+      for model_json in d12:gpt2_124M d24:gpt2_350M; do
+        "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["bf16"]["immediate_grad_update"] = sys.argv[3] == "true"
+json.dump(c, open(sys.argv[2], "w"))' "ds_configs/${model_json#*:}.json" "$OUT/${model_json%%:*}_igu_$on.json" $on
+      done
     done
     for i in 1 2; do
-      for on in false true; do run "d12_igu_${on}_$i" 12 --ds_config "$OUT/d12_igu_$on.json" -e d12 -b 64 -t 1024 -d 524288 -z 1; done
+      for on in false true; do train_run "d12_igu_${on}_$i" 12 --ds_config "$OUT/d12_igu_$on.json" -e d12 -b 64 -t 1024 -d 524288 -z 1; done
     done
     for on in false true; do
-      run "d24_igu_$on" 10 --ds_config "$OUT/d24_igu_$on.json" -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
+      train_run "d24_igu_$on" 10 --ds_config "$OUT/d24_igu_$on.json" -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_igu_*.log --first 4 --last 12
     "$PYTHON" bench/summarize.py "$OUT"/d24_igu_*.log --first 4 --last 10 ;;
   big)
-    run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
-    run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0
+    train_run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
+    train_run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0
     "$PYTHON" bench/summarize.py "$OUT"/d24_z1.log "$OUT"/d48_z1.log --first 4 --last 15 ;;
   loader)  # d12 ZeRO-1 with the real shard loader, then with 32 batches served from pinned memory
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
@@ -117,7 +109,7 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_350M.json "$OUT/d24_igu_$o
     done
     "$PYTHON" bench/summarize.py "$OUT"/loader_*.log --first 4 --last 15 ;;
   eval)  # d12 ZeRO-1 with val loss (-m 20), HellaSwag (10042 examples) and a 64-token sample every 5 steps
-    run d12_eval 10 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 \
+    train_run d12_eval 10 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 \
       -v 5 -m 20 -h 1 -s 5 -g 64
     grep -E "^eval at|^HellaSwag" "$OUT/d12_eval.log"
     "$PYTHON" bench/summarize.py "$OUT/d12_eval.log" --first 2 --last 10 ;;

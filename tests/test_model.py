@@ -220,7 +220,6 @@ def test_gelu_fusion_gives_the_unfused_loss_and_gradients(level, monkeypatch):
     assert len(calls) == 2
 
 
-
 def test_gelu_fusion_refuses_the_recompute_levels_that_recompute_gelu():
     with pytest.raises(ValueError, match="does not combine with recompute level 1"):
         GPT(config_from_descriptor("gpt2:d2:c64:h2"), recompute=1).set_gelu_fusion(2)
