@@ -59,6 +59,7 @@ def summarize(path, first, last):
                 zero=rows.get("zero_stage", "-"), offload=rows.get("offload", "-").split()[0],
                 estimate_gib=extra.get("estimate_gib"), host_gib=extra.get("host_gib"),
                 steps=f"{window[0]['step']}-{window[-1]['step']}", ms=ms, ms_sd=statistics.pstdev(s["ms"] for s in window),
+                ms_median=statistics.median(s["ms"] for s in window),
                 tok_s=tok_s, mfu=100 * tok_s * flops_per_token / PEAK,
                 con_mfu=statistics.mean(mfus) if mfus else None, con_tok_s=steps[-1]["tok_s"],
                 avg_ms=total[0] if total else None, peak_gib=total[1] if total else None,
@@ -75,7 +76,7 @@ def main():
     p.add_argument("--first", type=int, default=11)
     p.add_argument("--last", type=int, default=30)
     a = p.parse_args()
-    head = (f"{'run':<22} {'B':>3} {'accum':>5} {'r':>2} {'z':>2} {'offload':>9} {'steps':>6} {'ms/step':>9} {'sd':>6} "
+    head = (f"{'run':<22} {'B':>3} {'accum':>5} {'r':>2} {'z':>2} {'offload':>9} {'steps':>6} {'ms/step':>9} {'sd':>6} {'median':>9} "
             f"{'tok/s':>9} {'MFU%':>5} | {'con MFU%':>8} {'con tok/s':>9} {'avg ms':>9} {'peak GiB':>8} {'est GiB':>7} "
             f"{'host GiB':>8} {'loss':>8}")
     print(head)
@@ -86,7 +87,7 @@ def main():
             print(f"{r['run']:<22} {r['note']}")
             continue
         print(f"{r['run']:<22} {r['B']:>3} {r['accum']:>5} {r['recompute']:>2} {r['zero']:>2} {r['offload']:>9} "
-              f"{r['steps']:>6} {r['ms']:>9.2f} {r['ms_sd']:>6.2f} {r['tok_s']:>9.0f} {r['mfu']:>5.1f} | "
+              f"{r['steps']:>6} {r['ms']:>9.2f} {r['ms_sd']:>6.2f} {r['ms_median']:>9.2f} {r['tok_s']:>9.0f} {r['mfu']:>5.1f} | "
               f"{fmt(r['con_mfu'], '>8.1f')} {r['con_tok_s']:>9} {fmt(r['avg_ms'], '>9.2f')} {fmt(r['peak_gib'], '>8.2f')} "
               f"{fmt(r['estimate_gib'], '>7.2f')} {fmt(r['host_gib'], '>8.1f')} {r['final_loss']:>8.4f}")
 

@@ -353,6 +353,9 @@ def train(argv=None):
     summary = f"total average iteration time: {throughput.mean_step_ms():.2f} ms"
     if torch.cuda.is_available():
         summary += f" | peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+        if retries:  # each one synchronized the GPU to free cached blocks: a sign the run is at its memory limit
+            summary += f" | {retries} allocation retries (the allocator freed its cache to fit)"
     print0(summary)
     distributed.shutdown()
 
