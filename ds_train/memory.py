@@ -4,10 +4,13 @@ activations by recompute level, the loss's working memory; and what each rank of
 README compares it with peaks measured on an H100.
 
 Model states, bytes per parameter (N parameters, W ranks):
-  bf16 weights 2 (ZeRO-3: /W); gradients accumulated in fp32, 4 (ZeRO-2/3: /W), plus the module's bf16
-  gradients, 2, under ZeRO-1 (DeepSpeed's BF16_Optimizer keeps both); fp32 master weights 4 and AdamW's two
-  moments 8 (ZeRO 1-3: /W). fp32 runs: weights 4, gradients 4, AdamW 8, and under ZeRO a separate fp32
-  partition, 4/W. ZeRO-3 adds its gather and reduce buffers (ZERO3_BUFFERS, measured).
+  bf16 weights 2 (ZeRO-3: /W); gradients accumulated in fp32, 4 (ZeRO-2/3: /W); fp32 master weights 4 and
+  AdamW's two moments 8 (ZeRO 1-3: /W). Under ZeRO-1 the module's bf16 gradients, 2, exist only from a
+  backward to their fold into the fp32 ones (update.fold_bf16_gradients_in_one_kernel): they fill up as the
+  activations are freed, so they count only where they outgrow the activations and the loss's working memory,
+  which happens late in backward at -r 3 (its block inputs then counted whole, an upper bound).
+  fp32 runs: weights 4, gradients 4, AdamW 8, and under ZeRO a separate fp32 partition, 4/W. ZeRO-3 adds
+  its gather and reduce buffers (ZERO3_BUFFERS, measured).
   --offload optimizer moves the master weights, the moments and the fp32 gradients to the host (offloaded()),
   leaving the module's gradients (a second copy with accumulation); --offload all also the weights, leaving
   what is gathered at a time. host_estimate() sizes a rank's host memory for auto_fit.
@@ -37,7 +40,7 @@ def estimate(run: RunConfig) -> list:
     shard = lambda bytes_per_param, from_stage: bytes_per_param * N / (W if stage >= from_stage else 1)
     offload_optimizer, offload_params = OFFLOAD_LEVELS[run.offload]
     if run.bf16:
-        weights, grads = shard(2, 3), shard(4, 2) + (2 * N if stage == 1 else 0)
+        weights, grads = shard(2, 3), shard(4, 2)
         optimizer = shard(12, 1)
     else:
         weights, grads = shard(4, 3), shard(4, 2)
@@ -58,6 +61,10 @@ def estimate(run: RunConfig) -> list:
     loss = chunk + 4 * m.padded_vocab_size * m.n_embd + tokens * m.n_embd * value
     parts = [("weights", weights), ("gradients", grads), ("optimizer (fp32 master + AdamW)", optimizer),
              ("activations", layers), ("loss (chunked logits)", loss)]
+    if run.bf16 and stage == 1 and not offload_optimizer:  # BF16_Optimizer's module gradients late in backward
+        beyond = 2 * N + (layers if run.recompute == 3 else 0) - layers - loss
+        if beyond > 0:
+            parts.append(("bf16 gradients beyond the activations", beyond))
     if stage == 3:  # its gather, prefetch and reduce buffers: 1.3 GiB more than the rest at d12 on an H100
         parts.append(("ZeRO-3 buffers", ZERO3_BUFFERS))
     return parts + [("total", sum(size for _, size in parts))]

@@ -171,9 +171,14 @@ def accumulated():  # three micro-steps' bf16 gradients folded into the fp32 acc
         engine.backward(engine(batch[:, :-1], batch[:, 1:]))
     return [g.clone() for group in optimizer.fp32_groups_gradients for g in group]
 
+def bf16_gradients_held():
+    return sum(p.grad is not None for p in engine.module.parameters())
+
 ours = accumulated()
+assert bf16_gradients_held() == 0, "the bf16 gradients outlive the fold"
 del optimizer._update_hp_grad  # DeepSpeed's own fold again: a float32 copy of each bf16 gradient, then the add
 theirs = accumulated()
+assert bf16_gradients_held() == len(ours), "DeepSpeed's own fold keeps them"
 assert len(ours) == len(theirs) > 0 and all(g.abs().sum() > 0 for g in ours)
 assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), "the folds differ"
 print("folds identical over", len(ours), "accumulators")
@@ -182,8 +187,9 @@ print("folds identical over", len(ours), "accumulators")
 
 def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path):
     """bf16 at ZeRO-1: ds_train folds each bf16 gradient into its fp32 accumulator with one mixed-precision add
-    (update.fold_bf16_gradients_in_one_kernel) where DeepSpeed copies it to fp32 first; a real engine's
-    accumulators after three micro-steps are bitwise the same either way."""
+    (update.fold_bf16_gradients_in_one_kernel) where DeepSpeed copies it to fp32 first, and then releases it
+    where DeepSpeed keeps it to zero and accumulate into; a real engine's accumulators after three micro-steps
+    are bitwise the same either way."""
     ds = tmp_path / "bf16.json"
     ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
     script = tmp_path / "fold.py"
