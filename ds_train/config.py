@@ -293,7 +293,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         offload=offload, offload_nvme=offload_nvme, bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile),
         gelu_fusion=gelu_fusion)
-    return run, _effective_ds_config(ds, path, run, optimizer), merge.notes
+    return run, _effective_ds_config(ds, path, run, optimizer, has_gpu), merge.notes
 
 
 def _check_json_types(ds: dict, path: str):
@@ -394,7 +394,7 @@ def _resolve_bf16(ds: dict, path: str, has_gpu: bool) -> bool:
     return has_gpu if enabled == "auto" else enabled
 
 
-def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict) -> dict:
+def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict, has_gpu: bool) -> dict:
     if "scheduler" in ds:
         raise UserError(f"--ds_config {path}: remove the \"scheduler\" section; ds_train applies llm.c's schedules itself (-k -l -u -q)")
     kind = str(optimizer.get("type", "")).lower()
@@ -402,6 +402,11 @@ def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict) -
     _check(kind in ("adam", "adamw") and params.get("adam_w_mode", True) is not False,
            f"--ds_config {path}: the optimizer must be AdamW (type \"AdamW\", or \"Adam\" without adam_w_mode false), got {optimizer.get('type')!r}")
     params = {**ADAMW_DEFAULTS, **params, "lr": run.learning_rate, "weight_decay": run.weight_decay}
+    if not has_gpu and not OFFLOAD_LEVELS[run.offload][0]:
+        # without a GPU DeepSpeed's FusedAdam is a C++ op that it JIT-builds on first use (about a minute on
+        # 2 cores); torch's AdamW is the same update and needs no build. Offload keeps DeepSpeed's CPU Adam,
+        # the optimizer that offloading GPU runs use.
+        params.setdefault("torch_adam", True)
 
     ds["train_micro_batch_size_per_gpu"] = run.B
     ds["gradient_accumulation_steps"] = run.grad_accum

@@ -60,8 +60,20 @@ def test_defaults_are_llmc_s(tmp_path):
     assert (run.val_every, run.val_max_steps, run.sample_every, run.gen_tokens, run.max_steps) == (20, 20, 20, 64, -1)
     assert (run.zero_stage, run.recompute, run.init, run.shuffle) == (0, 0, "d12", True)
     assert run.train_data.endswith("tiny_shakespeare_train.bin") and notes == []
-    assert ds["optimizer"] == {"type": "AdamW", "params": {"betas": [0.9, 0.95], "eps": 1e-8, "lr": 3e-4, "weight_decay": 0.0}}
+    assert ds["optimizer"] == {"type": "AdamW", "params": {"betas": [0.9, 0.95], "eps": 1e-8, "lr": 3e-4, "weight_decay": 0.0,
+                                                           "torch_adam": True}}  # no GPU here: see below
     assert ds["gradient_clipping"] == 1.0
+
+
+@pytest.mark.parametrize("argv, ds, gpu, torch_adam", [
+    ([], {}, False, True),  # CPU: torch's AdamW, no JIT build of DeepSpeed's FusedAdam
+    (["-z", "1"], {}, True, None),  # GPU: FusedAdam
+    (["-z", "2", "--offload", "optimizer"], {}, False, None),  # offload: DeepSpeed's CPU Adam, as on a GPU machine
+    ([], {"optimizer": {"type": "AdamW", "params": {"torch_adam": False}}}, False, False),  # the JSON's word
+])
+def test_which_adamw_deepspeed_builds(tmp_path, argv, ds, gpu, torch_adam):
+    _, effective, _ = resolve(tmp_path, argv, ds=ds, gpu=gpu)
+    assert effective["optimizer"]["params"].get("torch_adam") == torch_adam
 
 
 def test_gradient_accumulation_follows_the_total_batch_and_world_size(tmp_path):
