@@ -107,9 +107,11 @@ def load(engine, step_dir: str, saved_zero_stage: int, weight_decay: float, step
         tensors, lp_groups = engine.optimizer.fp32_groups_flat_partition, engine.optimizer.bf16_groups
     else:
         tensors, lp_groups = engine.optimizer.single_partition_of_fp32_groups, engine.optimizer.bit16_groups
+    torch_adamw = type(base).__module__.startswith("torch.optim")  # counts its step in a tensor, FusedAdam in an int
     for tensor in tensors:
         if not base.state[tensor]:
-            base.state[tensor] = {"step": 0, **{key: torch.zeros_like(tensor) for key in ADAM_KEYS}}
+            fresh_step = torch.tensor(0.0) if torch_adamw else 0
+            base.state[tensor] = {"step": fresh_step, **{key: torch.zeros_like(tensor) for key in ADAM_KEYS}}
     for flat, group in zip(tensors, lp_groups or []):  # each parameter's view of its partition of the moments
         for param in group:
             if param._hp_mapping is not None:
