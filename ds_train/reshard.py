@@ -107,11 +107,9 @@ def load(engine, step_dir: str, saved_zero_stage: int, weight_decay: float, step
         tensors, lp_groups = engine.optimizer.fp32_groups_flat_partition, engine.optimizer.bf16_groups
     else:
         tensors, lp_groups = engine.optimizer.single_partition_of_fp32_groups, engine.optimizer.bit16_groups
-    torch_adamw = type(base).__module__.startswith("torch.optim")  # counts its step in a tensor, FusedAdam in an int
     for tensor in tensors:
         if not base.state[tensor]:
-            fresh_step = torch.tensor(0.0) if torch_adamw else 0
-            base.state[tensor] = {"step": fresh_step, **{key: torch.zeros_like(tensor) for key in ADAM_KEYS}}
+            base.state[tensor] = {"step": 0, **{key: torch.zeros_like(tensor) for key in ADAM_KEYS}}
     for flat, group in zip(tensors, lp_groups or []):  # each parameter's view of its partition of the moments
         for param in group:
             if param._hp_mapping is not None:
@@ -133,8 +131,9 @@ def load(engine, step_dir: str, saved_zero_stage: int, weight_decay: float, step
             safe_set_full_fp32_param(param, values["fp32"].to(engine.device))
             for key in ADAM_KEYS:
                 safe_set_full_optimizer_state(param, values[key].to(engine.device), key)
+    torch_adamw = type(base).__module__.startswith("torch.optim")  # counts its step in a tensor, FusedAdam in an int
     for state in base.state.values():
-        state["step"] = torch.tensor(float(adam_step)) if torch.is_tensor(state.get("step")) else adam_step
+        state["step"] = torch.tensor(float(adam_step)) if torch_adamw else adam_step
     for group in base.param_groups:
         if "step" in group:
             group["step"] = adam_step
