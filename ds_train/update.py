@@ -39,7 +39,8 @@ class NormHook:
         self.verdict, self.norm, self.reason = None, None, None
 
         def judge(norm) -> bool:
-            self.norm = float(norm) if float(norm) >= 0 else nan  # DeepSpeed marks an inf/NaN group norm as -1
+            norm = float(norm)  # DeepSpeed marks an inf/NaN norm as -1
+            self.norm = norm if math.isfinite(norm) and norm >= 0 else nan
             self.reason = self.verdict(self.norm)
             return self.reason is not None
 
@@ -62,14 +63,27 @@ class NormHook:
                 return get_norm_groups
         elif kind == "BF16_Optimizer":
             name = "get_grads_for_norm"
+            # BF16_Optimizer.step() asks for the gradients twice: to take their norm, then to clip them. It then
+            # runs one small kernel per parameter each time (d48: 580 of them), and this wrapper's own norm added
+            # as many again; the GPU, idle after the norm's synchronization, waits for each launch. Here the
+            # norm is one multi-tensor kernel and handed over as itself, a one-element tensor whose norm
+            # DeepSpeed takes in a few kernels, and the clip scales each group's flat fp32 gradient buffer,
+            # which holds every gradient (a parameter without one has zeros there), in one kernel per group.
+            plain = (optimizer.mpu is None and optimizer.norm_type == 2 and not optimizer.has_moe_layers
+                     and hasattr(optimizer, "fp32_groups_gradients_flat"))
 
             def wrap(original):
                 def get_grads_for_norm(for_clipping=False):
-                    grads = original(for_clipping=for_clipping)
                     if for_clipping:
-                        return grads
-                    norm = get_global_norm_of_tensors(grads[0], mpu=optimizer.mpu, norm_type=optimizer.norm_type)
-                    return ([torch.full((1,), nan, device=engine.device)], grads[1]) if judge(norm) else grads
+                        return list(optimizer.fp32_groups_gradients_flat) if plain else original(for_clipping=True)
+                    grads, expert_grads = original()
+                    if plain:
+                        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).reshape(1)
+                    else:
+                        norm = get_global_norm_of_tensors(grads, mpu=optimizer.mpu, norm_type=optimizer.norm_type)
+                    if judge(norm):
+                        return [torch.full((1,), nan, device=engine.device)], expert_grads
+                    return ([norm], expert_grads) if plain else (grads, expert_grads)
                 return get_grads_for_norm
         else:
             raise UserError(f"DeepSpeed chose the ZeRO optimizer {kind}, which ds_train's NaN guard and -sl/-sg do "

@@ -200,6 +200,61 @@ def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path):
     assert "folds identical over" in result.stdout
 
 
+NORM_SCRIPT = """
+import sys, torch
+from deepspeed.runtime.utils import clip_tensors_by_global_norm, get_global_norm_of_tensors
+from ds_train import config, distributed
+from ds_train.main import build_engine
+from ds_train.update import NormHook
+place = distributed.discover()
+run, ds, _ = config.resolve(config.parse_args(sys.argv[1:]), place.world_size, has_gpu=False)
+distributed.init_process_group(place)
+engine = build_engine(run, ds)
+optimizer = engine.optimizer
+deepspeeds = optimizer.get_grads_for_norm  # the class's own, before the hook wraps it
+hook = NormHook(engine)
+hook.verdict = lambda norm: None  # no veto
+batch = torch.randint(0, 50257, (run.B, run.T + 1), generator=torch.Generator().manual_seed(0))
+engine.backward(engine(batch[:, :-1], batch[:, 1:]))  # one micro-step a step: the gradients reach fp32 here
+
+# the norm: one value, handed to DeepSpeed as a one-element tensor that DeepSpeed's norm leaves as it is
+theirs = float(get_global_norm_of_tensors(deepspeeds()[0]))
+handed, _ = optimizer.get_grads_for_norm()
+assert len(handed) == 1 and float(handed[0]) == hook.norm
+assert float(get_global_norm_of_tensors(handed)) == hook.norm, "DeepSpeed's norm of the handed norm differs"
+assert abs(hook.norm - theirs) <= 1e-6 * theirs, (hook.norm, theirs)
+
+# the clip: the flat buffers scaled at once equal each gradient scaled by itself, bit for bit
+grads = [g for group in optimizer.fp32_groups_gradients for g in group]
+before = [g.clone() for g in grads]
+clip_tensors_by_global_norm(deepspeeds(for_clipping=True), max_norm=theirs / 4, global_norm=theirs)
+per_parameter = [g.clone() for g in grads]
+for g, b in zip(grads, before):
+    g.copy_(b)
+flat = optimizer.get_grads_for_norm(for_clipping=True)
+assert len(flat) == len(optimizer.param_groups) < len(grads)
+clip_tensors_by_global_norm(flat, max_norm=theirs / 4, global_norm=theirs)
+assert all(not torch.equal(a, b) for a, b in zip(per_parameter, before) if b.abs().sum() > 0), "nothing clipped"
+assert all(torch.equal(a, b) for a, b in zip(grads, per_parameter)), "the clips differ"
+print("norm", hook.norm, "and clip agree over", len(grads), "gradients")
+"""
+
+
+def test_bf16_norm_and_clip_in_few_kernels_equal_deepspeeds(tmp_path):
+    """bf16 at ZeRO-1: ds_train's NormHook takes the grad norm in one multi-tensor kernel and hands it to
+    DeepSpeed as a one-element tensor, and clips each group's flat gradient buffer at once, where DeepSpeed
+    runs one kernel per parameter for each; on a real engine the norm is DeepSpeed's to 1e-6 and is what
+    DeepSpeed then uses, and the clipped gradients are bitwise DeepSpeed's."""
+    ds = tmp_path / "bf16.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
+    script = tmp_path / "norm.py"
+    script.write_text(NORM_SCRIPT)
+    args = [str(script), "--ds_config", str(ds), *TINY, "-b", "2", "-d", "64", "--compile", "0"]
+    result = run_ranks([sys.executable, *args], 1, dict(child_env(threads=2), PYTHONPATH=REPO), 300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "and clip agree over" in result.stdout
+
+
 def test_loss_falls_on_tinyshakespeare(tmp_path):
     run = train(["-e", "gpt2:d2:c128:h4", "-i", TRAIN_SHARD, "-j", VAL_SHARD, "-t", 64, "-b", 8, "-x", 40,
                  "-l", "3e-3", "-u", 10, "-q", 0.1, "-v", 20, "-m", 4, "-s", 40, "-g", 16, "-r", 0,
