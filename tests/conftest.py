@@ -136,20 +136,22 @@ def run_ranks(cmd, ranks: int, env: dict, timeout: int) -> subprocess.CompletedP
 
 
 def train(args, ranks: int = 1, launcher: str = "python", ds_config: str = CPU_CONFIG, timeout: int = 600,
-          extra_env=None) -> Run:
-    """Run ds_train/main.py for real and parse its console output."""
+          extra_env=None, master_port=None) -> Run:
+    """Run ds_train/main.py for real and parse its console output (master_port: for the deepspeed and mpirun
+    launchers, else a free one)."""
     cmd_args = [MAIN, "--ds_config", ds_config, *map(str, args)]
+    master_port = str(master_port or free_port())
     env = child_env(threads=1 if ranks > 1 else 2)
     env.update(extra_env or {})
     if launcher == "python":
         assert ranks == 1
         cmd = [sys.executable, *cmd_args]
     elif launcher == "deepspeed":
-        cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), *cmd_args]
+        cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", str(ranks), "--master_port", master_port, *cmd_args]
     elif launcher == "env":
         return parse(run_ranks([sys.executable, *cmd_args], ranks, env, timeout))
     elif launcher == "mpirun":
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", MASTER_PORT=str(free_port()))
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", MASTER_PORT=master_port)
         cmd = [os.path.join(BIN, "mpirun"), "--oversubscribe", "-np", str(ranks), "-x", "MASTER_PORT",
                "-x", "OMP_NUM_THREADS", "-x", "PYTHONUNBUFFERED", sys.executable, *cmd_args]
     else:

@@ -22,6 +22,8 @@ from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
                       free_port, parse, run_ranks, train, zero_run)
 
+pytestmark = pytest.mark.xdist_group("zero_runs")  # one worker with test_eval_export.py: both use zero_run()
+
 TOLERANCE = 2e-5
 
 
@@ -330,22 +332,26 @@ def test_two_nodes_from_a_hostfile_agree_with_one_node(tmp_path):
     assert sample(run) == sample(reference())
 
 
-def shm_buffers() -> set:
-    """DeepSpeed's CPU backend puts a ~70 MB all-reduce buffer per rank in /dev/shm and never removes it."""
+def shm_buffers(port: int) -> set:
+    """DeepSpeed's CPU backend puts a ~70 MB all-reduce buffer per rank in /dev/shm and never removes it; the
+    names carry the master port, so a run elsewhere on this machine (a parallel test) does not count."""
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm on this machine")
-    return {name for name in os.listdir("/dev/shm") if name.startswith("deepspeed_allreduce_buffer")}
+    return {name for name in os.listdir("/dev/shm")
+            if name.startswith("deepspeed_allreduce_buffer") and f"_{port}_" in name}
 
 
 def test_cpu_runs_leave_no_shared_memory_behind():
-    before = shm_buffers()
-    train([*TINY, "-b", 4, "-x", 2], ranks=2, launcher="deepspeed").check()
-    assert shm_buffers() - before == set()  # under mpirun: the next test
+    port = free_port()
+    before = shm_buffers(port)
+    train([*TINY, "-b", 4, "-x", 2], ranks=2, launcher="deepspeed", master_port=port).check()
+    assert shm_buffers(port) - before == set()  # under mpirun: the next test
 
 
 def test_mpirun_discovers_ranks_through_mpi4py():
-    before = shm_buffers()
-    run = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="mpirun").check()
+    port = free_port()
+    before = shm_buffers(port)
+    run = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="mpirun", master_port=port).check()
     assert "| num_processes         | 2 " in run.stdout
     assert_same_training(run)
-    assert shm_buffers() - before == set()
+    assert shm_buffers(port) - before == set()
