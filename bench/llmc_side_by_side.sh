@@ -1,13 +1,17 @@
 #!/bin/bash
-# llm.c's train_gpt2cu and ds_train on the same GPU in the same call: d12 (GPT-2 124M), B=64, T=1024,
-# 0.5M-token steps (accumulation 8), bf16, ZeRO-1, on the same random-token shards; mean ms/step over steps
-# 11-30 for llm.c (its own step lines) and 6-20 for ds_train (summarize.py), and their ratio.
-#   LLMC_DIR=.llmc bash bench/llmc_side_by_side.sh     (from the repo root; logs in $OUT, default bench_out/llmc)
+# llm.c's train_gpt2cu and ds_train on the same GPU in the same call, shape by shape: each shape runs llm.c, then
+# ds_train, on the same random-token shards (bf16, ZeRO-1, T=1024, 0.5M-token steps), and one table gives
+# ms/step, tokens/s, MFU and memory for both and ds_train's tokens/s over llm.c's.
+#   LLMC_DIR=.llmc bash bench/llmc_side_by_side.sh [SHAPE...]     (from the repo root; default d12)
+# SHAPE: d12 (GPT-2 124M, B=64 x 8), d12_b128 (B=128 x 4, both trainers), d24 (350M, B=32 x 16; ds_train at
+# -ge 1, which the README recommends for d24's shapes). LLMC_FLAGS adds flags to every llm.c run (e.g. -ge 2).
+# Means over the steps after warm-up: llm.c 11-30 for d12 (the issue's baseline window), 6-20 for d24; ds_train
+# 6-20 for d12, 4-12 for d24 (bench/summarize.py). Logs and summary.txt in $OUT (default bench_out/llmc).
 # LLMC_DIR is a copy of github.com/karpathy/llm.c (git-ignored; commit nothing of it) with NVIDIA's
 # cudnn-frontend headers in LLMC_DIR/cudnn-frontend/include for its cuDNN attention (its newest version links
-# against nvrtc and the driver API too); libcudnn and its headers
-# come from the nvidia-cudnn wheel that torch's CUDA build installs. Without them llm.c is built without
-# cuDNN (its own attention kernels), and the log says so. On the lent GPU machine carry .whl and .llmc.
+# against nvrtc and the driver API too); libcudnn and its headers come from the nvidia-cudnn wheel that torch's
+# CUDA build installs. Without them llm.c is built without cuDNN (its own attention kernels), and the log says
+# so. On the lent GPU machine carry .whl and .llmc.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/llmc}
@@ -16,54 +20,93 @@ LLMC_DIR=${LLMC_DIR:-.llmc}
 source bench/device_env.sh
 random_shards || exit 1
 export PATH=$PATH:/usr/local/cuda/bin
+shapes=("${@:-d12}")
 
-cudnn=$("$PYTHON" -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null)
-# CUDA 13 takes a cudaMemLocation where llm.c (written for CUDA 12) passes a device number of -1 (the host)
-if nvcc --version | grep -q "release 1[3-9]"; then
-  sed -i 's/cudaMemAdviseSetPreferredLocation, cudaCpuDeviceId)/cudaMemAdviseSetPreferredLocation, cudaMemLocation{cudaMemLocationTypeHost, 0})/' \
-    "$LLMC_DIR/llmc/cuda_utils.cuh"
-fi
-if [ -n "$cudnn" ] && [ -d "$LLMC_DIR/cudnn-frontend/include" ]; then  # nvcc finds headers and libraries here
-  mkdir -p /tmp/cudnn_lib && ln -sf "$cudnn"/lib/libcudnn.so.* /tmp/cudnn_lib/ && ln -sf "$(ls "$cudnn"/lib/libcudnn.so.* | head -1)" /tmp/cudnn_lib/libcudnn.so
-  export CPATH="$cudnn/include" LIBRARY_PATH=/tmp/cudnn_lib LD_LIBRARY_PATH="$cudnn/lib:${LD_LIBRARY_PATH:-}"
-  (cd "$LLMC_DIR" && make train_gpt2cu USE_CUDNN=1 CUDNN_FRONTEND_PATH=cudnn-frontend/include NO_MULTI_GPU=1 NO_USE_MPI=1 \
-    NVCC_LDLIBS="-lnvrtc -lcuda") \
-    > "$OUT/llmc_build.log" 2>&1 && echo "llm.c built with cuDNN" | tee -a "$OUT/llmc_build.log"
-fi
-if [ ! -x "$LLMC_DIR/train_gpt2cu" ]; then
-  (cd "$LLMC_DIR" && make train_gpt2cu NO_MULTI_GPU=1 NO_USE_MPI=1) >> "$OUT/llmc_build.log" 2>&1 &&
-    echo "llm.c built WITHOUT cuDNN" | tee -a "$OUT/llmc_build.log" || { tail -30 "$OUT/llmc_build.log"; exit 1; }
-fi
-
-mkdir -p /tmp/llmc_run
-# llmc_d12 NAME FLAGS...: llm.c's d12 run of its 124M script's shape, its console in $OUT/NAME.log
-llmc_d12() {
-  local name=$1; shift
-  (cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -o /tmp/llmc_run \
-    -e d12 -b 64 -t 1024 -d 524288 -x 30 -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006 "$@") > "$OUT/$name.log" 2>&1
+build_llmc() {
+  local cudnn
+  cudnn=$("$PYTHON" -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null)
+  # CUDA 13 takes a cudaMemLocation where llm.c (written for CUDA 12) passes a device number of -1 (the host)
+  if nvcc --version | grep -q "release 1[3-9]"; then
+    sed -i 's/cudaMemAdviseSetPreferredLocation, cudaCpuDeviceId)/cudaMemAdviseSetPreferredLocation, cudaMemLocation{cudaMemLocationTypeHost, 0})/' \
+      "$LLMC_DIR/llmc/cuda_utils.cuh"
+  fi
+  if [ -n "$cudnn" ] && [ -d "$LLMC_DIR/cudnn-frontend/include" ]; then  # nvcc finds headers and libraries here
+    mkdir -p /tmp/cudnn_lib && ln -sf "$cudnn"/lib/libcudnn.so.* /tmp/cudnn_lib/ &&
+      ln -sf "$(ls "$cudnn"/lib/libcudnn.so.* | head -1)" /tmp/cudnn_lib/libcudnn.so
+    export CPATH="$cudnn/include" LIBRARY_PATH=/tmp/cudnn_lib LD_LIBRARY_PATH="$cudnn/lib:${LD_LIBRARY_PATH:-}"
+    (cd "$LLMC_DIR" && make train_gpt2cu USE_CUDNN=1 CUDNN_FRONTEND_PATH=cudnn-frontend/include NO_MULTI_GPU=1 \
+      NO_USE_MPI=1 NVCC_LDLIBS="-lnvrtc -lcuda") > "$OUT/llmc_build.log" 2>&1 &&
+      echo "llm.c built with cuDNN" | tee -a "$OUT/llmc_build.log"
+  fi
+  if [ ! -x "$LLMC_DIR/train_gpt2cu" ]; then
+    (cd "$LLMC_DIR" && make train_gpt2cu NO_MULTI_GPU=1 NO_USE_MPI=1) >> "$OUT/llmc_build.log" 2>&1 &&
+      echo "llm.c built WITHOUT cuDNN" | tee -a "$OUT/llmc_build.log" || { tail -30 "$OUT/llmc_build.log"; return 1; }
+  fi
 }
-llmc_d12 llmc_d12
-# llm.c's GELU fusion is off by default (-ge 0); ds_train's -ge 2 default fuses, so llm.c runs once more with it
-llmc_d12 llmc_d12_ge2 -ge 2
-timeout 400 "$PYTHON" ds_train/main.py --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 -r 0 \
-  -x 20 -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" -v 100000 -m 1 -s 0 > "$OUT/ds_train_d12.log" 2>&1
 
-"$PYTHON" - "$OUT/llmc_d12.log" "$OUT/llmc_d12_ge2.log" "$OUT/ds_train_d12.log" <<'PY'
+# llm.c builds on the CPU while a 3-step ds_train run JIT-builds its extensions (FusedAdam, the GELU epilogues)
+# and fills inductor's cache, so that neither build overlaps a timed run
+[ -x "$LLMC_DIR/train_gpt2cu" ] || { build_llmc & }
+train_run warmup 3 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1
+wait
+[ -x "$LLMC_DIR/train_gpt2cu" ] || { echo "llm.c did not build ($OUT/llmc_build.log)"; exit 1; }
+
+# llmc_run NAME STEPS FLAGS...: one llm.c run on the shards, its console in $OUT/NAME.log
+llmc_run() {
+  local name=$1 steps=$2; shift 2
+  echo "=== $name: $*" >&2
+  mkdir -p /tmp/llmc_run
+  (cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" \
+    -o /tmp/llmc_run -t 1024 -d 524288 -x "$steps" -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006 "$@" ${LLMC_FLAGS:-}) \
+    > "$OUT/$name.log" 2>&1
+}
+
+for shape in "${shapes[@]}"; do
+  case $shape in
+    d12)      llmc_run llmc_d12 30 -e d12 -b 64
+              train_run ds_train_d12 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 ;;
+    d12_b128) llmc_run llmc_d12_b128 30 -e d12 -b 128
+              train_run ds_train_d12_b128 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 128 -t 1024 -d 524288 -z 1 ;;
+    d24)      llmc_run llmc_d24 20 -e d24 -b 32
+              train_run ds_train_d24 12 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -ge 1 ;;
+    *)        echo "unknown shape $shape (d12, d12_b128, d24)"; exit 2 ;;
+  esac
+done
+
+"$PYTHON" - "$OUT" "${shapes[@]}" <<'PY' | tee "$OUT/summary.txt"
 import re, statistics, sys
+import torch
 sys.path.insert(0, "bench")
+sys.path.insert(0, ".")
 from summarize import summarize
-ours = summarize(sys.argv[3], 6, 20)
-if "note" in ours:
-    sys.exit(f"missing step lines: ds_train {ours['note']}")
-b = ours["ms"]
-print(f"ds_train:                 {b:.1f} ms/step, {524288 / b * 1000:,.0f} tokens/s (steps 6-20, MFU {ours['mfu']:.1f}%, "
-      f"peak {ours['peak_gib']} GiB)")
-for name, log in (("llm.c train_gpt2cu", sys.argv[1]), ("llm.c train_gpt2cu -ge 2", sys.argv[2])):
-    llmc = [float(m.group(2)) for m in re.finditer(r"^step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms", open(log).read(), re.M)
-            if 11 <= int(m.group(1)) <= 30]
-    if not llmc:
-        print(f"{name}: no step lines in {log}")
+from ds_train.model import config_from_descriptor
+out, shapes = sys.argv[1], sys.argv[2:]
+WINDOWS = {"d12": ((11, 30), (6, 20)), "d12_b128": ((11, 30), (6, 20)), "d24": ((6, 20), (4, 12))}
+STEP = re.compile(r"^step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms", re.M)
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+print(f"{gpu} | tokens per step 524288, T=1024, bf16, ZeRO-1 | MFU over 989 TFLOP/s by llm.c's count")
+print(f"{'shape':9} {'trainer':9} {'steps':>6} {'ms/step':>8} {'tokens/s':>9} {'MFU':>6} {'memory':>14} {'loss':>8} {'ds/llm.c':>8}")
+for shape in shapes:
+    (l0, l1), (d0, d1) = WINDOWS[shape]
+    log = open(f"{out}/llmc_{shape}.log", errors="replace").read()
+    llmc = [float(ms) for step, ms in STEP.findall(log) if l0 <= int(step) <= l1]
+    ours = summarize(f"{out}/ds_train_{shape}.log", d0, d1)
+    flops = config_from_descriptor(shape.split("_")[0]).flops_per_token(1024)
+    if llmc:
+        a = statistics.mean(llmc)
+        mem = re.search(r"device memory usage: (\d+) MiB", log)
+        mem = f"{int(mem.group(1)) / 1024:.1f} GiB used" if mem else "?"
+        loss = re.findall(r"^step\s+\d+/\d+ \| loss ([\d.]+)", log, re.M)
+        loss = loss[-1][:6] if loss else "?"
+        print(f"{shape:9} {'llm.c':9} {f'{l0}-{l1}':>6} {a:8.1f} {524288e3 / a:9,.0f} {524288e3 / a * flops / 989e12:6.1%}"
+              f" {mem:>14} {loss:>8}")
+    else:
+        print(f"{shape:9} llm.c: no step lines in {out}/llmc_{shape}.log")
+    if "note" in ours:
+        print(f"{shape:9} ds_train: {ours['note']}")
         continue
-    a = statistics.mean(llmc)
-    print(f"{name:25} {a:.1f} ms/step, {524288 / a * 1000:,.0f} tokens/s (steps 11-30); ds_train / it: {a / b:.3f}")
+    ratio = f"{a / ours['ms']:.3f}" if llmc else "-"
+    peak = f"{ours['peak_gib']} GiB peak"
+    print(f"{shape:9} {'ds_train':9} {f'{d0}-{d1}':>6} {ours['ms']:8.1f} {ours['tok_s']:9,.0f} {ours['mfu'] / 100:6.1%}"
+          f" {peak:>14} {ours['final_loss']:8.4f} {ratio:>8}")
 PY
