@@ -154,7 +154,8 @@ def test_bf16_trains_on_cpu_close_to_fp32(tmp_path):
     assert bf16.losses != fp32.losses  # it really ran in bf16
 
 
-FOLD_SCRIPT = """
+# a real bf16 ZeRO-1 engine of the tiny model on one rank, built as main.py builds it, for the scripts below
+ENGINE_SCRIPT = """
 import sys, torch
 from ds_train import config, distributed
 from ds_train.main import build_engine
@@ -163,6 +164,22 @@ run, ds, _ = config.resolve(config.parse_args(sys.argv[1:]), place.world_size, h
 distributed.init_process_group(place)
 engine = build_engine(run, ds)
 optimizer = engine.optimizer
+"""
+
+
+def run_on_bf16_engine(tmp_path, script: str) -> str:
+    """ENGINE_SCRIPT then `script`, in a fresh process; its stdout."""
+    ds = tmp_path / "bf16.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
+    path = tmp_path / "script.py"
+    path.write_text(ENGINE_SCRIPT + script)
+    args = [str(path), "--ds_config", str(ds), *TINY, "-b", "2", "-d", "64", "--compile", "0"]
+    result = run_ranks([sys.executable, *args], 1, dict(child_env(threads=2), PYTHONPATH=REPO), 300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+FOLD_SCRIPT = """
 assert type(optimizer).__name__ == "BF16_Optimizer" and "_update_hp_grad" in vars(optimizer), "no one-kernel fold"
 gen = torch.Generator().manual_seed(0)
 batches = [torch.randint(0, 50257, (run.B, run.T + 1), generator=gen) for _ in range(3)]
@@ -192,27 +209,12 @@ def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path):
     (update.fold_bf16_gradients_in_one_kernel) where DeepSpeed copies it to fp32 first, and then releases it
     where DeepSpeed keeps it to zero and accumulate into; a real engine's accumulators after three micro-steps
     are bitwise the same either way."""
-    ds = tmp_path / "bf16.json"
-    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
-    script = tmp_path / "fold.py"
-    script.write_text(FOLD_SCRIPT)
-    args = [str(script), "--ds_config", str(ds), *TINY, "-b", "2", "-d", "64", "--compile", "0"]
-    result = run_ranks([sys.executable, *args], 1, dict(child_env(threads=2), PYTHONPATH=REPO), 300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "folds identical over" in result.stdout
+    assert "folds identical over" in run_on_bf16_engine(tmp_path, FOLD_SCRIPT)
 
 
 NORM_SCRIPT = """
-import sys, torch
 from deepspeed.runtime.utils import clip_tensors_by_global_norm, get_global_norm_of_tensors
-from ds_train import config, distributed
-from ds_train.main import build_engine
 from ds_train.update import NormHook
-place = distributed.discover()
-run, ds, _ = config.resolve(config.parse_args(sys.argv[1:]), place.world_size, has_gpu=False)
-distributed.init_process_group(place)
-engine = build_engine(run, ds)
-optimizer = engine.optimizer
 deepspeeds = optimizer.get_grads_for_norm  # the class's own, before the hook wraps it
 hook = NormHook(engine)
 hook.verdict = lambda norm: None  # no veto
@@ -247,14 +249,7 @@ def test_bf16_norm_and_clip_in_few_kernels_equal_deepspeeds(tmp_path):
     DeepSpeed as a one-element tensor, and clips each group's flat gradient buffer at once, where DeepSpeed
     runs one kernel per parameter for each; on a real engine the norm is DeepSpeed's to 1e-6 and is what
     DeepSpeed then uses, and the clipped gradients are bitwise DeepSpeed's."""
-    ds = tmp_path / "bf16.json"
-    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
-    script = tmp_path / "norm.py"
-    script.write_text(NORM_SCRIPT)
-    args = [str(script), "--ds_config", str(ds), *TINY, "-b", "2", "-d", "64", "--compile", "0"]
-    result = run_ranks([sys.executable, *args], 1, dict(child_env(threads=2), PYTHONPATH=REPO), 300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "and clip agree over" in result.stdout
+    assert "and clip agree over" in run_on_bf16_engine(tmp_path, NORM_SCRIPT)
 
 
 def test_loss_falls_on_tinyshakespeare(tmp_path):
