@@ -18,9 +18,25 @@ OUT=${OUT:-bench_out/llmc}
 mkdir -p "$OUT"
 LLMC_DIR=${LLMC_DIR:-.llmc}
 source bench/device_env.sh
-random_shards || exit 1
 export PATH=$PATH:/usr/local/cuda/bin
 shapes=("${@:-d12}")
+
+# shape_settings SHAPE: each shape's flags for both trainers and the steps each is timed over (the last is the
+# run's length), in LLMC, DS, LLMC_WINDOW and DS_WINDOW
+shape_settings() {
+  case $1 in
+    d12)      LLMC=(-e d12 -b 64)  DS=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64) ;;
+    d12_b128) LLMC=(-e d12 -b 128) DS=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 128) ;;
+    d24)      LLMC=(-e d24 -b 32)  DS=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -ge 1) ;;
+    *)        echo "unknown shape $1 (d12, d12_b128, d24)"; return 2 ;;
+  esac
+  case $1 in
+    d24) LLMC_WINDOW=(6 20)  DS_WINDOW=(4 12) ;;
+    *)   LLMC_WINDOW=(11 30) DS_WINDOW=(6 20) ;;
+  esac
+}
+for shape in "${shapes[@]}"; do shape_settings "$shape" || exit 2; done  # before any build
+random_shards || exit 1
 
 build_llmc() {
   local cudnn
@@ -61,33 +77,29 @@ llmc_run() {
     > "$OUT/$name.log" 2>&1
 }
 
+windows=()
 for shape in "${shapes[@]}"; do
-  case $shape in
-    d12)      llmc_run llmc_d12 30 -e d12 -b 64
-              train_run ds_train_d12 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 ;;
-    d12_b128) llmc_run llmc_d12_b128 30 -e d12 -b 128
-              train_run ds_train_d12_b128 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 128 -t 1024 -d 524288 -z 1 ;;
-    d24)      llmc_run llmc_d24 20 -e d24 -b 32
-              train_run ds_train_d24 12 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -ge 1 ;;
-    *)        echo "unknown shape $shape (d12, d12_b128, d24)"; exit 2 ;;
-  esac
+  shape_settings "$shape" || exit 2
+  llmc_run "llmc_$shape" "${LLMC_WINDOW[1]}" "${LLMC[@]}"
+  train_run "ds_train_$shape" "${DS_WINDOW[1]}" "${DS[@]}" -t 1024 -d 524288 -z 1
+  windows+=("$shape:${LLMC_WINDOW[0]}:${LLMC_WINDOW[1]}:${DS_WINDOW[0]}:${DS_WINDOW[1]}")
 done
 
-"$PYTHON" - "$OUT" "${shapes[@]}" <<'PY' | tee "$OUT/summary.txt"
+"$PYTHON" - "$OUT" "${windows[@]}" <<'PY' | tee "$OUT/summary.txt"
 import re, statistics, sys
 import torch
 sys.path.insert(0, "bench")
 sys.path.insert(0, ".")
 from summarize import summarize
 from ds_train.model import config_from_descriptor
-out, shapes = sys.argv[1], sys.argv[2:]
-WINDOWS = {"d12": ((11, 30), (6, 20)), "d12_b128": ((11, 30), (6, 20)), "d24": ((6, 20), (4, 12))}
+out, windows = sys.argv[1], sys.argv[2:]  # SHAPE:llm.c's first:last:ds_train's first:last timed step
 STEP = re.compile(r"^step\s+(\d+)/\d+ \|.*?\| ([\d.]+) ms", re.M)
 gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
 print(f"{gpu} | tokens per step 524288, T=1024, bf16, ZeRO-1 | MFU over 989 TFLOP/s by llm.c's count")
 print(f"{'shape':9} {'trainer':9} {'steps':>6} {'ms/step':>8} {'tokens/s':>9} {'MFU':>6} {'memory':>14} {'loss':>8} {'ds/llm.c':>8}")
-for shape in shapes:
-    (l0, l1), (d0, d1) = WINDOWS[shape]
+for window in windows:
+    shape, l0, l1, d0, d1 = window.split(":")
+    l0, l1, d0, d1 = int(l0), int(l1), int(d0), int(d1)
     log = open(f"{out}/llmc_{shape}.log", errors="replace").read()
     llmc = [float(ms) for step, ms in STEP.findall(log) if l0 <= int(step) <= l1]
     ours = summarize(f"{out}/ds_train_{shape}.log", d0, d1)
