@@ -113,17 +113,26 @@ def test_param_groups_decay_only_2d_weights():
 
 
 def _activation_bytes_and_grads(level):
-    """Memory the forward pass leaves allocated for backward (CPU allocator events), and the gradients."""
+    """Memory the forward pass leaves allocated for backward, and the gradients. On a GPU machine the model runs
+    on the GPU, as the trainer's would: DeepSpeed's checkpointing (level 3) moves a block's inputs to the
+    accelerator there is, whatever device the model is on. On CPU the allocator's events count the memory."""
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
     cfg = GPTConfig(n_layer=3, n_head=4, n_embd=128, vocab_size=128, padded_vocab_size=128)  # blocks dominate
-    model = GPT(cfg, recompute=level)
-    idx = torch.randint(0, 128, (8, 64), generator=torch.Generator().manual_seed(0))
+    model = GPT(cfg, recompute=level).to(device)
+    idx = torch.randint(0, 128, (8, 64), generator=torch.Generator().manual_seed(0)).to(device)
     for _ in range(2):  # the first pass includes one-off allocations
-        model.zero_grad()
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model.zero_grad(set_to_none=True)
+        if cuda:
+            before = torch.cuda.memory_allocated()
             loss = model(idx, idx.roll(-1, 1))
+            held = torch.cuda.memory_allocated() - before
+        else:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                loss = model(idx, idx.roll(-1, 1))
+            held = sum(event.self_cpu_memory_usage for event in prof.key_averages())
         loss.backward()
-    held = sum(event.self_cpu_memory_usage for event in prof.key_averages())
-    return held, [p.grad.clone() for p in model.parameters()]
+    return held, [p.grad.cpu() for p in model.parameters()]
 
 
 def test_recompute_levels_hold_less_memory_and_give_identical_gradients():
