@@ -4,9 +4,10 @@
 # ms/step, tokens/s, MFU and memory for both and ds_train's tokens/s over llm.c's.
 #   LLMC_DIR=.llmc bash bench/llmc_side_by_side.sh [SHAPE...]     (from the repo root; default d12)
 # SHAPE: d12 (GPT-2 124M, B=64 x 8), d12_b128 (B=128 x 4, both trainers), d24 (350M, B=32 x 16; ds_train at
-# -ge 1, which the README recommends for d24's shapes). LLMC_FLAGS adds flags to every llm.c run (e.g. -ge 2).
-# Means over the steps after warm-up: llm.c 11-30 for d12 (the issue's baseline window), 6-20 for d24; ds_train
-# 6-20 for d12, 4-12 for d24 (bench/summarize.py). Logs and summary.txt in $OUT (default bench_out/llmc).
+# -ge 1, faster than -ge 2 at this micro-batch), d24_b64 (B=64 x 8, as scripts/run_gpt2_350M.sh; ds_train at its
+# default -ge 2, faster than -ge 1 here on an H200). LLMC_FLAGS adds flags to every llm.c run (e.g. -ge 2).
+# Means over the steps after warm-up (shape_settings below; llm.c's d12 window 11-30 is the issue's baseline's),
+# ds_train's by bench/summarize.py. Logs and summary.txt in $OUT (default bench_out/llmc).
 # LLMC_DIR is a copy of github.com/karpathy/llm.c (git-ignored; commit nothing of it) with NVIDIA's
 # cudnn-frontend headers in LLMC_DIR/cudnn-frontend/include for its cuDNN attention (its newest version links
 # against nvrtc and the driver API too); libcudnn and its headers come from the nvidia-cudnn wheel that torch's
@@ -28,11 +29,13 @@ shape_settings() {
     d12)      LLMC=(-e d12 -b 64)  DS=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64) ;;
     d12_b128) LLMC=(-e d12 -b 128) DS=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 128) ;;
     d24)      LLMC=(-e d24 -b 32)  DS=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -ge 1) ;;
-    *)        echo "unknown shape $1 (d12, d12_b128, d24)"; return 2 ;;
+    d24_b64)  LLMC=(-e d24 -b 64)  DS=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 64) ;;
+    *)        echo "unknown shape $1 (d12, d12_b128, d24, d24_b64)"; return 2 ;;
   esac
   case $1 in
-    d24) LLMC_WINDOW=(6 20)  DS_WINDOW=(4 12) ;;
-    *)   LLMC_WINDOW=(11 30) DS_WINDOW=(6 20) ;;
+    d24)     LLMC_WINDOW=(6 20)  DS_WINDOW=(4 12) ;;
+    d24_b64) LLMC_WINDOW=(4 12)  DS_WINDOW=(4 10) ;;
+    *)       LLMC_WINDOW=(11 30) DS_WINDOW=(6 20) ;;
   esac
 }
 for shape in "${shapes[@]}"; do shape_settings "$shape" || exit 2; done  # before any build
