@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ds_train.model import GPT, Block, CausalSelfAttention, config_from_descriptor  # noqa: E402
+from gelu_epilogue import timed  # noqa: E402  (bench/, the script's own folder)
 
 SHAPES = [("d12", 64, 2), ("d24", 32, 1), ("d48", 16, 2)]  # model, micro-batch, -ge (the trainer's choice)
 
@@ -47,17 +48,7 @@ def step_ms(block, x, grad_out, reps=20):
         x.grad = None
         block(x).backward(grad_out)
 
-    for _ in range(3):
-        step()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[reps // 2]
+    return timed(step, reps)
 
 
 def main():
