@@ -74,7 +74,10 @@ def parse(proc) -> Run:
 
 
 def child_env(threads: int = 1) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    """The environment of every ds_train process a test starts. CUDA_VISIBLE_DEVICES is emptied: the runs
+    compare fp32 results on DeepSpeed's CPU accelerator with gloo, 2 ranks each, on a GPU machine too (where
+    2 ranks would otherwise ask for 2 GPUs, and bf16/compile defaults would change what is compared)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     return env
