@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ds_train import distributed
+from ds_train import distributed, grad_fold
 from ds_train.errors import UserError
 
 
@@ -102,9 +102,13 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
     fresh gradient skips, and it holds 2 bytes per parameter through the next forward (d48: 2.9 GiB).
     Nothing reads it after the fold: reduction, the norm, clipping and the step all use the fp32 one.
 
+    On a GPU all of a micro-step's adds are one kernel launch (ds_train.grad_fold, the same sums): d12 had 148
+    adds a micro-step, d48 580, each a launch and PyTorch's unvectorized mixed-dtype add.
+
     Other optimizers, and a DeepSpeed whose BF16_Optimizer keeps its accumulators elsewhere, are left as they
     are (the same arithmetic either way)."""
-    names = ("_update_hp_grad", "fp32_groups_gradients", "fp32_groups_has_gradients", "autoep_folding_tp_group")
+    names = ("_update_hp_grad", "update_hp_grads", "fp32_groups_gradients", "fp32_groups_has_gradients",
+             "autoep_folding_tp_group", "immediate_grad_update", "bf16_groups")
     if type(optimizer).__name__ != "BF16_Optimizer" or not all(hasattr(optimizer, n) for n in names):
         return
     deepspeed_fold = optimizer._update_hp_grad
@@ -120,6 +124,30 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
         lp.grad = None  # whether or not the caller asked to clear it: see above
 
     optimizer._update_hp_grad = update_hp_grad
+
+    # On a GPU the whole fold is one kernel launch (grad_fold) instead of an add per parameter.
+    deepspeed_update_hp_grads = optimizer.update_hp_grads
+    fold = None
+
+    @torch.no_grad()
+    def update_hp_grads(clear_lp_grads=False):
+        nonlocal fold
+        accumulators = [hp for group in optimizer.fp32_groups_gradients for hp in group]
+        if optimizer.immediate_grad_update or optimizer.autoep_folding_tp_group is not None \
+                or not accumulators or not grad_fold.available(accumulators[0].device):
+            return deepspeed_update_hp_grads(clear_lp_grads)  # one update_hp_grad (above) per parameter
+        if fold is None or len(accumulators) != len(fold.accumulators) \
+                or any(a is not b for a, b in zip(accumulators, fold.accumulators)):
+            fold = grad_fold.Fold(accumulators)  # made once: DeepSpeed keeps the same accumulators all run
+        params = [(i, j, lp) for i, group in enumerate(optimizer.bf16_groups) for j, lp in enumerate(group)]
+        fold([lp.grad for _, _, lp in params])
+        for (i, j, lp), hp_grad in zip(params, accumulators, strict=True):
+            if lp.grad is not None:
+                lp._hp_grad = hp_grad
+                optimizer.fp32_groups_has_gradients[i][j] = True
+                lp.grad = None
+
+    optimizer.update_hp_grads = update_hp_grads
 
 
 def to_device(x, y, device):
