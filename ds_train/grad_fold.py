@@ -15,6 +15,8 @@ import functools
 import numpy as np
 import torch
 
+from ds_train import loss  # its triton_available(): whether Triton kernels can run here
+
 BLOCK = 4096  # elements per program
 ALIGN = 16  # bytes: the offsets below are hinted as multiples of this, for 16-byte loads and stores
 
@@ -40,13 +42,7 @@ def _kernel():
 
 
 def available(device) -> bool:
-    if torch.device(device).type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401  (ships with torch's CUDA builds)
-    except ImportError:
-        return False
-    return True
+    return torch.device(device).type == "cuda" and loss.triton_available()
 
 
 class Fold:

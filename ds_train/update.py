@@ -113,15 +113,18 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
         return
     deepspeed_fold = optimizer._update_hp_grad
 
+    def folded(lp, group_idx, param_idx, hp_grad):
+        lp._hp_grad = hp_grad  # what DeepSpeed's fold records: the gradient's fp32 home, and that it has one
+        optimizer.fp32_groups_has_gradients[group_idx][param_idx] = True
+        lp.grad = None  # whether or not the caller asked to clear it: see above
+
     @torch.no_grad()
     def update_hp_grad(lp, group_idx, param_idx, clear_lp_grads):
         if lp.grad is None or optimizer.autoep_folding_tp_group is not None:  # expert parallelism: DeepSpeed's own
             return deepspeed_fold(lp, group_idx, param_idx, clear_lp_grads)
         hp_grad = optimizer.fp32_groups_gradients[group_idx][param_idx]
         hp_grad.add_(lp.grad.view(hp_grad.shape))
-        lp._hp_grad = hp_grad  # what DeepSpeed's fold records: the gradient's fp32 home, and that it has one
-        optimizer.fp32_groups_has_gradients[group_idx][param_idx] = True
-        lp.grad = None  # whether or not the caller asked to clear it: see above
+        folded(lp, group_idx, param_idx, hp_grad)
 
     optimizer._update_hp_grad = update_hp_grad
 
@@ -143,9 +146,7 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
         fold([lp.grad for _, _, lp in params])
         for (i, j, lp), hp_grad in zip(params, accumulators, strict=True):
             if lp.grad is not None:
-                lp._hp_grad = hp_grad
-                optimizer.fp32_groups_has_gradients[i][j] = True
-                lp.grad = None
+                folded(lp, i, j, hp_grad)
 
     optimizer.update_hp_grads = update_hp_grads
 

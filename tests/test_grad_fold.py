@@ -24,12 +24,13 @@ def accumulators(sizes, gap=0):
     return views
 
 
-def check(accs, grads):
+def check(accs, grads, fold=None):
+    """fold (a new Fold of accs if None) adds grads into accs: the same bits as an add_ each."""
     expected = [a.clone() for a in accs]
     for e, g in zip(expected, grads):
         if g is not None:
             e.add_(g)
-    grad_fold.Fold(accs)(grads)
+    (fold or grad_fold.Fold(accs))(grads)
     torch.cuda.synchronize()
     for a, e in zip(accs, expected):
         assert torch.equal(a, e)
@@ -40,9 +41,9 @@ def test_one_launch_fold_equals_an_add_per_tensor_bitwise():
     grads = [torch.randn(n, device="cuda").bfloat16() for n in SIZES]
     fold = grad_fold.Fold(accs)
     assert len(fold.in_kernel) < len(SIZES)  # the odd sizes leave the rest misaligned: those take their own add
-    check(accs, grads)
-    for _ in range(3):  # again, with fresh gradients each time, as micro-steps bring them
-        check(accs, [torch.randn(n, device="cuda").bfloat16() for n in SIZES])
+    check(accs, grads, fold)
+    for _ in range(3):  # the same Fold again, with fresh gradients each time, as micro-steps bring them
+        check(accs, [torch.randn(n, device="cuda").bfloat16() for n in SIZES], fold)
 
 
 def test_aligned_accumulators_all_go_through_the_kernel():
