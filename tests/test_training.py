@@ -160,21 +160,25 @@ import sys, torch
 from ds_train import config, distributed
 from ds_train.main import build_engine
 place = distributed.discover()
-run, ds, _ = config.resolve(config.parse_args(sys.argv[1:]), place.world_size, has_gpu=False)
+run, ds, _ = config.resolve(config.parse_args(sys.argv[1:]), place.world_size, has_gpu=torch.cuda.is_available())
 distributed.init_process_group(place)
 engine = build_engine(run, ds)
 optimizer = engine.optimizer
 """
 
 
-def run_on_bf16_engine(tmp_path, script: str) -> str:
-    """ENGINE_SCRIPT then `script`, in a fresh process; its stdout."""
+def run_on_bf16_engine(tmp_path, script: str, gpu: bool = False) -> str:
+    """ENGINE_SCRIPT then `script`, in a fresh process (on the GPU with gpu, else the CPU); its stdout."""
     ds = tmp_path / "bf16.json"
     ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
     path = tmp_path / "script.py"
     path.write_text(ENGINE_SCRIPT + script)
-    args = [str(path), "--ds_config", str(ds), *TINY, "-b", "2", "-d", "64", "--compile", "0"]
-    result = run_ranks([sys.executable, *args], 1, dict(child_env(threads=2), PYTHONPATH=REPO), 300)
+    args = [str(path), "--ds_config", str(ds), *TINY, "-b", "2", "-d", "64", "--compile", "0", "-ge", "0"]
+    env = dict(child_env(threads=2), PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    if gpu:  # the GPU the tests' own process sees
+        env.pop("CUDA_VISIBLE_DEVICES")
+        env.update({k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"})
+    result = run_ranks([sys.executable, *args], 1, env, 300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -182,7 +186,7 @@ def run_on_bf16_engine(tmp_path, script: str) -> str:
 FOLD_SCRIPT = """
 assert type(optimizer).__name__ == "BF16_Optimizer" and "_update_hp_grad" in vars(optimizer), "no one-kernel fold"
 gen = torch.Generator().manual_seed(0)
-batches = [torch.randint(0, 50257, (run.B, run.T + 1), generator=gen) for _ in range(3)]
+batches = [torch.randint(0, 50257, (run.B, run.T + 1), generator=gen).to(engine.device) for _ in range(3)]
 
 def accumulated():  # three micro-steps' bf16 gradients folded into the fp32 accumulators
     optimizer.clear_hp_grads()
@@ -196,6 +200,7 @@ def bf16_gradients_held():
 ours = accumulated()
 assert bf16_gradients_held() == 0, "the bf16 gradients outlive the fold"
 del optimizer._update_hp_grad  # DeepSpeed's own fold again: a float32 copy of each bf16 gradient, then the add
+del optimizer.update_hp_grads  # (on a GPU ds_train folds them all in one launch, ds_train.grad_fold)
 theirs = accumulated()
 assert bf16_gradients_held() == len(ours), "DeepSpeed's own fold keeps them"
 assert len(ours) == len(theirs) > 0 and all(g.abs().sum() > 0 for g in ours)
@@ -204,12 +209,14 @@ print("folds identical over", len(ours), "accumulators")
 """
 
 
-def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the one-launch fold runs on a CUDA GPU"))])
+def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path, device):
     """bf16 at ZeRO-1: ds_train folds each bf16 gradient into its fp32 accumulator with one mixed-precision add
-    (update.fold_bf16_gradients_in_one_kernel) where DeepSpeed copies it to fp32 first, and then releases it
-    where DeepSpeed keeps it to zero and accumulate into; a real engine's accumulators after three micro-steps
-    are bitwise the same either way."""
-    assert "folds identical over" in run_on_bf16_engine(tmp_path, FOLD_SCRIPT)
+    (update.fold_bf16_gradients_in_one_kernel; on a GPU all of them in one launch) where DeepSpeed copies it to
+    fp32 first, and then releases it where DeepSpeed keeps it to zero and accumulate into; a real engine's
+    accumulators after three micro-steps are bitwise the same either way."""
+    assert "folds identical over" in run_on_bf16_engine(tmp_path, FOLD_SCRIPT, gpu=device == "cuda")
 
 
 NORM_SCRIPT = """
