@@ -46,11 +46,30 @@ class NormHook:
 
         if kind == "DeepSpeedZeroOptimizer":
             name = "scaled_global_norm"
+            # The norm runs right after the loss's synchronization (train_step), so the GPU waits for each of its
+            # launches: DeepSpeed takes one norm per parameter (d12: 148). Where the gradients of the rank's
+            # partition sit in one flat buffer (bf16 with fp32 accumulation, ZeRO-2's usual case; the padding
+            # there is zeros), DeepSpeed's own norm function takes that buffer as a single tensor instead; the
+            # partition's first parameter stands for all of them in its checks, which concern model and
+            # pipeline parallelism only (hence mpu None).
+            deepspeed_norm = optimizer.get_grad_norm_direct
+            if optimizer.mpu is None and not optimizer.has_moe_layers:
+                def get_grad_norm_direct(gradients, params, norm_type=2):
+                    flat = getattr(gradients, "flat_partition", None)
+                    if flat is None or not params:
+                        return deepspeed_norm(gradients, params, norm_type)
+                    return deepspeed_norm([flat], params[:1], norm_type)
+                optimizer.get_grad_norm_direct = get_grad_norm_direct
 
             def wrap(original):
                 def scaled_global_norm(*args, **kwargs):
                     norm = original(*args, **kwargs)
-                    return torch.full_like(norm, nan) if judge(norm) else norm
+                    if not judge(norm):
+                        return norm
+                    # DeepSpeed's skip path. It would take a NaN norm as an overflow by itself, except in bf16
+                    # with its overflow scan off, as ds_train runs it (config.py)
+                    optimizer.overflow = True
+                    return torch.full_like(norm, nan)
                 return scaled_global_norm
         elif kind == "DeepSpeedZeroOptimizer_Stage3":
             name = "_get_norm_groups"

@@ -124,6 +124,14 @@ def test_precision(tmp_path):
     assert resolve(tmp_path, [], {"bf16": {"enabled": False}}, gpu=True)[0].bf16 is False
 
 
+def test_deepspeed_s_bf16_overflow_scan_is_off_unless_the_json_asks(tmp_path):
+    # the guard finds non-finite gradients through the norm (test_faults); the JSON may still turn the scan on
+    assert resolve(tmp_path, ["-z", "2"], {"bf16": {"enabled": True}})[1]["bf16"]["check_grad_overflow"] is False
+    asked = {"bf16": {"enabled": True, "check_grad_overflow": True}}
+    assert resolve(tmp_path, ["-z", "2"], asked)[1]["bf16"]["check_grad_overflow"] is True
+    assert "check_grad_overflow" not in resolve(tmp_path, ["-z", "2"], {"bf16": {"enabled": False}})[1]["bf16"]
+
+
 def test_deepspeed_s_synchronizing_throughput_timer_is_off_unless_the_json_asks(tmp_path):
     assert resolve(tmp_path, [])[1]["timers"] == {"throughput": {"enabled": False}}
     asked = {"timers": {"throughput": {"enabled": True, "synchronized": False}}}

@@ -23,15 +23,17 @@ def same_weights(run_dir, step_a, step_b) -> bool:
     return all(torch.equal(a[name], b[name]) for name in a)
 
 
-# ZeRO-0 (ds_train's own skip), ZeRO-3, and bf16 at ZeRO-1 (DeepSpeed's BF16_Optimizer, the GPU default);
-# fp32 ZeRO-1/2 skip by the same path as in the -sl test below
-@pytest.mark.parametrize("stage,bf16", [(0, False), (3, False), (1, True)])
-def test_a_nan_loss_is_skipped_and_training_goes_on(stage, bf16, tmp_path):
+# ZeRO-0 (ds_train's own skip), ZeRO-3, bf16 at ZeRO-1 (DeepSpeed's BF16_Optimizer, the GPU default) and bf16
+# at ZeRO-2 (DeepSpeed's ZeRO-1/2 optimizer with its own overflow scan off, config.py); fp32 ZeRO-1/2 skip by
+# the same path as in the -sl test below
+@pytest.mark.parametrize("stage,bf16,offload", [(0, False, "none"), (3, False, "none"), (1, True, "none"),
+                                                (2, True, "none")])
+def test_a_nan_loss_is_skipped_and_training_goes_on(stage, bf16, offload, tmp_path):
     out = str(tmp_path / "run")
     ds_config = tmp_path / "ds.json"
     ds_config.write_text(json.dumps({"bf16": {"enabled": bf16}}))
     run = train([*TINY, "-b", 4, "-z", stage, "-x", 3, "-n", 1, "-k", "constant", "-u", 0, "-v", 100, "-m", 1,
-                 "-o", out], ranks=2, launcher="env", ds_config=str(ds_config),
+                 "--offload", offload, "-o", out], ranks=2, launcher="env", ds_config=str(ds_config),
                 extra_env={"DS_TRAIN_NAN_AT_STEP": "1"}).check()
     assert run.stdout.count("skipped the update") == 1
     assert "skipped the update of step 2: non-finite loss" in run.stdout
