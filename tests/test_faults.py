@@ -24,10 +24,11 @@ def same_weights(run_dir, step_a, step_b) -> bool:
 
 
 # ZeRO-0 (ds_train's own skip), ZeRO-3, bf16 at ZeRO-1 (DeepSpeed's BF16_Optimizer, the GPU default) and bf16
-# at ZeRO-2 (DeepSpeed's ZeRO-1/2 optimizer with its own overflow scan off, config.py); fp32 ZeRO-1/2 skip by
-# the same path as in the -sl test below
+# at ZeRO-2 (DeepSpeed's ZeRO-1/2 optimizer with its own overflow scan off, config.py), there also with the
+# optimizer offloaded (whose skip kept the NaN gradients for the next step); fp32 ZeRO-1/2 skip by the same
+# path as in the -sl test below
 @pytest.mark.parametrize("stage,bf16,offload", [(0, False, "none"), (3, False, "none"), (1, True, "none"),
-                                                (2, True, "none")])
+                                                (2, True, "none"), (2, True, "optimizer")])
 def test_a_nan_loss_is_skipped_and_training_goes_on(stage, bf16, offload, tmp_path):
     out = str(tmp_path / "run")
     ds_config = tmp_path / "ds.json"
