@@ -437,10 +437,10 @@ def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict, h
     if run.bf16 and run.zero_stage > 0:
         # accumulate gradients in fp32 across micro-steps (DeepSpeed's default would be bf16)
         ds["data_types"] = {"grad_accum_dtype": "fp32", **ds.get("data_types", {})}
-        # DeepSpeed's ZeRO-1/2 optimizer (bf16 at ZeRO-2) scans every gradient for inf/NaN before the norm: a
-        # few small kernels per parameter and a synchronization, launched while the GPU idles (with the norm
-        # below, 2.4% of a d12 step on an H200). ds_train's guard skips any step whose norm is not finite
-        # (update.NormHook), which a single inf or NaN makes it, so the scan finds nothing the norm does not
+        # DeepSpeed's ZeRO-1/2 optimizer (bf16 at ZeRO-2, or ZeRO-1 offloaded) scans every gradient for inf/NaN: a
+        # few small kernels per parameter and a synchronization, launched while the GPU idles (together with its
+        # per-parameter norm, which update.NormHook replaces, 2.4% of a d12 step on an H200). The guard skips
+        # any step whose norm is not finite, which a single inf or NaN makes it: the scan finds nothing more
         ds["bf16"].setdefault("check_grad_overflow", False)
     if run.recompute == 3:
         ds["activation_checkpointing"] = {**ACTIVATION_CHECKPOINTING_DEFAULTS, **ds.get("activation_checkpointing", {})}
