@@ -69,13 +69,22 @@ class NormHook:
                     # DeepSpeed's skip path. It would take a NaN norm as an overflow by itself, except in bf16
                     # with its overflow scan off, as ds_train runs it (config.py)
                     optimizer.overflow = True
-                    # That path drops the step's flat gradient partitions, except when the optimizer is offloaded
-                    # (DeepSpeed 0.19.8): the next step's gradients were then added to this one's, and after one
-                    # NaN step every later step was skipped too. Dropped here, as the path does without offload.
-                    for group in list(optimizer.averaged_gradients):
-                        optimizer.averaged_gradients[group] = None
                     return torch.full_like(norm, nan)
                 return scaled_global_norm
+
+            # A skipped step (the guard's veto or DeepSpeed's own overflow scan) drops the step's flat gradient
+            # partitions, except when the optimizer is offloaded (DeepSpeed 0.19.8): the next step's gradients
+            # were then added to this one's, and after one NaN step every later step was skipped too. Dropped
+            # after any skipped step here, as DeepSpeed does without offload.
+            deepspeed_step = optimizer.step
+
+            def step(*args, **kwargs):
+                result = deepspeed_step(*args, **kwargs)
+                if optimizer.overflow:
+                    for group in list(optimizer.averaged_gradients):
+                        optimizer.averaged_gradients[group] = None
+                return result
+            optimizer.step = step
         elif kind == "DeepSpeedZeroOptimizer_Stage3":
             name = "_get_norm_groups"
 

@@ -25,14 +25,15 @@ def same_weights(run_dir, step_a, step_b) -> bool:
 
 # ZeRO-0 (ds_train's own skip), ZeRO-3, bf16 at ZeRO-1 (DeepSpeed's BF16_Optimizer, the GPU default) and bf16
 # at ZeRO-2 (DeepSpeed's ZeRO-1/2 optimizer with its own overflow scan off, config.py), there also with the
-# optimizer offloaded (whose skip kept the NaN gradients for the next step); fp32 ZeRO-1/2 skip by the same
-# path as in the -sl test below
-@pytest.mark.parametrize("stage,bf16,offload", [(0, False, "none"), (3, False, "none"), (1, True, "none"),
-                                                (2, True, "none"), (2, True, "optimizer")])
-def test_a_nan_loss_is_skipped_and_training_goes_on(stage, bf16, offload, tmp_path):
+# optimizer offloaded (whose skip kept the NaN gradients for the next step), with the scan off (the guard's
+# veto skips) and on (the scan skips); fp32 ZeRO-1/2 skip by the same path as in the -sl test below
+@pytest.mark.parametrize("stage,bf16,offload,scan", [(0, False, "none", False), (3, False, "none", False),
+                                                     (1, True, "none", False), (2, True, "none", False),
+                                                     (2, True, "optimizer", False), (2, True, "optimizer", True)])
+def test_a_nan_loss_is_skipped_and_training_goes_on(stage, bf16, offload, scan, tmp_path):
     out = str(tmp_path / "run")
     ds_config = tmp_path / "ds.json"
-    ds_config.write_text(json.dumps({"bf16": {"enabled": bf16}}))
+    ds_config.write_text(json.dumps({"bf16": {"enabled": bf16, **({"check_grad_overflow": True} if scan else {})}}))
     run = train([*TINY, "-b", 4, "-z", stage, "-x", 3, "-n", 1, "-k", "constant", "-u", 0, "-v", 100, "-m", 1,
                  "--offload", offload, "-o", out], ranks=2, launcher="env", ds_config=str(ds_config),
                 extra_env={"DS_TRAIN_NAN_AT_STEP": "1"}).check()
