@@ -15,6 +15,10 @@
 #   bash bench/throughput.sh grad_update GPU: d12 with DeepSpeed's bf16 "immediate_grad_update" off and on, twice each,
 #                                      alternating, then d24 B=32 once each
 # Runs use the trainer's defaults (on a GPU: --compile 1); the first steps pay for compiling and are left out.
+#   bash bench/throughput.sh flash     GPU: d12 with attention on SDPA (-fa 0) and on FlashAttention-4 (-fa 1, needs
+#                                      flash-attn-4), alternating, ROUNDS (default 2) times each
+#   bash bench/throughput.sh flash_big GPU: the same for d24 B=64 and d48 B=16, once each
+#   bash bench/throughput.sh flash_checks GPU: d12 -fa 1 at ZeRO-3 and at -r 1 (their losses against ZeRO-1's)
 #   bash bench/throughput.sh loader    GPU: d12 with the real shard loader vs 32 batches served from memory
 #   bash bench/throughput.sh eval      GPU: d12 with val loss, HellaSwag and sampling every 5 steps (their cost)
 #   bash bench/throughput.sh cpu       CPU: the quickstart's 4-layer model on 2 ranks (fp32)
@@ -62,6 +66,24 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     done
     train_run d12_ge1 12 "${d12[@]}" -ge 1
     "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 12 ;;
+  flash)  # -fa 0 against -fa 1 on d12 ZeRO-1, alternating as the timer group does
+    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    for i in $(seq "${ROUNDS:-2}"); do
+      train_run "d12_fa0_$i" 12 "${d12[@]}" -fa 0
+      train_run "d12_fa1_$i" 12 "${d12[@]}" -fa 1
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_fa*.log --first 4 --last 12 ;;
+  flash_big)
+    for fa in 0 1; do
+      train_run "d24_fa$fa" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1 -r 0 -fa $fa
+      train_run "d48_fa$fa" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0 -fa $fa
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d24_fa*.log "$OUT"/d48_fa*.log --first 4 --last 10 ;;
+  flash_checks)
+    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -fa 1)
+    train_run d12_z3_fa1 12 "${d12[@]}" -z 3
+    train_run d12_r1_fa1 12 "${d12[@]}" -z 1 -r 1
+    "$PYTHON" bench/summarize.py "$OUT"/d12_z3_fa1.log "$OUT"/d12_r1_fa1.log --first 4 --last 12 ;;
   gelu_big)
     for ge in 0 2; do
       train_run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from ds_train import convert
 from ds_train.errors import UserError, usage_error
+from ds_train.flash_attention import LEVELS as FLASH_ATTENTION_LEVELS
 from ds_train.gelu_fusion import LEVELS as GELU_FUSION_LEVELS
 from ds_train.model import RECOMPUTE_LEVELS, GPTConfig, config_from_descriptor
 from ds_train.schedule import SCHEDULES
@@ -90,6 +91,9 @@ FLAGS = [
                                                     "(default: 90%% of this machine's)"),
         ("-ge", "--gelu_fusion", int, -1, "N", "GELU in cuBLASLt matmul epilogues, as llm.c's -ge: 0 none, 1 forward, "
                                                "2 forward and backward (default -1: 2 for bf16 on a GPU at -r 0/3, else 0)"),
+        ("-fa", "--flash_attention", int, -1, "N", "attention kernels in training: 0 SDPA (PyTorch's pick), 1 "
+                                                   "FlashAttention-4 (bash scripts/setup.sh --gpu installs it; bf16 on "
+                                                   "a Hopper or newer GPU) (default -1: 1 where it runs, else 0)"),
     ]),
 ]
 
@@ -162,6 +166,7 @@ class RunConfig:
     bf16: bool
     compile: bool
     gelu_fusion: int  # gelu_fusion.LEVELS
+    flash_attention: int  # flash_attention.LEVELS
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -279,6 +284,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
 
     gelu_fusion = _resolve_gelu_fusion(args.gelu_fusion, has_gpu and bf16, recompute, model, merge.notes)
+    flash = _resolve_flash_attention(args.flash_attention, has_gpu and bf16, model, merge.notes)
     overfit = bool(args.overfit_single_batch)
     run = RunConfig(
         ds_config_path=path, train_data=args.val_data if overfit else args.train_data, val_data=args.val_data,
@@ -292,7 +298,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         resume_new_batch=bool(args.resume_new_batch), skip_loss_z=args.skip_loss_z, skip_grad_z=args.skip_grad_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         offload=offload, offload_nvme=offload_nvme, bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile),
-        gelu_fusion=gelu_fusion)
+        gelu_fusion=gelu_fusion, flash_attention=flash)
     return run, _effective_ds_config(ds, path, run, optimizer, has_gpu), merge.notes
 
 
@@ -350,6 +356,22 @@ def _resolve_gelu_fusion(flag_value: int, bf16_gpu: bool, recompute: int, model:
         return 0 if why_not else 2
     if flag_value and why_not:
         notes.append(f"-ge {flag_value}: GELU is computed unfused in this run ({why_not})")
+        return 0
+    return flag_value
+
+
+def _resolve_flash_attention(flag_value: int, bf16_gpu: bool, model: GPTConfig, notes: list) -> int:
+    """-fa: -1 picks 1 where the kernels apply (bf16 on CUDA, a head size they take); whether the package
+    imports and the GPU is new enough is checked once the run starts (flash_attention.unavailable_reason)."""
+    _check(flag_value in (-1, *FLASH_ATTENTION_LEVELS), f"-fa {flag_value}: expected -1 (default), 0 or 1")
+    head_size = model.n_embd // model.n_head
+    why_not = ("its kernels are for bf16 on a CUDA GPU" if not bf16_gpu else
+               f"its kernels take head sizes 8-256 in multiples of 8, this model's is {head_size}"
+               if head_size % 8 or head_size > 256 else None)
+    if flag_value == -1:
+        return 0 if why_not else 1
+    if flag_value and why_not:
+        notes.append(f"-fa {flag_value}: attention runs on SDPA in this run ({why_not})")
         return 0
     return flag_value
 

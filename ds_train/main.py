@@ -22,7 +22,8 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 
 import torch
 
-from ds_train import autofit, checkpoint, config, convert, distributed, gelu_fusion, memory, metrics, reshard
+from ds_train import (autofit, checkpoint, config, convert, distributed, flash_attention, gelu_fusion, memory, metrics,
+                      reshard)
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
@@ -56,6 +57,7 @@ def build_engine(run: config.RunConfig, ds_config: dict):
                         "(it needs libaio: apt install libaio-dev); offload to CPU memory without --offload_nvme")
     model = GPT(run.model, recompute=run.recompute)
     model.set_gelu_fusion(run.gelu_fusion)
+    model.set_flash_attention(run.flash_attention)
     if run.init_from_file:
         _, weights = convert.load_weights(run.init, "-e")
         model.load_state_dict(weights)
@@ -93,6 +95,7 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
         ("overfit_single_batch", int(run.overfit_single_batch)), ("shuffle", int(run.shuffle)),
         ("recompute", f"{run.recompute} ({RECOMPUTE_LEVELS[run.recompute]})"), ("torch.compile", int(run.compile)),
         ("gelu_fusion", f"{run.gelu_fusion} ({gelu_fusion.LEVELS[run.gelu_fusion]})"),
+        ("flash_attention", f"{run.flash_attention} ({flash_attention.LEVELS[run.flash_attention]})"),
         (None, None),
         ("device", device), ("precision", "bf16 (fp32 master weights)" if run.bf16 else
                                                    "fp32" if device == "cpu" else "fp32 (TF32 matmuls on a GPU)"),
@@ -230,6 +233,13 @@ def train(argv=None):
             raise UserError(f"-ge {args.gelu_fusion}: the cuBLASLt GELU kernels did not build ({error}); use -ge 0")
         notes.append(f"GELU fusion is off: its cuBLASLt kernels did not build ({error}); -ge 0 skips trying")
         run = dataclasses.replace(run, gelu_fusion=0)
+    if run.flash_attention and (reason := flash_attention.unavailable_reason()):
+        if args.flash_attention > 0:
+            raise UserError(f"-fa {args.flash_attention}: FlashAttention-4 cannot run here: {reason}; use -fa 0")
+        if torch.cuda.get_device_capability() >= flash_attention.MIN_CAPABILITY:  # the GPU could: say how
+            notes.append(f"FlashAttention-4 is off: {reason}; bash scripts/setup.sh --gpu installs it, -fa 0 "
+                         "skips trying")
+        run = dataclasses.replace(run, flash_attention=0)
     train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
     train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag)
     val_loader = ShardLoader(run.val_data, run.B, run.T, place.rank, place.world_size, shuffle=False, flag="-j")

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from ds_train import gelu_fusion, loss
+from ds_train import flash_attention, gelu_fusion, loss
 
 VOCAB_SIZE = 50257
 PADDED_VOCAB_SIZE = 50304
@@ -84,10 +84,15 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.flash_attention = 0  # set by GPT.set_flash_attention
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.c_attn(x)
+        if self.flash_attention and self.training:  # evaluation and sampling (eval mode) stay on SDPA, whose
+            # kernels are picked per shape; the FlashAttention-4 kernels were measured on training's shapes
+            return self.c_proj(flash_attention.causal_attention(qkv, self.n_head))
+        q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -160,6 +165,7 @@ def _ops(*names):
 _MATMUL_OPS = _ops("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
                    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
                    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_mm")
+_MATMUL_OPS |= {torch.ops.ds_train.flash_attention_qkv}  # ds_train.flash_attention's forward (-fa 1)
 _LAYERNORM_OPS = _ops("native_layer_norm")
 
 
@@ -181,6 +187,7 @@ class GPT(nn.Module):
         self.lm_head = LMHead(cfg)
         self.lm_head.weight = self.transformer.wte.weight
         self.gelu_fusion = 0  # set_gelu_fusion sets it, and each block's MLP, together
+        self.flash_attention = 0  # likewise set_flash_attention
         self.set_recompute(recompute)
         self._init_weights(seed)
 
@@ -209,6 +216,15 @@ class GPT(nn.Module):
         self.gelu_fusion = level
         for block in self.transformer.h:
             block.mlp.gelu_fusion = level
+
+    def set_flash_attention(self, level: int):
+        """-fa 1: each block's attention through ds_train.flash_attention (FlashAttention-4 on CUDA, its
+        reference arithmetic elsewhere) in train mode; 0: SDPA."""
+        if level not in flash_attention.LEVELS:
+            raise ValueError(f"flash attention level must be one of {sorted(flash_attention.LEVELS)}, got {level}")
+        self.flash_attention = level
+        for block in self.transformer.h:
+            block.attn.flash_attention = level
 
     def set_compile(self, enabled: bool = True):
         """torch.compile each block's forward and the loss's chunk functions. Compiling block by block keeps

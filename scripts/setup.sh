@@ -2,6 +2,8 @@
 # Creates .venv in the repo (once) and installs ds_train's requirements into it.
 #   bash scripts/setup.sh          runtime dependencies
 #   bash scripts/setup.sh --dev    plus what the tests need
+#   bash scripts/setup.sh --gpu    plus FlashAttention-4 (requirements-gpu.txt; -fa 1, for Hopper or newer GPUs),
+#                                  with its CUDA 13 libraries where torch is a CUDA 13 build
 # torch: an importable torch in .venv is kept (install your CUDA build there first if you need a specific
 # one); otherwise TORCH_VERSION (default 2.13.0, the release the tests run on) is installed.
 set -euo pipefail
@@ -12,3 +14,9 @@ requirements=requirements.txt
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -r "$requirements"
+if [ "${1:-}" = "--gpu" ]; then
+  cuda=$(.venv/bin/python -c "import torch; print((torch.version.cuda or '').split('.')[0])")
+  [ -n "$cuda" ] || { echo "setup.sh --gpu: the torch in .venv is a CPU build; install a CUDA build of torch there first" >&2; exit 1; }
+  extra=$([ "$cuda" -ge 13 ] && echo "[cu13]" || true)
+  .venv/bin/python -m pip install -q -r requirements-gpu.txt "flash-attn-4$extra>=4.0.0b36,<4.1"
+fi

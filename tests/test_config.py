@@ -221,6 +221,7 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["--auto_fit", "1", "--host_memory", "0"], {}, r"--host_memory 0: expected GiB > 0"),
     (["--auto_fit", "2"], {}, r"--auto_fit 2: expected 0 or 1"),
     (["-ge", "3"], {}, r"-ge 3: expected -1 \(default\), 0, 1 or 2"),
+    (["-fa", "2"], {}, r"-fa 2: expected -1 \(default\), 0 or 1"),
     ([], {"bf16": True}, r"\"bf16\" must be an object, got True"),
     ([], {"zero_optimization": 2}, r"\"zero_optimization\" must be an object, got 2"),
     ([], {"train_micro_batch_size_per_gpu": "16"}, r"train_micro_batch_size_per_gpu must be a positive integer, got '16'"),
@@ -285,3 +286,22 @@ def test_gelu_fusion_level_by_device_precision_and_recompute(tmp_path, argv, ds,
     run, _, notes = resolve(tmp_path, argv, ds, gpu=gpu)
     assert run.gelu_fusion == level
     assert [n for n in notes if n.startswith("-ge")] == ([note] if note else [])
+
+
+@pytest.mark.parametrize("argv, ds, gpu, level, note", [
+    (["-z", "1"], {}, True, 1, None),  # the default for bf16 on a GPU (whether the package imports: main.py)
+    (["-z", "3", "-r", "1"], {}, True, 1, None),
+    (["-z", "1", "-fa", "0"], {}, True, 0, None),
+    ([], {}, False, 0, None),  # the default stays off where it does not apply, without a note
+    ([], {"bf16": {"enabled": False}}, True, 0, None),
+    (["-z", "1", "-e", "gpt2:d2:c36:h3"], {}, True, 0, None),
+    (["-fa", "1"], {}, False, 0, "-fa 1: attention runs on SDPA in this run (its kernels are for bf16 on a CUDA GPU)"),
+    (["-fa", "1"], {"bf16": {"enabled": False}}, True, 0,
+     "-fa 1: attention runs on SDPA in this run (its kernels are for bf16 on a CUDA GPU)"),
+    (["-z", "1", "-e", "gpt2:d2:c36:h3", "-fa", "1"], {}, True, 0,
+     "-fa 1: attention runs on SDPA in this run (its kernels take head sizes 8-256 in multiples of 8, this model's is 12)"),
+])
+def test_flash_attention_level_by_device_precision_and_head_size(tmp_path, argv, ds, gpu, level, note):
+    run, _, notes = resolve(tmp_path, argv, ds, gpu=gpu)
+    assert run.flash_attention == level
+    assert [n for n in notes if n.startswith("-fa")] == ([note] if note else [])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ds_train import gelu_fusion
+from ds_train import flash_attention, gelu_fusion
 from ds_train.model import GPT, GPTConfig, config_from_descriptor
 
 # REFERENCE.md: descriptor -> (layers, channels, heads, max T)
@@ -273,3 +273,87 @@ def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
     assert loss2 == pytest.approx(loss0, abs=2e-2)
     for g0, g2 in zip(grads0, grads2):
         assert (g2 - g0).norm() <= 0.02 * g0.norm() + 1e-6
+
+
+def test_flash_attention_ops_pass_torchs_custom_op_checks():
+    """The fake (shape) functions, the autograd registration and the schema, as torch.compile relies on them."""
+    qkv = torch.randn(2, 16, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.ds_train.flash_attention_qkv, (qkv,))
+    out, lse = flash_attention.attention_qkv(qkv.detach())
+    torch.library.opcheck(torch.ops.ds_train.flash_attention_qkv_backward,
+                          (qkv.detach(), out, lse, torch.randn_like(out)))
+
+
+def test_flash_attention_gives_sdpas_loss_and_gradients(monkeypatch):
+    """-fa 1 sends attention through ds_train.flash_attention (two custom ops: q/k/v read from the c_attn
+    output in place, their gradients written into one buffer). On CPU the ops do the arithmetic written out,
+    so the loss and every gradient must be SDPA's: eagerly, compiled whole without a graph break and block by
+    block, and at -r 1 and 2, which must keep the op's outputs rather than run it again in backward. Eval mode
+    (evaluation, sampling) runs SDPA."""
+    import torch._dynamo
+    model = GPT(config_from_descriptor("gpt2:d2:c64:h2"))
+    plain = loss_and_grads(model)
+    model.set_flash_attention(1)
+    assert all(block.attn.flash_attention == 1 for block in model.transformer.h)
+    calls = []
+    reference = flash_attention._reference_forward
+    monkeypatch.setattr(flash_attention, "_reference_forward", lambda *a: calls.append(1) or reference(*a))
+    assert_same(loss_and_grads(model), plain)
+    assert len(calls) == 2  # one per block
+    torch._dynamo.reset()
+    assert_same(loss_and_grads(model, torch.compile(model, fullgraph=True)), plain)
+    model.set_compile(True)
+    assert_same(loss_and_grads(model), plain)
+    model.set_compile(False)
+    for level in (1, 2):
+        model.set_recompute(level)
+        calls.clear()
+        assert_same(loss_and_grads(model), plain)
+        assert len(calls) == 2, f"-r {level} ran the attention op again in backward"
+    model.set_recompute(0)
+    model.eval()
+    calls.clear()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, 50257)
+    assert calls == []
+    model.train()
+    model.set_flash_attention(0)
+    assert loss_and_grads(model)[0] == plain[0] and calls == []
+    with pytest.raises(ValueError, match="one of \\[0, 1\\], got 2"):
+        model.set_flash_attention(2)
+
+
+@pytest.mark.skipif(flash_attention.unavailable_reason() is not None,
+                    reason=f"FlashAttention-4: {flash_attention.unavailable_reason()}")
+def test_flash_attention_kernels_match_sdpa_on_the_gpu():
+    """FlashAttention-4's output and q/k/v gradients (written into one strided buffer) against SDPA's in bf16,
+    and the bf16 model's loss and gradients at -fa 1 against -fa 0."""
+    import torch.nn.functional as F
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, D = 4, 512, 6, 64
+    qkv = torch.randn(B, T, 3 * H * D, device="cuda", generator=gen).bfloat16().requires_grad_()
+    grad_y = torch.randn(B, T, H * D, device="cuda", generator=gen).bfloat16()
+    q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+    y_ref = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, H * D)
+    g_ref, = torch.autograd.grad(y_ref, qkv, grad_y)
+    y = flash_attention.causal_attention(qkv, H)
+    g, = torch.autograd.grad(y, qkv, grad_y)
+    assert g.is_contiguous() and g.shape == qkv.shape
+    assert (y - y_ref).float().abs().max() <= 1e-2 * y_ref.float().abs().max()
+    for part in range(3):  # dq, dk, dv each in its own third of the row
+        ref, got = (t.view(B, T, 3, H * D)[:, :, part].float() for t in (g_ref, g))
+        assert (got - ref).norm() <= 1e-2 * ref.norm()
+
+    model = GPT(config_from_descriptor("gpt2:d2:c128:h2")).cuda().bfloat16()
+    idx = torch.randint(0, 50257, (4, 256), device="cuda", generator=gen)
+    results = []
+    for level in (0, 1):
+        model.set_flash_attention(level)
+        model.zero_grad()
+        loss = model(idx, idx.roll(-1, 1))
+        loss.backward()
+        results.append((loss.item(), [p.grad.float().clone() for p in model.parameters()]))
+    (loss0, grads0), (loss1, grads1) = results
+    assert loss1 == pytest.approx(loss0, abs=2e-2)
+    for g0, g1 in zip(grads0, grads1):
+        assert (g1 - g0).norm() <= 0.02 * g0.norm() + 1e-6
