@@ -352,12 +352,7 @@ def _resolve_gelu_fusion(flag_value: int, bf16_gpu: bool, recompute: int, model:
     why_not = ("the fused kernels are for bf16 on a CUDA GPU" if not bf16_gpu else
                f"-r {recompute} recomputes GELU in backward; use -r 0 or 3" if recompute in (1, 2) else
                f"cuBLASLt wants the width C = {model.n_embd} a multiple of 8" if model.n_embd % 8 else None)
-    if flag_value == -1:
-        return 0 if why_not else 2
-    if flag_value and why_not:
-        notes.append(f"-ge {flag_value}: GELU is computed unfused in this run ({why_not})")
-        return 0
-    return flag_value
+    return _kernel_level("-ge", flag_value, 2, why_not, "GELU is computed unfused", notes)
 
 
 def _resolve_flash_attention(flag_value: int, bf16_gpu: bool, model: GPTConfig, notes: list) -> int:
@@ -368,12 +363,18 @@ def _resolve_flash_attention(flag_value: int, bf16_gpu: bool, model: GPTConfig, 
     why_not = ("its kernels are for bf16 on a CUDA GPU" if not bf16_gpu else
                f"its kernels take head sizes 8-256 in multiples of 8, this model's is {head_size}"
                if head_size % 8 or head_size > 256 else None)
-    if flag_value == -1:
-        return 0 if why_not else 1
-    if flag_value and why_not:
-        notes.append(f"-fa {flag_value}: attention runs on SDPA in this run ({why_not})")
+    return _kernel_level("-fa", flag_value, 1, why_not, "attention runs on SDPA", notes)
+
+
+def _kernel_level(flag: str, value: int, default: int, why_not: str | None, instead: str, notes: list) -> int:
+    """The level of a GPU kernel option: -1 is `default` where the kernels apply (why_not is None) and 0 where
+    not; a level asked for where they do not apply becomes 0, with a note saying what runs `instead` and why."""
+    if value == -1:
+        return 0 if why_not else default
+    if value and why_not:
+        notes.append(f"{flag} {value}: {instead} in this run ({why_not})")
         return 0
-    return flag_value
+    return value
 
 
 def _resolve_offload(args, zero: dict, path: str, zero_stage: int, merge: _Merge):
