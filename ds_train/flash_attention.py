@@ -48,13 +48,20 @@ def _kernel_call():
         sys.argv = argv
 
 
-def unavailable_reason(device: torch.device | None = None) -> str | None:
-    """None if FlashAttention-4 can run here, else why not (one line)."""
+def unsupported_gpu_reason() -> str | None:
+    """None if this machine's GPU is one FlashAttention-4's kernels are for, else why not (one line)."""
     if not torch.cuda.is_available():
         return "it needs a CUDA GPU"
-    capability = torch.cuda.get_device_capability(device)
+    capability = torch.cuda.get_device_capability()
     if capability < MIN_CAPABILITY:
         return f"it needs a Hopper or newer GPU (compute capability 9.0+), this one is {capability[0]}.{capability[1]}"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None if FlashAttention-4 can run here (the GPU and the package), else why not (one line)."""
+    if reason := unsupported_gpu_reason():
+        return reason
     try:
         _kernels()
     except Exception as e:  # not installed, or a part of it (the CuTe DSL, its CUDA libraries) missing
@@ -62,12 +69,17 @@ def unavailable_reason(device: torch.device | None = None) -> str | None:
     return None
 
 
+def _causal_scores(q, k):
+    """The scaled scores q·k/sqrt(D) (B, H, T, T) of (B, H, T, D) q and k, -inf where a key follows its query."""
+    T = q.shape[2]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+
+
 def _reference_forward(q, k, v):
     """(out, lse) for (B, T, H, D) q, k, v: causal softmax attention in fp32, written out."""
     q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))  # (B, H, T, D)
-    T = q.shape[2]
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    scores = _causal_scores(q, k)
     lse = torch.logsumexp(scores, dim=-1)  # (B, H, T)
     out = torch.exp(scores - lse[..., None]) @ v
     return out, lse
@@ -105,10 +117,7 @@ def attention_qkv_backward(qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tens
         return grad_qkv
     scale = 1 / math.sqrt(q.shape[-1])
     q, k, v, out, grad_out = (t.transpose(1, 2).float() for t in (q, k, v, out, grad_out))  # (B, H, T, D)
-    T = q.shape[2]
-    scores = (q @ k.transpose(-1, -2)) * scale
-    probs = torch.exp(scores - lse[..., None]).masked_fill(
-        torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), 0.0)
+    probs = torch.exp(_causal_scores(q, k) - lse[..., None])  # exactly 0 above the diagonal (exp of -inf)
     grad_probs = grad_out @ v.transpose(-1, -2)
     grad_scores = probs * (grad_probs - (grad_out * out).sum(-1, keepdim=True))
     for i, grad in enumerate((grad_scores @ k * scale, grad_scores.transpose(-1, -2) @ q * scale,

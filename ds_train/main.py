@@ -236,7 +236,7 @@ def train(argv=None):
     if run.flash_attention and (reason := flash_attention.unavailable_reason()):
         if args.flash_attention > 0:
             raise UserError(f"-fa {args.flash_attention}: FlashAttention-4 cannot run here: {reason}; use -fa 0")
-        if torch.cuda.get_device_capability() >= flash_attention.MIN_CAPABILITY:  # the GPU could: say how
+        if not flash_attention.unsupported_gpu_reason():  # the GPU could run it, the package is missing: say how
             notes.append(f"FlashAttention-4 is off: {reason}; bash scripts/setup.sh --gpu installs it, -fa 0 "
                          "skips trying")
         run = dataclasses.replace(run, flash_attention=0)
