@@ -17,6 +17,7 @@ requirements=requirements.txt
 if [ "${1:-}" = "--gpu" ]; then
   cuda=$(.venv/bin/python -c "import torch; print((torch.version.cuda or '').split('.')[0])")
   [ -n "$cuda" ] || { echo "setup.sh --gpu: the torch in .venv is a CPU build; install a CUDA build of torch there first" >&2; exit 1; }
-  extra=$([ "$cuda" -ge 13 ] && echo "[cu13]" || true)
-  .venv/bin/python -m pip install -q -r requirements-gpu.txt "flash-attn-4$extra>=4.0.0b36,<4.1"
+  .venv/bin/python -m pip install -q -r requirements-gpu.txt
+  # flash-attn-4's [cu13] extra is this one: the CuTe DSL's CUDA 13 libraries, of the DSL version just installed
+  [ "$cuda" -lt 13 ] || .venv/bin/python -m pip install -q "nvidia-cutlass-dsl[cu13]"
 fi
