@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from ds_train import config, distributed  # noqa: E402
 from ds_train.data import ShardLoader  # noqa: E402
-from ds_train.main import build_engine  # noqa: E402
+from ds_train.main import build_engine, settle_kernels  # noqa: E402
 from ds_train.outliers import UpdateGuard  # noqa: E402
 from ds_train.update import NormHook, train_step  # noqa: E402
 
@@ -43,7 +43,10 @@ def main():
     place = distributed.discover()
     cuda = torch.cuda.is_available()  # a CPU run checks the script itself (its table then holds CPU ops only)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    run, ds_config, _ = config.resolve(args, place.world_size, has_gpu=cuda)
+    run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=cuda)
+    run = settle_kernels(args, run, notes)  # as main.py: -fa and -ge back to 0 where their kernels cannot run
+    for note in notes:
+        print(f"note: {note}")
     distributed.init_process_group(place)
     engine = build_engine(run, ds_config)
     loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle)

@@ -19,6 +19,8 @@
 #                                      flash-attn-4), alternating, ROUNDS (default 2) times each
 #   bash bench/throughput.sh flash_big GPU: the same for d24 B=64 and d48 B=16, once each
 #   bash bench/throughput.sh flash_checks GPU: d12 -fa 1 at ZeRO-3 and at -r 1 (their losses against ZeRO-1's)
+#   bash bench/throughput.sh zero3     GPU: d12 ZeRO-3 with DeepSpeed's overlap_comm (its default at stage 3) on and off,
+#                                      alternating twice, ZeRO-1 beside them, then a profile of one ZeRO-3 step
 #   bash bench/throughput.sh loader    GPU: d12 with the real shard loader vs 32 batches served from memory
 #   bash bench/throughput.sh eval      GPU: d12 with val loss, HellaSwag and sampling every 5 steps (their cost)
 #   bash bench/throughput.sh cpu       CPU: the quickstart's 4-layer model on 2 ranks (fp32)
@@ -119,6 +121,21 @@ json.dump(c, open(sys.argv[2], "w"))' "ds_configs/${model_json#*:}.json" "$OUT/$
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_igu_*.log --first 4 --last 12
     "$PYTHON" bench/summarize.py "$OUT"/d24_igu_*.log --first 4 --last 10 ;;
+  zero3)  # on one GPU there is nothing to overlap, and overlap_comm puts the reduction on a second stream
+    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(stage=3, overlap_comm=False)
+json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_no_overlap.json"
+    # the profile's: DeepSpeed's defaults, saying whether its prefetch trace is ever thrown away
+    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(stage=3, log_trace_cache_warnings=True)
+json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_warnings.json"
+    d12=(-e d12 -b 64 -t 1024 -d 524288)
+    for i in 1 2; do
+      train_run "d12_z3_overlap_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}" -z 3
+      train_run "d12_z3_no_overlap_$i" 12 --ds_config "$OUT/z3_no_overlap.json" "${d12[@]}" -z 3
+    done
+    train_run d12_z1 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}" -z 1
+    "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 4 --last 12
+    timeout 300 "$PYTHON" bench/profile_step.py "${SHARDS[@]}" --ds_config "$OUT/z3_trace_warnings.json" "${d12[@]}" -z 3 \
+      > "$OUT/profile_d12_z3.txt" 2>&1 ;;
   big)
     train_run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
     train_run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0

@@ -220,14 +220,10 @@ def dry_run(args):
               f"{'NVMe under ' + run.offload_nvme if run.offload_nvme else 'CPU memory'}")
 
 
-def train(argv=None):
-    args = config.parse_args(argv)
-    if args.dry_run:
-        return dry_run(args)
-    place = distributed.discover()
-    if args.auto_fit:
-        args = auto_fit(args, place, distributed.print0)
-    run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
+def settle_kernels(args, run: config.RunConfig, notes: list) -> config.RunConfig:
+    """The run with -ge and -fa at 0 where their kernels cannot run here: config.resolve picks them from the
+    GPU's kind; whether the GELU extension builds and FlashAttention-4 imports is known only by trying. An
+    explicit level that cannot run is an error; a default one goes to 0 with a note."""
     if run.gelu_fusion and (error := gelu_fusion.build_error()):  # JIT-built once, then loaded from its cache
         if args.gelu_fusion > 0:
             raise UserError(f"-ge {args.gelu_fusion}: the cuBLASLt GELU kernels did not build ({error}); use -ge 0")
@@ -240,6 +236,18 @@ def train(argv=None):
             notes.append(f"FlashAttention-4 is off: {reason}; bash scripts/setup.sh --gpu installs it, -fa 0 "
                          "skips trying")
         run = dataclasses.replace(run, flash_attention=0)
+    return run
+
+
+def train(argv=None):
+    args = config.parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
+    place = distributed.discover()
+    if args.auto_fit:
+        args = auto_fit(args, place, distributed.print0)
+    run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
+    run = settle_kernels(args, run, notes)
     train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
     train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag)
     val_loader = ShardLoader(run.val_data, run.B, run.T, place.rank, place.world_size, shuffle=False, flag="-j")

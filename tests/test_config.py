@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from ds_train import config
 from ds_train.errors import UserError
@@ -305,3 +306,19 @@ def test_flash_attention_level_by_device_precision_and_head_size(tmp_path, argv,
     run, _, notes = resolve(tmp_path, argv, ds, gpu=gpu)
     assert run.flash_attention == level
     assert [n for n in notes if n.startswith("-fa")] == ([note] if note else [])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the kernels' absence on a CPU machine")
+def test_kernel_levels_settled_where_they_cannot_run(tmp_path):
+    """What config.resolve picks for a GPU, on a machine without one: a default -fa goes to 0 (no note, since
+    no package would help), an explicit -fa 1 stops the run with the flag in its message. As main.py and
+    bench/profile_step.py call it."""
+    from ds_train.main import settle_kernels
+    args = config.parse_args(["--ds_config", write_json(tmp_path, {}), "-z", "1", "-ge", "0"])
+    run, _, notes = config.resolve(args, 1, True)
+    assert run.flash_attention == 1
+    assert settle_kernels(args, run, notes).flash_attention == 0 and notes == []
+    args = config.parse_args(["--ds_config", write_json(tmp_path, {}), "-z", "1", "-ge", "0", "-fa", "1"])
+    run, _, notes = config.resolve(args, 1, True)
+    with pytest.raises(UserError, match=r"^-fa 1: FlashAttention-4 cannot run here: it needs a CUDA GPU; use -fa 0$"):
+        settle_kernels(args, run, notes)
