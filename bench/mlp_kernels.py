@@ -1,8 +1,8 @@
 """The MLP's GELU matmuls three ways, for the shapes of d12, d24 and d48 at their scripts' micro-batches: unfused
 (a cuBLAS matmul, then inductor's GELU kernel), ds_train's cuBLASLt epilogues (-ge 2, ds_train/gelu_fusion.py)
 and quack's CuTe DSL GEMMs with a GELU epilogue (`quack-kernels`, which flash-attn-4 installs: gemm_act
-forward, gemm_dact backward, with their default config and autotuned). Plain matmuls of every linear of a
-block (forward, input and weight gradients) with cuBLAS and with quack's gemm for scale. Prints the median
+forward, gemm_dact backward, with their default config and autotuned). With --plain, also d12's linears
+without GELU (forward, input and weight gradients) with cuBLAS and with quack's autotuned gemm. Prints the median
 ms, TFLOP/s, the first call's seconds (quack compiles, and tunes, then) and the error against the unfused
 result relative to its largest value.
     python bench/mlp_kernels.py [--plain]    (a CUDA GPU of compute capability 9.0+, quack-kernels installed;
