@@ -51,6 +51,16 @@ def bias_sum(grad):
     return grad.sum(0)
 
 
+def mlp_tensors(M, C, gen):
+    """An MLP's bf16 operands for M rows of width C: (x, w_fc, b_fc, w_proj, the gradient at its output)."""
+    x = torch.randn(M, C, device="cuda", generator=gen).bfloat16()
+    w_fc = (torch.randn(4 * C, C, device="cuda", generator=gen) * 0.02).bfloat16()
+    b_fc = (torch.randn(4 * C, device="cuda", generator=gen) * 0.02).bfloat16()
+    w_proj = (torch.randn(C, 4 * C, device="cuda", generator=gen) * 0.02).bfloat16()
+    grad_y = torch.randn(M, C, device="cuda", generator=gen).bfloat16()
+    return x, w_fc, b_fc, w_proj, grad_y
+
+
 def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
@@ -62,11 +72,7 @@ def main():
     print(f"{'shape':10} {'part':28} {'unfused ms':>10} {'fused ms':>9} {'saved':>7} {'max rel err':>11}")
     gen = torch.Generator(device="cuda").manual_seed(0)
     for name, (M, C) in SHAPES.items():
-        x = torch.randn(M, C, device="cuda", generator=gen).bfloat16()
-        w_fc = (torch.randn(4 * C, C, device="cuda", generator=gen) * 0.02).bfloat16()
-        b_fc = (torch.randn(4 * C, device="cuda", generator=gen) * 0.02).bfloat16()
-        w_proj = (torch.randn(C, 4 * C, device="cuda", generator=gen) * 0.02).bfloat16()
-        grad_y = torch.randn(M, C, device="cuda", generator=gen).bfloat16()
+        x, w_fc, b_fc, w_proj, grad_y = mlp_tensors(M, C, gen)
 
         out_ref, pre_ref = unfused_forward(x, w_fc, b_fc)
         out, pre = ext.linear_gelu(x, w_fc, b_fc)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ds_train import gelu_fusion  # noqa: E402
-from gelu_epilogue import rel_err, timed, unfused_forward  # noqa: E402  (bench/, the script's own folder)
+from gelu_epilogue import mlp_tensors, rel_err, timed, unfused_forward  # noqa: E402  (bench/, the script's own folder)
 
 SHAPES = {"d12 B=64": (64 * 1024, 768), "d24 B=64": (64 * 1024, 1024), "d48 B=16": (16 * 1024, 1600)}
 GELU = "gelu_tanh_approx"
@@ -47,11 +47,7 @@ def main():
     print(f"{'shape':10} {'part':34} {'first s':>8} {'ms':>8} {'TFLOP/s':>8} {'rel err':>9}")
     gen = torch.Generator(device="cuda").manual_seed(0)
     for name, (M, C) in SHAPES.items():
-        x = torch.randn(M, C, device="cuda", generator=gen).bfloat16()
-        w_fc = (torch.randn(4 * C, C, device="cuda", generator=gen) * 0.02).bfloat16()
-        b_fc = (torch.randn(4 * C, device="cuda", generator=gen) * 0.02).bfloat16()
-        w_proj = (torch.randn(C, 4 * C, device="cuda", generator=gen) * 0.02).bfloat16()
-        grad_y = torch.randn(M, C, device="cuda", generator=gen).bfloat16()
+        x, w_fc, b_fc, w_proj, grad_y = mlp_tensors(M, C, gen)
         flops = 2 * M * C * 4 * C
         out_ref, pre_ref = unfused_forward(x, w_fc, b_fc)
         dpre_ref = unfused_dgelu(grad_y, w_proj, pre_ref)
