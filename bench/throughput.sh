@@ -21,6 +21,9 @@
 #   bash bench/throughput.sh flash_checks GPU: d12 -fa 1 at ZeRO-3 and at -r 1 (their losses against ZeRO-1's)
 #   bash bench/throughput.sh zero3     GPU: d12 ZeRO-3 with DeepSpeed's overlap_comm (its default at stage 3) on and off,
 #                                      alternating twice, ZeRO-1 beside them, then a profile of one ZeRO-3 step
+#   bash bench/throughput.sh inductor  GPU: d12 as it is, with Inductor autotuning the compiled matmuls
+#                                      (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1), and with its CUDA graphs
+#                                      (TORCHINDUCTOR_CUDAGRAPHS=1), ROUNDS (default 1) times each
 #   bash bench/throughput.sh loader    GPU: d12 with the real shard loader vs 32 batches served from memory
 #   bash bench/throughput.sh eval      GPU: d12 with val loss, HellaSwag and sampling every 5 steps (their cost)
 #   bash bench/throughput.sh cpu       CPU: the quickstart's 4-layer model on 2 ranks (fp32)
@@ -137,6 +140,16 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 4 --last 12
     timeout 300 "$PYTHON" bench/profile_step.py "${SHARDS[@]}" --ds_config "$OUT/z3_trace_warnings.json" "${d12[@]}" -z 3 \
       > "$OUT/profile_d12_z3.txt" 2>&1 ;;
+  inductor)  # torch.compile's other modes, set through Inductor's environment variables: max-autotune's GEMM
+    # search (Triton templates against cuBLAS, per shape) and reduce-overhead's CUDA graphs
+    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    for i in $(seq "${ROUNDS:-1}"); do
+      train_run "d12_default_$i" 12 "${d12[@]}"
+      TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 train_run "d12_autotune_gemm_$i" 12 "${d12[@]}"
+      TORCHINDUCTOR_CUDAGRAPHS=1 train_run "d12_cudagraphs_$i" 12 "${d12[@]}"
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_default_*.log "$OUT"/d12_autotune_gemm_*.log "$OUT"/d12_cudagraphs_*.log \
+      --first 4 --last 12 ;;
   big)
     train_run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
     train_run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0
@@ -158,5 +171,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
       -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
