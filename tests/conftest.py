@@ -1,6 +1,8 @@
 """Helpers for running ds_train for real: as a plain process, under the deepspeed launcher, or under mpirun."""
 
 import atexit
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -10,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pytest
 
@@ -83,10 +85,104 @@ def child_env(threads: int = 1) -> dict:
     return env
 
 
-def run_process(cmd, env=None, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+# Most ds_train runs are forked from tests/zygote.py, a Python that has already imported torch and DeepSpeed: a
+# real process running ds_train's main() as `python ds_train/main.py` would, without the 6.5 s of imports each
+# (TEST_FORK=0: every run exec'd). The launchers (deepspeed, mpirun, the scripts) are always exec'd for real.
+FORK_RUNS = os.environ.get("TEST_FORK", "1") != "0"
+ZYGOTE_SCRIPT = os.path.join(REPO, "tests", "zygote.py")
+
+
+def forked(cmd) -> bool:
+    return FORK_RUNS and [str(part) for part in cmd[:2]] == [sys.executable, MAIN]
+
+
+class ForkedProcess:
+    """A run that the zygote forked, with what run_process and run_ranks use of a Popen: pid, wait, poll."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.pid = self._receive()
+        self.returncode = None
+
+    def _receive(self) -> int:
+        message = self.conn.recv(64)
+        if not message:
+            raise RuntimeError("tests/zygote.py's handler ended without an answer")
+        return int(message)
+
+    def wait(self, timeout=None) -> int:
+        if self.returncode is None:
+            self.conn.settimeout(timeout)
+            try:
+                self.returncode = self._receive()
+            except socket.timeout:
+                raise subprocess.TimeoutExpired(f"ds_train run {self.pid}", timeout) from None
+            self.conn.close()
+        return self.returncode
+
+    def poll(self):
+        if self.returncode is None:
+            self.conn.setblocking(False)
+            try:
+                self.returncode = self._receive()
+                self.conn.close()
+            except BlockingIOError:
+                pass
+        return self.returncode
+
+
+class Zygote:
+    """tests/zygote.py for this pytest process: started on first use, killed when the process exits."""
+
+    def __init__(self):
+        self.proc = None
+
+    def start(self):
+        self.folder = tempfile.mkdtemp(prefix="ds_train_zygote_")
+        self.path = os.path.join(self.folder, "socket")
+        self.log = open(os.path.join(self.folder, "stderr"), "w+")
+        self.proc = subprocess.Popen([sys.executable, ZYGOTE_SCRIPT, self.path], cwd=REPO, env=child_env(),
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        atexit.register(self.stop)
+        for line in self.proc.stdout:  # what the imports print (DeepSpeed logs to stdout), then "ready"
+            if line == "ready\n":
+                return
+        raise RuntimeError(f"tests/zygote.py did not start ({self.proc.wait()}):\n{read_back(self.log)[-3000:]}")
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def spawn(self, cmd, env, cwd, stdout, stderr) -> ForkedProcess:
+        if self.proc is None:
+            self.start()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.connect(self.path)
+        request = {"argv": [str(part) for part in cmd[1:]], "env": dict(os.environ if env is None else env),
+                   "cwd": str(cwd)}
+        socket.send_fds(conn, [json.dumps(request).encode()], [stdout.fileno(), stderr.fileno()])
+        return ForkedProcess(conn)
+
+
+ZYGOTE = Zygote()
+
+
+def run_process(cmd, env=None, timeout: int = 600, fork: bool = FORK_RUNS, **kwargs) -> subprocess.CompletedProcess:
     """subprocess.run in its own process group, all of which is killed on timeout: a launcher's ranks and
-    a JIT build's compilers too, so that a hung test leaves nothing running (or holding a build lock)."""
+    a JIT build's compilers too, so that a hung test leaves nothing running (or holding a build lock).
+    A ds_train run (`python ds_train/main.py ...`) is forked from the zygote if `fork`."""
     kwargs.setdefault("cwd", REPO)
+    if fork and forked(cmd):
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        proc = ZYGOTE.spawn(cmd, env, kwargs["cwd"], out, err)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, *(read_back(f) for f in (out, err)))
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True, **kwargs) as proc:
         try:
@@ -96,6 +192,11 @@ def run_process(cmd, env=None, timeout: int = 600, **kwargs) -> subprocess.Compl
             proc.communicate()
             raise
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def read_back(file) -> str:
+    file.seek(0)
+    return file.read()
 
 
 def wait_for(log, pattern, proc, timeout=300):
@@ -117,10 +218,13 @@ def run_ranks(cmd, ranks: int, env: dict, timeout: int) -> subprocess.CompletedP
     and the hostfile and /dev/shm tests). -> rank 0's stdout, every rank's stderr, the first failing status."""
     port = str(free_port())
     outputs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(ranks)]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True, start_new_session=True,
-                              env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks),
-                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
-             for rank, (out, err) in enumerate(outputs)]
+    rank_envs = [dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=port) for rank in range(ranks)]
+    if forked(cmd):
+        procs = [ZYGOTE.spawn(cmd, rank_env, REPO, out, err) for rank_env, (out, err) in zip(rank_envs, outputs)]
+    else:
+        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True, start_new_session=True,
+                                  env=rank_env) for rank_env, (out, err) in zip(rank_envs, outputs)]
     try:
         for proc in procs:
             proc.wait(timeout=timeout)
@@ -129,11 +233,7 @@ def run_ranks(cmd, ranks: int, env: dict, timeout: int) -> subprocess.CompletedP
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    texts = []
-    for out, err in outputs:
-        out.seek(0)
-        err.seek(0)
-        texts.append((out.read(), err.read()))
+    texts = [(read_back(out), read_back(err)) for out, err in outputs]
     status = next((proc.returncode for proc in procs if proc.returncode), 0)
     return subprocess.CompletedProcess(cmd, status, texts[0][0], "".join(err for _, err in texts))
 
@@ -162,10 +262,24 @@ def train(args, ranks: int = 1, launcher: str = "python", ds_config: str = CPU_C
     return parse(run_process(cmd, env=env, timeout=timeout))
 
 
-# Runs shared by the tests that compare with them: each is made once per session, its -o under RUNS_DIR.
-RUNS_DIR = tempfile.mkdtemp(prefix="ds_train_test_runs_")
-atexit.register(shutil.rmtree, RUNS_DIR, ignore_errors=True)
+# Runs shared by the tests that compare with them: each is made once per test session, by whichever pytest-xdist
+# worker asks first while the other waits on its lock, so that no test file has to stay on one worker. The
+# controller process names the folder (its children, the workers, inherit it) and removes it at the end.
+RUNS_DIR_VAR = "DS_TRAIN_TEST_RUNS_DIR"
 _runs = {}
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and RUNS_DIR_VAR not in os.environ:  # the controller, or a run without -n
+        os.environ[RUNS_DIR_VAR] = tempfile.mkdtemp(prefix="ds_train_test_runs_")
+        config._ds_train_runs_dir = os.environ[RUNS_DIR_VAR]
+
+
+def pytest_unconfigure(config):
+    if runs_dir := getattr(config, "_ds_train_runs_dir", None):
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        del os.environ[RUNS_DIR_VAR]
+
 
 STEPS = 8
 # the equivalence runs: total batch 256 tokens = 8 rows of T=32; the lr warms up and decays, so every step
@@ -175,11 +289,20 @@ COMMON = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "2e-3", "-u", 2, "-q", 0.1
 
 
 def cached_train(name: str, args, **kwargs) -> Run:
+    """The run `name`, made on first use in this session (its -o is `name` in the session's runs folder), then read back."""
     if name not in _runs:
-        out = os.path.join(RUNS_DIR, name)
-        _runs[name] = train([*args, "-o", out], **kwargs).check()
-        _runs[name].output_dir = out
-    return _runs[name]
+        runs_dir = os.environ[RUNS_DIR_VAR]
+        out, saved = os.path.join(runs_dir, name), os.path.join(runs_dir, f"{name}.json")
+        with open(os.path.join(runs_dir, f"{name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker, if it is making this run, finishes it first
+            if not os.path.exists(saved):
+                made = train([*args, "-o", out], **kwargs)
+                with open(saved + ".part", "w") as f:
+                    json.dump(asdict(made), f)
+                os.replace(saved + ".part", saved)
+            with open(saved) as f:
+                _runs[name] = Run(**{**json.load(f), "output_dir": out})
+    return _runs[name].check()
 
 
 def zero_run(stage: int) -> Run:

@@ -18,8 +18,6 @@ from ds_train.evals import score_endings
 from ds_train.hellaswag import load_rendered
 from ds_train.model import GPT, config_from_descriptor
 
-pytestmark = pytest.mark.xdist_group("zero_runs")  # one worker with test_training.py: both use zero_run()
-
 HF_TOLERANCE = 1e-5  # fp32 logits, ours vs transformers' GPT2LMHeadModel
 
 

@@ -16,8 +16,6 @@ import pytest
 
 from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, cached_train, child_env, free_port, parse, train, wait_for
 
-pytestmark = pytest.mark.xdist_group("resume")  # one worker: most tests here resume against one cached run
-
 STEPS = 8
 # shuffled data, warmup then decay, val every 4 steps; checkpoints every 2 steps
 RESUMABLE = [*TINY, "-x", STEPS, "-v", 4, "-m", 2, "-l", "2e-3", "-u", 2, "-q", 0.1, "-d", 256, "-b", 4, "-z", 1,

@@ -20,11 +20,10 @@ import torch
 from ds_train.data import read_shard, write_shard
 from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
-                      free_port, parse, run_ranks, train, zero_run)
-
-pytestmark = pytest.mark.xdist_group("zero_runs")  # one worker with test_eval_export.py: both use zero_run()
+                      free_port, parse, run_process, run_ranks, train, zero_run)
 
 TOLERANCE = 2e-5
+TABLE_ROW = re.compile(r"^\| (.+?)\s+\| (.+?)\s+\|$", re.M)  # the settings table's rows
 
 
 def reference():
@@ -312,6 +311,22 @@ def test_loss_falls_on_tinyshakespeare(tmp_path):
     assert run.val_losses == sorted(run.val_losses, reverse=True)
     assert sum(run.losses[-5:]) / 5 < sum(run.losses[:5]) / 5 - 3.0
     assert "generating:\n---\n" in run.stdout
+
+
+def test_a_run_forked_from_the_zygote_prints_what_an_execd_run_prints(tmp_path):
+    """Most of the suite's runs are forked from tests/zygote.py (conftest.py). The same run forked and exec'd
+    prints the same settings, losses, norms and learning rates; a bad flag, the same one-line error and status."""
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, [*TINY, "-x", 3, "-v", 2, "-m", 1])]
+    runs = [run_process([*cmd, "-o", str(tmp_path / str(fork))], env=child_env(threads=2), fork=fork)
+            for fork in (True, False)]
+    settings = [{key: value for key, value in TABLE_ROW.findall(run.stdout) if key != "output log dir"} for run in runs]
+    assert settings[0] == settings[1] and len(settings[0]) > 20
+    forked, execd = (parse(run).check() for run in runs)
+    assert (forked.losses, forked.norms, forked.lrs, forked.val_losses) == \
+           (execd.losses, execd.norms, execd.lrs, execd.val_losses) and len(forked.losses) == 3
+    bad = [run_process([*cmd, "-sg", "-1"], env=child_env(), fork=fork) for fork in (True, False)]
+    assert [(run.returncode, run.stderr) for run in bad] == \
+           [(2, "ds_train: error: -sg -1.0: expected 0 (off) or a positive z-score\n")] * 2
 
 
 def test_overfitting_one_batch_drives_the_loss_down():
