@@ -2,10 +2,13 @@
 # Training throughput of ds_train as it is: one table of ms/step, tokens/s, MFU and peak memory per
 # configuration (bench/summarize.py over the steps after warm-up), on random-token llm.c shards.
 #   bash bench/throughput.sh d12       GPU: d12 (124M), B=64, 0.5M-token steps, ZeRO 1/2/3 compiled, ZeRO-1 eager
+#   bash bench/throughput.sh zero_ab   GPU: d12 at ZeRO-1, 2 and 3 in turn, ROUNDS (default 1) times, 12 steps each
 #   bash bench/throughput.sh recompute GPU: d12 ZeRO-1 with -r 1, 2, 3
 #   bash bench/throughput.sh big       GPU: d24 (350M) B=32 at ZeRO-1 (0.5M tokens/step), d48 (1558M) B=16 at ZeRO-1
 #                                      (131K tokens/step, fewer steps: a step is several seconds on one GPU)
 #   bash bench/throughput.sh microbatch GPU: d12 B=128 and d24 B=64 at the same 0.5M-token steps
+#   bash bench/throughput.sh microbatch_d48 GPU: d48 at B=16 x 8 and B=32 x 4 (131K-token steps), alternating, ROUNDS
+#                                      (default 1) times each: what a GPU with more memory than the H100 buys
 #   bash bench/throughput.sh timer     GPU: d12 with DeepSpeed's synchronizing throughput timer on and off, twice each
 #   bash bench/throughput.sh gelu      GPU: d12 with GELU unfused (-ge 0) and fused (-ge 2), twice each, then -ge 1
 #   bash bench/throughput.sh gelu_ab   GPU: -ge 0 and -ge 2 alternating: d12 twice each, then d24 B=32
@@ -44,6 +47,12 @@ case "${1:-d12}" in
     train_run d12_z3 20 "${d12[@]}" -z 3
     train_run d12_z1_eager 20 "${d12[@]}" -z 1 --compile 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 6 --last 20 ;;
+  zero_ab)  # the stages in turn, so that the GPU's warming up weighs on each alike
+    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
+    for i in $(seq "${ROUNDS:-1}"); do
+      for z in 1 2 3; do train_run "d12_zero${z}_$i" 12 "${d12[@]}" -z $z; done
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_zero*.log --first 4 --last 12 ;;
   recompute)  # d12 ZeRO-1 compiled at each recompute level (-r 0 is d12_z1 above)
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
     for r in 1 2 3; do train_run "d12_r$r" 20 "${d12[@]}" -r $r; done
@@ -53,6 +62,13 @@ case "${1:-d12}" in
     train_run d24_b64 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1 -r 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_b128.log --first 6 --last 20
     "$PYTHON" bench/summarize.py "$OUT"/d24_b64.log --first 4 --last 15 ;;
+  microbatch_d48)
+    d48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -t 1024 -d 131072 -z 1 -r 0)
+    for i in $(seq "${ROUNDS:-1}"); do
+      train_run "d48_b16_$i" 10 "${d48[@]}" -b 16
+      train_run "d48_b32_$i" 10 "${d48[@]}" -b 32
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d48_b*.log --first 4 --last 10 ;;
   timer)  # d12 ZeRO-1 with DeepSpeed's synchronizing throughput timer on (DeepSpeed's default) and off (ds_train's),
     # alternating so that the GPU's warming up weighs on both alike
     "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["timers"] = {"throughput": {"enabled": True}}
@@ -171,5 +187,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
       -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh d12|recompute|microbatch|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh d12|zero_ab|recompute|microbatch|microbatch_d48|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
