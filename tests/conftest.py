@@ -1,4 +1,5 @@
-"""Helpers for running ds_train for real: as a plain process, under the deepspeed launcher, or under mpirun."""
+"""Helpers for running ds_train for real: as a plain process (forked from tests/zygote.py unless TEST_FORK=0),
+under the deepspeed launcher, or under mpirun."""
 
 import atexit
 import fcntl
