@@ -9,6 +9,8 @@
 #   bash bench/throughput.sh microbatch GPU: d12 B=128 and d24 B=64 at the same 0.5M-token steps
 #   bash bench/throughput.sh microbatch_d48 GPU: d48 at B=16 x 8 and B=32 x 4 (131K-token steps), alternating, ROUNDS
 #                                      (default 1) times each: what a GPU with more memory than the H100 buys
+#   bash bench/throughput.sh microbatch_d24 GPU: d24 at B=64 x 8 and B=128 x 4 (0.5M-token steps), alternating, ROUNDS
+#                                      (default 1) times each (B=128 needs more than 80 GB)
 #   bash bench/throughput.sh timer     GPU: d12 with DeepSpeed's synchronizing throughput timer on and off, twice each
 #   bash bench/throughput.sh gelu      GPU: d12 with GELU unfused (-ge 0) and fused (-ge 2), twice each, then -ge 1
 #   bash bench/throughput.sh gelu_ab   GPU: -ge 0 and -ge 2 alternating: d12 twice each, then d24 B=32
@@ -69,6 +71,13 @@ case "${1:-d12}" in
       train_run "d48_b32_$i" 10 "${d48[@]}" -b 32
     done
     "$PYTHON" bench/summarize.py "$OUT"/d48_b*.log --first 4 --last 10 ;;
+  microbatch_d24)
+    d24=(--ds_config ds_configs/gpt2_350M.json -e d24 -t 1024 -d 524288 -z 1 -r 0)
+    for i in $(seq "${ROUNDS:-1}"); do
+      train_run "d24_b64_$i" 10 "${d24[@]}" -b 64
+      train_run "d24_b128_$i" 10 "${d24[@]}" -b 128
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d24_b*.log --first 4 --last 10 ;;
   timer)  # d12 ZeRO-1 with DeepSpeed's synchronizing throughput timer on (DeepSpeed's default) and off (ds_train's),
     # alternating so that the GPU's warming up weighs on both alike
     "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["timers"] = {"throughput": {"enabled": True}}
@@ -187,5 +196,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
       -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh d12|zero_ab|recompute|microbatch|microbatch_d48|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh d12|zero_ab|recompute|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
