@@ -29,6 +29,7 @@ CPU_CONFIG = os.path.join(REPO, "ds_configs", "quickstart.json")
 # a model and batch small enough that a 2-rank CPU run takes seconds
 TINY = ["-e", "gpt2:d2:c64:h2", "-t", "32", "-s", "0"]
 
+TABLE_ROW = re.compile(r"^\| (.+?)\s+\| (.+?)\s+\|$", re.M)  # a row of the settings table a run prints first
 STEP_LINE = re.compile(r"^step +(\d+)/(\d+) \| loss ([\d.]+) \| norm ([\d.]+) \| lr ([\d.e+-]+)")
 VAL_LINE = re.compile(r"^val loss ([\d.]+)")
 
@@ -76,6 +77,11 @@ def parse(proc) -> Run:
     return run
 
 
+def settings_table(stdout: str) -> dict:
+    """The settings table at the top of a run's console output, as {name: value}."""
+    return dict(TABLE_ROW.findall(stdout))
+
+
 def child_env(threads: int = 1) -> dict:
     """The environment of every ds_train process a test starts. CUDA_VISIBLE_DEVICES is emptied: the runs
     compare fp32 results on DeepSpeed's CPU accelerator with gloo, 2 ranks each, on a GPU machine too (where
@@ -93,8 +99,8 @@ FORK_RUNS = os.environ.get("TEST_FORK", "1") != "0"
 ZYGOTE_SCRIPT = os.path.join(REPO, "tests", "zygote.py")
 
 
-def forked(cmd) -> bool:
-    return FORK_RUNS and [str(part) for part in cmd[:2]] == [sys.executable, MAIN]
+def is_ds_train_run(cmd) -> bool:
+    return [str(part) for part in cmd[:2]] == [sys.executable, MAIN]
 
 
 class ForkedProcess:
@@ -169,21 +175,36 @@ class Zygote:
 ZYGOTE = Zygote()
 
 
+def start(cmd, env, cwd, stdout, stderr, fork: bool = FORK_RUNS):
+    """`cmd` in a session of its own, writing to the files `stdout` and `stderr`: forked from the zygote if it
+    is a ds_train run and `fork`, else exec'd. -> a Popen, or what a ForkedProcess has of one."""
+    if fork and is_ds_train_run(cmd):
+        return ZYGOTE.spawn(cmd, env, cwd, stdout, stderr)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+
+
+def wait_all(procs, timeout):
+    """Wait for each of `procs`; the process group of any still running after a timeout or an error is killed."""
+    try:
+        for proc in procs:
+            proc.wait(timeout=timeout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
 def run_process(cmd, env=None, timeout: int = 600, fork: bool = FORK_RUNS, **kwargs) -> subprocess.CompletedProcess:
     """subprocess.run in its own process group, all of which is killed on timeout: a launcher's ranks and
     a JIT build's compilers too, so that a hung test leaves nothing running (or holding a build lock).
     A ds_train run (`python ds_train/main.py ...`) is forked from the zygote if `fork`."""
     kwargs.setdefault("cwd", REPO)
-    if fork and forked(cmd):
+    if fork and is_ds_train_run(cmd):
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        proc = ZYGOTE.spawn(cmd, env, kwargs["cwd"], out, err)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        return subprocess.CompletedProcess(cmd, proc.returncode, *(read_back(f) for f in (out, err)))
+        proc = start(cmd, env, kwargs["cwd"], out, err)
+        wait_all([proc], timeout)
+        return subprocess.CompletedProcess(cmd, proc.returncode, read_back(out), read_back(err))
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True, **kwargs) as proc:
         try:
@@ -221,19 +242,8 @@ def run_ranks(cmd, ranks: int, env: dict, timeout: int) -> subprocess.CompletedP
     outputs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(ranks)]
     rank_envs = [dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=port) for rank in range(ranks)]
-    if forked(cmd):
-        procs = [ZYGOTE.spawn(cmd, rank_env, REPO, out, err) for rank_env, (out, err) in zip(rank_envs, outputs)]
-    else:
-        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True, start_new_session=True,
-                                  env=rank_env) for rank_env, (out, err) in zip(rank_envs, outputs)]
-    try:
-        for proc in procs:
-            proc.wait(timeout=timeout)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    procs = [start(cmd, rank_env, REPO, out, err) for rank_env, (out, err) in zip(rank_envs, outputs)]
+    wait_all(procs, timeout)
     texts = [(read_back(out), read_back(err)) for out, err in outputs]
     status = next((proc.returncode for proc in procs if proc.returncode), 0)
     return subprocess.CompletedProcess(cmd, status, texts[0][0], "".join(err for _, err in texts))

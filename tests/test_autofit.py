@@ -7,7 +7,7 @@ import re
 import pytest
 
 from ds_train import config, main, memory
-from conftest import CPU_CONFIG, REPO, TINY, train
+from conftest import CPU_CONFIG, REPO, TINY, settings_table, train
 
 CHOICE = re.compile(r"^auto_fit: -b (\d+) -r (\d) -z (\d) --offload (\w+) \(estimated ([\d.]+) GiB of ([\d.]+) GiB", re.M)
 DRY_RUN = re.compile(r"^dry run \| ranks (\d+) \|.* tokens per step (\d+) \| micro-batch (\d+) x (\d+) \| grad accumulation (\d+)", re.M)
@@ -136,6 +136,6 @@ def test_a_real_run_trains_with_the_chosen_setting():
     run = train([*TINY, "-d", 256, "-x", 2, "-v", 2, "-m", 1, "--auto_fit", 1, "--gpu_memory", f"{budget:.6f}"]).check()
     B, r, z, offload, _, _ = CHOICE.search(run.stdout).groups()
     assert estimate_gib([*base, "-b", B, "-r", r, "-z", z, "--offload", offload]) <= budget and len(run.losses) == 2
-    table = {key: value for key, value in re.findall(r"^\| (.+?)\s+\| (.+?)\s+\|$", run.stdout, re.M)}
+    table = settings_table(run.stdout)
     assert (table["micro batch size B"], table["zero_stage"], table["offload"]) == (B, z, offload)
     assert table["recompute"].startswith(r) and int(table["grad_accum_steps"]) * int(B) * 32 == 256

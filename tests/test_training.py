@@ -20,10 +20,9 @@ import torch
 from ds_train.data import read_shard, write_shard
 from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
-                      free_port, parse, run_process, run_ranks, train, zero_run)
+                      free_port, parse, run_process, run_ranks, settings_table, train, zero_run)
 
 TOLERANCE = 2e-5
-TABLE_ROW = re.compile(r"^\| (.+?)\s+\| (.+?)\s+\|$", re.M)  # the settings table's rows
 
 
 def reference():
@@ -319,7 +318,8 @@ def test_a_run_forked_from_the_zygote_prints_what_an_execd_run_prints(tmp_path):
     cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, [*TINY, "-x", 3, "-v", 2, "-m", 1])]
     runs = [run_process([*cmd, "-o", str(tmp_path / str(fork))], env=child_env(threads=2), fork=fork)
             for fork in (True, False)]
-    settings = [{key: value for key, value in TABLE_ROW.findall(run.stdout) if key != "output log dir"} for run in runs]
+    settings = [settings_table(run.stdout) for run in runs]
+    assert [table.pop("output log dir") for table in settings] == [str(tmp_path / "True"), str(tmp_path / "False")]
     assert settings[0] == settings[1] and len(settings[0]) > 20
     forked, execd = (parse(run).check() for run in runs)
     assert (forked.losses, forked.norms, forked.lrs, forked.val_losses) == \
