@@ -41,6 +41,18 @@ mkdir -p "$OUT"
 source bench/device_env.sh
 random_shards || exit 1
 
+# micro_batches_in_turn NAME B1 B2 FLAGS...: 10 steps at -b B1, then at -b B2, ROUNDS (default 1) times, at the
+# same tokens per step (FLAGS' -d), and their table
+micro_batches_in_turn() {
+  local name=$1 small=$2 big=$3 i
+  shift 3
+  for i in $(seq "${ROUNDS:-1}"); do
+    train_run "${name}_b${small}_$i" 10 "$@" -b "$small"
+    train_run "${name}_b${big}_$i" 10 "$@" -b "$big"
+  done
+  "$PYTHON" bench/summarize.py "$OUT/${name}_b${small}_"*.log "$OUT/${name}_b${big}_"*.log --first 4 --last 10
+}
+
 case "${1:-d12}" in
   d12)  # the stages compiled, and ZeRO-1 eager (--compile 0) for what compiling gives
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
@@ -65,19 +77,9 @@ case "${1:-d12}" in
     "$PYTHON" bench/summarize.py "$OUT"/d12_b128.log --first 6 --last 20
     "$PYTHON" bench/summarize.py "$OUT"/d24_b64.log --first 4 --last 15 ;;
   microbatch_d48)
-    d48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -t 1024 -d 131072 -z 1 -r 0)
-    for i in $(seq "${ROUNDS:-1}"); do
-      train_run "d48_b16_$i" 10 "${d48[@]}" -b 16
-      train_run "d48_b32_$i" 10 "${d48[@]}" -b 32
-    done
-    "$PYTHON" bench/summarize.py "$OUT"/d48_b*.log --first 4 --last 10 ;;
+    micro_batches_in_turn d48 16 32 --ds_config ds_configs/gpt2_1558M.json -e d48 -t 1024 -d 131072 -z 1 -r 0 ;;
   microbatch_d24)
-    d24=(--ds_config ds_configs/gpt2_350M.json -e d24 -t 1024 -d 524288 -z 1 -r 0)
-    for i in $(seq "${ROUNDS:-1}"); do
-      train_run "d24_b64_$i" 10 "${d24[@]}" -b 64
-      train_run "d24_b128_$i" 10 "${d24[@]}" -b 128
-    done
-    "$PYTHON" bench/summarize.py "$OUT"/d24_b*.log --first 4 --last 10 ;;
+    micro_batches_in_turn d24 64 128 --ds_config ds_configs/gpt2_350M.json -e d24 -t 1024 -d 524288 -z 1 -r 0 ;;
   timer)  # d12 ZeRO-1 with DeepSpeed's synchronizing throughput timer on (DeepSpeed's default) and off (ds_train's),
     # alternating so that the GPU's warming up weighs on both alike
     "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["timers"] = {"throughput": {"enabled": True}}
