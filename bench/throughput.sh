@@ -1,8 +1,12 @@
 #!/bin/bash
 # Training throughput of ds_train as it is: one table of ms/step, tokens/s, MFU and peak memory per
 # configuration (bench/summarize.py over the steps after warm-up), on random-token llm.c shards.
+#   bash bench/throughput.sh table     issue 7's table in one command: on a GPU d12 B=64 at ZeRO 1/2/3, d24 B=64 and
+#                                      d48 B=16 at ZeRO-1 and 3 (0.5M- and 131K-token steps, as llm.c's scripts); then, on
+#                                      any machine, the quickstart's 4-layer model on 2 CPU ranks (the cpu group)
 #   bash bench/throughput.sh d12       GPU: d12 (124M), B=64, 0.5M-token steps, ZeRO 1/2/3 compiled, ZeRO-1 eager
 #   bash bench/throughput.sh zero_ab   GPU: d12 at ZeRO-1, 2 and 3 in turn, ROUNDS (default 1) times, 12 steps each
+#   bash bench/throughput.sh zero_ab_d48 GPU: d48 B=16 at ZeRO-1 and 3 in turn (131K-token steps), ROUNDS (default 2) times
 #   bash bench/throughput.sh recompute GPU: d12 ZeRO-1 with -r 1, 2, 3
 #   bash bench/throughput.sh big       GPU: d24 (350M) B=32 at ZeRO-1 (0.5M tokens/step), d48 (1558M) B=16 at ZeRO-1
 #                                      (131K tokens/step, fewer steps: a step is several seconds on one GPU)
@@ -26,6 +30,9 @@
 #   bash bench/throughput.sh flash_checks GPU: d12 -fa 1 at ZeRO-3 and at -r 1 (their losses against ZeRO-1's)
 #   bash bench/throughput.sh zero3     GPU: d12 ZeRO-3 with DeepSpeed's overlap_comm (its default at stage 3) on and off,
 #                                      alternating twice, ZeRO-1 beside them, then a profile of one ZeRO-3 step
+#   bash bench/throughput.sh zero3_leaf GPU: d12 ZeRO-3 as it is and with DeepSpeed's leaf modules (each Block's parameters
+#                                      fetched and released as one unit, by one pair of hooks), alternating, ROUNDS
+#                                      (default 2) times each
 #   bash bench/throughput.sh inductor  GPU: d12 as it is, with Inductor autotuning the compiled matmuls
 #                                      (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1), and with its CUDA graphs
 #                                      (TORCHINDUCTOR_CUDAGRAPHS=1), ROUNDS (default 1) times each
@@ -53,7 +60,31 @@ micro_batches_in_turn() {
   "$PYTHON" bench/summarize.py "$OUT/${name}_b${small}_"*.log "$OUT/${name}_b${big}_"*.log --first 4 --last 10
 }
 
+# cpu_run: the quickstart's 4-layer model on 2 CPU ranks (fp32), 20 steps, its console in $OUT/cpu_d4.log. The ranks
+# come from torchrun with CUDA hidden, so that they take the CPU on a GPU machine too (DeepSpeed's launcher sets
+# CUDA_VISIBLE_DEVICES=0,1 for its ranks even when it runs on the CPU)
+cpu_run() {
+  echo "=== cpu_d4" >&2
+  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 timeout 540 "$PYTHON" -m torch.distributed.run --nproc_per_node 2 \
+    ds_train/main.py --ds_config ds_configs/quickstart.json -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" \
+    > "$OUT/cpu_d4.log" 2>&1 || echo "=== cpu_d4: exit status $? (see $OUT/cpu_d4.log)" >&2
+}
+
 case "${1:-d12}" in
+  table)  # the sizes and stages of issue 7 with the defaults, then the CPU row
+    if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+      d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
+      for z in 1 2 3; do train_run "table_d12_zero$z" 12 "${d12[@]}" -z $z; done
+      train_run table_d24_zero1 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1
+      for z in 1 3; do
+        train_run "table_d48_zero$z" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z $z
+      done
+      "$PYTHON" bench/summarize.py "$OUT"/table_d12_*.log "$OUT"/table_d24_*.log "$OUT"/table_d48_*.log --first 4 --last 12
+    else
+      echo "(no CUDA GPU here: the CPU row only)"
+    fi
+    cpu_run
+    "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
   d12)  # the stages compiled, and ZeRO-1 eager (--compile 0) for what compiling gives
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
     train_run d12_z1 20 "${d12[@]}" -z 1
@@ -67,6 +98,12 @@ case "${1:-d12}" in
       for z in 1 2 3; do train_run "d12_zero${z}_$i" 12 "${d12[@]}" -z $z; done
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_zero*.log --first 4 --last 12 ;;
+  zero_ab_d48)  # the same for d48, where each micro-step's kernels take 4-5 times d12's and ZeRO-3's hooks weigh less
+    d48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072)
+    for i in $(seq "${ROUNDS:-2}"); do
+      for z in 1 3; do train_run "d48_zero${z}_$i" 10 "${d48[@]}" -z $z; done
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d48_zero*.log --first 4 --last 10 ;;
   recompute)  # d12 ZeRO-1 compiled at each recompute level (-r 0 is d12_z1 above)
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
     for r in 1 2 3; do train_run "d12_r$r" 20 "${d12[@]}" -r $r; done
@@ -167,6 +204,15 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 4 --last 12
     timeout 300 "$PYTHON" bench/profile_step.py "${SHARDS[@]}" --ds_config "$OUT/z3_trace_warnings.json" "${d12[@]}" -z 3 \
       > "$OUT/profile_d12_z3.txt" 2>&1 ;;
+  zero3_leaf)  # ZeRO-3's cost on one GPU is its Python hooks (the zero3 group's profile): fewer hooked modules
+    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"]["leaf_module"] = {"classes": ["Block"]}
+json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/d12_zero3_leaf.json"
+    d12=(-e d12 -b 64 -t 1024 -d 524288 -z 3)
+    for i in $(seq "${ROUNDS:-2}"); do
+      train_run "d12_z3_default_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}"
+      train_run "d12_z3_leaf_$i" 12 --ds_config "$OUT/d12_zero3_leaf.json" "${d12[@]}"
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_z3_*.log --first 4 --last 12 ;;
   inductor)  # torch.compile's other modes, set through Inductor's environment variables: max-autotune's GEMM
     # search (Triton templates against cuBLAS, per shape) and reduce-overhead's CUDA graphs
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
@@ -194,9 +240,7 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     grep -E "^eval at|^HellaSwag" "$OUT/d12_eval.log"
     "$PYTHON" bench/summarize.py "$OUT/d12_eval.log" --first 2 --last 10 ;;
   cpu)
-    deepspeed_bin="$(dirname "$PYTHON")/deepspeed"
-    OMP_NUM_THREADS=1 timeout 540 "$deepspeed_bin" --num_gpus 2 ds_train/main.py --ds_config ds_configs/quickstart.json \
-      -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" > "$OUT/cpu_d4.log" 2>&1
+    cpu_run
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh d12|zero_ab|recompute|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|zero3_leaf|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
