@@ -30,9 +30,6 @@
 #   bash bench/throughput.sh flash_checks GPU: d12 -fa 1 at ZeRO-3 and at -r 1 (their losses against ZeRO-1's)
 #   bash bench/throughput.sh zero3     GPU: d12 ZeRO-3 with DeepSpeed's overlap_comm (its default at stage 3) on and off,
 #                                      alternating twice, ZeRO-1 beside them, then a profile of one ZeRO-3 step
-#   bash bench/throughput.sh zero3_leaf GPU: d12 ZeRO-3 as it is and with DeepSpeed's leaf modules (each Block's parameters
-#                                      fetched and released as one unit, by one pair of hooks), alternating, ROUNDS
-#                                      (default 2) times each
 #   bash bench/throughput.sh inductor  GPU: d12 as it is, with Inductor autotuning the compiled matmuls
 #                                      (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1), and with its CUDA graphs
 #                                      (TORCHINDUCTOR_CUDAGRAPHS=1), ROUNDS (default 1) times each
@@ -204,15 +201,6 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 4 --last 12
     timeout 300 "$PYTHON" bench/profile_step.py "${SHARDS[@]}" --ds_config "$OUT/z3_trace_warnings.json" "${d12[@]}" -z 3 \
       > "$OUT/profile_d12_z3.txt" 2>&1 ;;
-  zero3_leaf)  # ZeRO-3's cost on one GPU is its Python hooks (the zero3 group's profile): fewer hooked modules
-    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"]["leaf_module"] = {"classes": ["Block"]}
-json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/d12_zero3_leaf.json"
-    d12=(-e d12 -b 64 -t 1024 -d 524288 -z 3)
-    for i in $(seq "${ROUNDS:-2}"); do
-      train_run "d12_z3_default_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}"
-      train_run "d12_z3_leaf_$i" 12 --ds_config "$OUT/d12_zero3_leaf.json" "${d12[@]}"
-    done
-    "$PYTHON" bench/summarize.py "$OUT"/d12_z3_*.log --first 4 --last 12 ;;
   inductor)  # torch.compile's other modes, set through Inductor's environment variables: max-autotune's GEMM
     # search (Triton templates against cuBLAS, per shape) and reduce-overhead's CUDA graphs
     d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
@@ -242,5 +230,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/d12_zero3_
   cpu)
     cpu_run
     "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
-  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|zero3_leaf|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
