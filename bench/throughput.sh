@@ -44,6 +44,10 @@ OUT=${OUT:-bench_out/throughput}
 mkdir -p "$OUT"
 source bench/device_env.sh
 random_shards || exit 1
+# each size as llm.c's scripts train it on one GPU: its JSON, micro-batch B, T and tokens per step
+D12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
+D24=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288)
+D48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072)
 
 # micro_batches_in_turn NAME B1 B2 FLAGS...: 10 steps at -b B1, then at -b B2, ROUNDS (default 1) times, at the
 # same tokens per step (FLAGS' -d), and their table
@@ -57,57 +61,51 @@ micro_batches_in_turn() {
   "$PYTHON" bench/summarize.py "$OUT/${name}_b${small}_"*.log "$OUT/${name}_b${big}_"*.log --first 4 --last 10
 }
 
-# cpu_run: the quickstart's 4-layer model on 2 CPU ranks (fp32), 20 steps, its console in $OUT/cpu_d4.log. The ranks
-# come from torchrun with CUDA hidden, so that they take the CPU on a GPU machine too (DeepSpeed's launcher sets
-# CUDA_VISIBLE_DEVICES=0,1 for its ranks even when it runs on the CPU)
-cpu_run() {
+# cpu_row: the quickstart's 4-layer model on 2 CPU ranks (fp32), 20 steps, its console in $OUT/cpu_d4.log, and its
+# table. The ranks come from torchrun with CUDA hidden, so that they take the CPU on a GPU machine too (DeepSpeed's
+# launcher sets CUDA_VISIBLE_DEVICES=0,1 for its ranks even when it runs on the CPU)
+cpu_row() {
   echo "=== cpu_d4" >&2
   CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 timeout 540 "$PYTHON" -m torch.distributed.run --nproc_per_node 2 \
     ds_train/main.py --ds_config ds_configs/quickstart.json -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" \
     > "$OUT/cpu_d4.log" 2>&1 || echo "=== cpu_d4: exit status $? (see $OUT/cpu_d4.log)" >&2
+  "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20
 }
 
 case "${1:-d12}" in
   table)  # the sizes and stages of issue 7 with the defaults, then the CPU row
     if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
-      d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
-      for z in 1 2 3; do train_run "table_d12_zero$z" 12 "${d12[@]}" -z $z; done
-      train_run table_d24_zero1 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1
-      for z in 1 3; do
-        train_run "table_d48_zero$z" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z $z
-      done
+      for z in 1 2 3; do train_run "table_d12_zero$z" 12 "${D12[@]}" -z $z; done
+      train_run table_d24_zero1 10 "${D24[@]}" -z 1
+      for z in 1 3; do train_run "table_d48_zero$z" 8 "${D48[@]}" -z $z; done
       "$PYTHON" bench/summarize.py "$OUT"/table_d12_*.log "$OUT"/table_d24_*.log "$OUT"/table_d48_*.log --first 4 --last 12
     else
       echo "(no CUDA GPU here: the CPU row only)"
     fi
-    cpu_run
-    "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
+    cpu_row ;;
   d12)  # the stages compiled, and ZeRO-1 eager (--compile 0) for what compiling gives
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
-    train_run d12_z1 20 "${d12[@]}" -z 1
-    train_run d12_z2 20 "${d12[@]}" -z 2
-    train_run d12_z3 20 "${d12[@]}" -z 3
-    train_run d12_z1_eager 20 "${d12[@]}" -z 1 --compile 0
+    train_run d12_z1 20 "${D12[@]}" -z 1
+    train_run d12_z2 20 "${D12[@]}" -z 2
+    train_run d12_z3 20 "${D12[@]}" -z 3
+    train_run d12_z1_eager 20 "${D12[@]}" -z 1 --compile 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 6 --last 20 ;;
   zero_ab)  # the stages in turn, so that the GPU's warming up weighs on each alike
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
     for i in $(seq "${ROUNDS:-1}"); do
-      for z in 1 2 3; do train_run "d12_zero${z}_$i" 12 "${d12[@]}" -z $z; done
+      for z in 1 2 3; do train_run "d12_zero${z}_$i" 12 "${D12[@]}" -z $z; done
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_zero*.log --first 4 --last 12 ;;
-  zero_ab_d48)  # the same for d48, where each micro-step's kernels take 4-5 times d12's and ZeRO-3's hooks weigh less
-    d48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072)
+  zero_ab_d48)  # the same for d48: four times d12's layers (and ZeRO-3 hooks), 2.8 times its GPU time per micro-step
     for i in $(seq "${ROUNDS:-2}"); do
-      for z in 1 3; do train_run "d48_zero${z}_$i" 10 "${d48[@]}" -z $z; done
+      for z in 1 3; do train_run "d48_zero${z}_$i" 10 "${D48[@]}" -z $z; done
     done
     "$PYTHON" bench/summarize.py "$OUT"/d48_zero*.log --first 4 --last 10 ;;
   recompute)  # d12 ZeRO-1 compiled at each recompute level (-r 0 is d12_z1 above)
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    d12=("${D12[@]}" -z 1)
     for r in 1 2 3; do train_run "d12_r$r" 20 "${d12[@]}" -r $r; done
     "$PYTHON" bench/summarize.py "$OUT"/d12_r*.log --first 6 --last 20 ;;
   microbatch)  # twice the micro-batch of the d12 and big groups, at the same tokens per step
     train_run d12_b128 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 128 -t 1024 -d 524288 -z 1
-    train_run d24_b64 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1 -r 0
+    train_run d24_b64 15 "${D24[@]}" -z 1 -r 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_b128.log --first 6 --last 20
     "$PYTHON" bench/summarize.py "$OUT"/d24_b64.log --first 4 --last 15 ;;
   microbatch_d48)
@@ -125,7 +123,7 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_timer_*.log --first 4 --last 12 ;;
   gelu)  # llm.c's -ge on d12 ZeRO-1: GELU unfused and in cuBLASLt's epilogues, alternating as the timer group does
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    d12=("${D12[@]}" -z 1)
     for i in 1 2; do
       train_run "d12_ge0_$i" 12 "${d12[@]}" -ge 0
       train_run "d12_ge2_$i" 12 "${d12[@]}" -ge 2
@@ -133,7 +131,7 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     train_run d12_ge1 12 "${d12[@]}" -ge 1
     "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 12 ;;
   flash)  # -fa 0 against -fa 1 on d12 ZeRO-1, alternating as the timer group does
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    d12=("${D12[@]}" -z 1)
     for i in $(seq "${ROUNDS:-2}"); do
       train_run "d12_fa0_$i" 12 "${d12[@]}" -fa 0
       train_run "d12_fa1_$i" 12 "${d12[@]}" -fa 1
@@ -141,25 +139,25 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     "$PYTHON" bench/summarize.py "$OUT"/d12_fa*.log --first 4 --last 12 ;;
   flash_big)
     for fa in 0 1; do
-      train_run "d24_fa$fa" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288 -z 1 -r 0 -fa $fa
-      train_run "d48_fa$fa" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0 -fa $fa
+      train_run "d24_fa$fa" 10 "${D24[@]}" -z 1 -r 0 -fa $fa
+      train_run "d48_fa$fa" 8 "${D48[@]}" -z 1 -r 0 -fa $fa
     done
     "$PYTHON" bench/summarize.py "$OUT"/d24_fa*.log "$OUT"/d48_fa*.log --first 4 --last 10 ;;
   flash_checks)
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -fa 1)
+    d12=("${D12[@]}" -fa 1)
     train_run d12_z3_fa1 12 "${d12[@]}" -z 3
     train_run d12_r1_fa1 12 "${d12[@]}" -z 1 -r 1
     "$PYTHON" bench/summarize.py "$OUT"/d12_z3_fa1.log "$OUT"/d12_r1_fa1.log --first 4 --last 12 ;;
   gelu_big)
     for ge in 0 2; do
       train_run "d24_ge$ge" 10 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge
-      train_run "d48_ge$ge" 8 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0 -ge $ge
+      train_run "d48_ge$ge" 8 "${D48[@]}" -z 1 -r 0 -ge $ge
     done
-    train_run d12_z3_ge2 12 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 3 -ge 2
+    train_run d12_z3_ge2 12 "${D12[@]}" -z 3 -ge 2
     "$PYTHON" bench/summarize.py "$OUT"/d24_ge*.log "$OUT"/d48_ge*.log --first 4 --last 10
     "$PYTHON" bench/summarize.py "$OUT"/d12_z3_ge2.log --first 4 --last 12 ;;
   gelu_ab)  # -ge 0 against -ge 2 alternating, for d12 (twice each) and d24 B=32 (once each)
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    d12=("${D12[@]}" -z 1)
     for i in 1 2; do train_run "d12_ge0_$i" 10 "${d12[@]}" -ge 0; train_run "d12_ge2_$i" 10 "${d12[@]}" -ge 2; done
     for ge in 0 2; do train_run "d24_ge$ge" 9 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0 -ge $ge; done
     "$PYTHON" bench/summarize.py "$OUT"/d12_ge*.log --first 4 --last 10
@@ -203,7 +201,7 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
       > "$OUT/profile_d12_z3.txt" 2>&1 ;;
   inductor)  # torch.compile's other modes, set through Inductor's environment variables: max-autotune's GEMM
     # search (Triton templates against cuBLAS, per shape) and reduce-overhead's CUDA graphs
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    d12=("${D12[@]}" -z 1)
     for i in $(seq "${ROUNDS:-1}"); do
       train_run "d12_default_$i" 12 "${d12[@]}"
       TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 train_run "d12_autotune_gemm_$i" 12 "${d12[@]}"
@@ -213,22 +211,20 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
       --first 4 --last 12 ;;
   big)
     train_run d24_z1 15 --ds_config ds_configs/gpt2_350M.json -e d24 -b 32 -t 1024 -d 524288 -z 1 -r 0
-    train_run d48_z1 12 --ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072 -z 1 -r 0
+    train_run d48_z1 12 "${D48[@]}" -z 1 -r 0
     "$PYTHON" bench/summarize.py "$OUT"/d24_z1.log "$OUT"/d48_z1.log --first 4 --last 15 ;;
   loader)  # d12 ZeRO-1 with the real shard loader, then with 32 batches served from pinned memory
-    d12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1)
+    d12=("${D12[@]}" -z 1)
     for mode in real memory; do
       echo "=== loader_$mode" >&2
       timeout 540 "$PYTHON" bench/loader_stall.py $mode "${SHARDS[@]}" "${d12[@]}" -x 15 > "$OUT/loader_$mode.log" 2>&1
     done
     "$PYTHON" bench/summarize.py "$OUT"/loader_*.log --first 4 --last 15 ;;
   eval)  # d12 ZeRO-1 with val loss (-m 20), HellaSwag (10042 examples) and a 64-token sample every 5 steps
-    train_run d12_eval 10 --ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288 -z 1 \
-      -v 5 -m 20 -h 1 -s 5 -g 64
+    train_run d12_eval 10 "${D12[@]}" -z 1 -v 5 -m 20 -h 1 -s 5 -g 64
     grep -E "^eval at|^HellaSwag" "$OUT/d12_eval.log"
     "$PYTHON" bench/summarize.py "$OUT/d12_eval.log" --first 2 --last 10 ;;
   cpu)
-    cpu_run
-    "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20 ;;
+    cpu_row ;;
   *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
