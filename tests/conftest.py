@@ -195,25 +195,14 @@ def wait_all(procs, timeout):
                 proc.wait()
 
 
-def run_process(cmd, env=None, timeout: int = 600, fork: bool = FORK_RUNS, **kwargs) -> subprocess.CompletedProcess:
+def run_process(cmd, env=None, timeout: int = 600, fork: bool = FORK_RUNS) -> subprocess.CompletedProcess:
     """subprocess.run in its own process group, all of which is killed on timeout: a launcher's ranks and
     a JIT build's compilers too, so that a hung test leaves nothing running (or holding a build lock).
     A ds_train run (`python ds_train/main.py ...`) is forked from the zygote if `fork`."""
-    kwargs.setdefault("cwd", REPO)
-    if fork and is_ds_train_run(cmd):
-        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        proc = start(cmd, env, kwargs["cwd"], out, err)
-        wait_all([proc], timeout)
-        return subprocess.CompletedProcess(cmd, proc.returncode, read_back(out), read_back(err))
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True, **kwargs) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = start(cmd, env, REPO, out, err, fork)
+    wait_all([proc], timeout)
+    return subprocess.CompletedProcess(cmd, proc.returncode, read_back(out), read_back(err))
 
 
 def read_back(file) -> str:
