@@ -90,7 +90,7 @@ FLAGS = [
         (None, "--host_memory", float, None, "GIB", "the host memory per node --auto_fit plans offload with "
                                                     "(default: 90%% of this machine's)"),
         ("-ge", "--gelu_fusion", int, -1, "N", "GELU in cuBLASLt matmul epilogues, as llm.c's -ge: 0 none, 1 forward, "
-                                               "2 forward and backward (default -1: 2 for bf16 on a GPU at -r 0/3, else 0)"),
+                                               "2 forward and backward (default -1: 2 for bf16 on a GPU at -r 0, 1, 3, else 0)"),
         ("-fa", "--flash_attention", int, -1, "N", "attention kernels in training: 0 SDPA (PyTorch's pick), 1 "
                                                    "FlashAttention-4 (bash scripts/setup.sh --gpu installs it; bf16 on "
                                                    "a Hopper or newer GPU) (default -1: 1 where it runs, else 0)"),
@@ -346,11 +346,11 @@ def _resolve_recompute(flag_value, ds: dict, merge: _Merge) -> int:
 
 
 def _resolve_gelu_fusion(flag_value: int, bf16_gpu: bool, recompute: int, model: GPTConfig, notes: list) -> int:
-    """-ge: llm.c's levels; -1 picks 2 where the fused kernels exist (bf16 on CUDA) and apply (-r 0 or 3:
-    -r 1/2 recompute GELU from its input, which the fused forward writes together with its output)."""
+    """-ge: llm.c's levels; -1 picks 2 where the fused kernels exist (bf16 on CUDA) and apply (-r 0, 1 or 3: -r 2's
+    selective checkpoint would keep both outputs of the fused forward, GELU's input and output)."""
     _check(flag_value in (-1, *GELU_FUSION_LEVELS), f"-ge {flag_value}: expected -1 (default), 0, 1 or 2")
     why_not = ("the fused kernels are for bf16 on a CUDA GPU" if not bf16_gpu else
-               f"-r {recompute} recomputes GELU in backward; use -r 0 or 3" if recompute in (1, 2) else
+               "-r 2 recomputes GELU unfused in its selective checkpoint; use -r 0, 1 or 3" if recompute == 2 else
                f"cuBLASLt wants the width C = {model.n_embd} a multiple of 8" if model.n_embd % 8 else None)
     return _kernel_level("-ge", flag_value, 2, why_not, "GELU is computed unfused", notes)
 
@@ -446,15 +446,15 @@ def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict, h
             zero[key] = _offload_section(zero.get(key), run.offload_nvme)
         else:
             zero.pop(key, None)
-    if run.zero_stage == 3 and (run.recompute in (1, 2) or run.compile):
-        # ZeRO-3's default linear adds the bias in place onto the matmul output that selective recompute
+    if run.zero_stage == 3 and (run.recompute == 2 or run.compile):
+        # ZeRO-3's default linear adds the bias in place onto the matmul output that -r 2's selective checkpoint
         # keeps, so recompute would add it twice; under torch.compile its parameter checks guard on each
         # layer's parameter ids (a recompile per block) and its gradients came out wrong on an H100.
         # torch's own linear (addmm) is out of place and compiles into the block's graph.
-        why = f"-r {run.recompute}" if run.recompute in (1, 2) else "--compile 1"
+        why = "-r 2" if run.recompute == 2 else "--compile 1"
         _check(ds["zero_optimization"].get("memory_efficient_linear") is not True,
                f"--ds_config {path}: zero_optimization.memory_efficient_linear true gives wrong gradients with "
-               f"{why} at ZeRO-3; remove it (or use -r 0/3 and --compile 0)")
+               f"{why} at ZeRO-3; remove it (or use -r 0, 1 or 3 and --compile 0)")
         ds["zero_optimization"]["memory_efficient_linear"] = False
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": run.bf16}
     if run.bf16 and run.zero_stage > 0:

@@ -1,4 +1,4 @@
-"""llm.c's GELU fusion (-ge): the MLP's GELU computed inside cuBLASLt matmul epilogues on CUDA.
+"""The MLP's GELU fused into cuBLASLt matmul epilogues on CUDA (llm.c's -ge), and recomputed in backward (-r 1).
 
 Unfused, GELU is a pass of its own over the (B*T, 4C) activations in each direction: forward reads the first
 matmul's output and writes GELU's; backward reads the gradient and GELU's input and writes the gradient at
@@ -6,6 +6,11 @@ that input. Fused (ds_train/csrc/gelu_matmul.cpp, JIT-built by torch's C++ exten
 level 1 applies GELU as the first matmul writes its result (keeping GELU's input for backward), and level 2
 also multiplies by GELU's derivative as the backward matmul of the second linear writes its result.
 `bench/gelu_epilogue.py` times both against the unfused kernels.
+
+Recompute level 1 (-r 1) keeps only GELU's input for backward, where GELU's output is computed again for the
+second linear's weight gradient, the one place backward needs it: one elementwise pass, as llm.c's -r 1 does.
+The fused epilogues stay on, so recompute costs that pass and nothing else. (-r 2 recomputes GELU unfused, in
+the block's selective checkpoint: ds_train.model.)
 
 The two operations are torch custom ops, so torch.compile keeps them whole in a block's graph. Their CPU
 kernels are the same arithmetic done unfused: what the tests check the fused MLP's gradients against.
@@ -71,17 +76,25 @@ def _(grad_out, weight, pre_gelu):
     return torch.empty_like(pre_gelu)
 
 
+def _gelu(pre_gelu):
+    return F.gelu(pre_gelu, approximate="tanh")
+
+
 class GeluMLP(torch.autograd.Function):
-    """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) for 2-D x, GELU fused at `level` (1 or 2). It saves
-    what autograd saves unfused (x, GELU's input and output, the weights), so memory does not change. The
-    bias gradients stay torch sums, which inductor fuses: cuBLASLt's own bias-gradient epilogue (DGELU_BGRAD)
-    measured slower than the matmul and the sum together."""
+    """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) for 2-D x, GELU fused at `level` (0 none, 1, 2).
+    Without recompute it saves what autograd saves unfused (x, GELU's input and output, the weights), so memory
+    does not change; with it, GELU's output is not kept. The bias gradients stay torch sums, which inductor
+    fuses: cuBLASLt's own bias-gradient epilogue (DGELU_BGRAD) measured slower than the matmul and the sum."""
 
     @staticmethod
-    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, level: int):
-        h, pre_gelu = linear_gelu(x, w_fc, b_fc)
+    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, level: int, recompute: bool):
+        if level:
+            h, pre_gelu = linear_gelu(x, w_fc, b_fc)
+        else:
+            pre_gelu = F.linear(x, w_fc, b_fc)
+            h = _gelu(pre_gelu)
         ctx.level = level
-        ctx.save_for_backward(x, pre_gelu, h, w_fc, w_proj)
+        ctx.save_for_backward(x, pre_gelu, None if recompute else h, w_fc, w_proj)
         return F.linear(h, w_proj, b_proj)
 
     @staticmethod
@@ -92,10 +105,12 @@ class GeluMLP(torch.autograd.Function):
             grad_pre = matmul_gelu_backward(grad_y, w_proj, pre_gelu)
         else:
             grad_pre = _unfused_gelu_backward(grad_y, w_proj, pre_gelu)
-        return (grad_pre @ w_fc, grad_pre.t() @ x, grad_pre.sum(0), grad_y.t() @ h, grad_y.sum(0), None)
+        if h is None:  # recompute: GELU's output again, for the second linear's weight gradient
+            h = _gelu(pre_gelu)
+        return (grad_pre @ w_fc, grad_pre.t() @ x, grad_pre.sum(0), grad_y.t() @ h, grad_y.sum(0), None, None)
 
 
-def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int):
-    """The MLP of a block on x (..., C) with GELU fused at `level` (1 or 2)."""
-    y = GeluMLP.apply(x.reshape(-1, x.shape[-1]), c_fc.weight, c_fc.bias, c_proj.weight, c_proj.bias, level)
+def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int, recompute: bool = False):
+    """The MLP of a block on x (..., C) with GELU fused at `level` (0-2), recomputed in backward if `recompute`."""
+    y = GeluMLP.apply(x.reshape(-1, x.shape[-1]), c_fc.weight, c_fc.bias, c_proj.weight, c_proj.bias, level, recompute)
     return y.view(*x.shape[:-1], y.shape[-1])

@@ -16,7 +16,7 @@ Model states, bytes per parameter (N parameters, W ranks):
   what is gathered at a time. host_estimate() sizes a rank's host memory for auto_fit.
 Activations kept for backward, per layer and token, in units of C values (bf16 or fp32): LayerNorm in/out
 2+2, q/k/v 3, attention out 1, the MLP's 4C in and GELU'd 4C out 4+4: 16 without recompute; -r 1 drops the
-GELU output, which saved 2 C, not 4, in the compiled blocks on an H100 (d24, d48 and gpt3:c2048 alike), so 14;
+GELU output, 4 (12; d12 at B=64 peaked 4.50 GiB lower on an H200: 4.0 C);
 -r 2 also the LayerNorm outputs (10), -r 3 keeps each block's input only (1), plus one block's 16 while it is
 recomputed. Flash attention keeps no T x T matrix.
 The loss (ds_train.loss) never holds the whole logits: one chunk of at most CHUNK_ROWS rows at a time, in bf16
@@ -55,7 +55,7 @@ def estimate(run: RunConfig) -> list:
         working_set = value * max(2 * m.block_params, m.padded_vocab_size * m.n_embd)
         weights, grads = working_set, working_set if offload_optimizer else grads
     tokens = run.B * run.T
-    per_layer = {0: 16, 1: 14, 2: 10, 3: 1}[run.recompute]
+    per_layer = {0: 16, 1: 12, 2: 10, 3: 1}[run.recompute]
     layers = (m.n_layer * per_layer + (16 if run.recompute == 3 else 0) + 3) * tokens * m.n_embd * value
     chunk = min(tokens, CHUNK_ROWS) * m.padded_vocab_size * (2 if run.bf16 else 12)
     loss = chunk + 4 * m.padded_vocab_size * m.n_embd + tokens * m.n_embd * value

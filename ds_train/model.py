@@ -103,11 +103,13 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.gelu_fusion = 0  # set by GPT.set_gelu_fusion
+        self.recompute_gelu = False  # set by GPT.set_recompute (level 1)
 
     def forward(self, x):
-        if self.gelu_fusion and self.training:  # evaluation and sampling (eval mode, shapes that vary) stay
-            # unfused: the fused forward alone measured no faster, and only training's shapes were run on a GPU
-            return gelu_fusion.mlp(x, self.c_fc, self.c_proj, self.gelu_fusion)
+        if (self.gelu_fusion or self.recompute_gelu) and self.training:  # evaluation and sampling (eval mode,
+            # shapes that vary) stay unfused: the fused forward alone measured no faster, and only training's
+            # shapes were run on a GPU
+            return gelu_fusion.mlp(x, self.c_fc, self.c_proj, self.gelu_fusion, self.recompute_gelu)
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
@@ -142,7 +144,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
-        self.checkpoint_context = None  # set by GPT.set_recompute for levels 1 and 2
+        self.checkpoint_context = None  # set by GPT.set_recompute for level 2
 
     def forward(self, x):
         # the checkpointed region sits inside the block so that ZeRO-3's parameter gathering (at the block's
@@ -160,18 +162,18 @@ def _ops(*names):
     return {getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n)}
 
 
-# Recompute levels 1 and 2 keep what is expensive to redo (matmuls, attention) and let autograd recompute
-# the cheap rest in backward, as llm.c's -r does: level 1 also keeps LayerNorm outputs, level 2 does not.
+# Recompute level 2 keeps what is expensive to redo (matmuls, attention) and lets autograd recompute the cheap
+# rest (GELU, LayerNorm) in backward, as llm.c's -r 2 does. Level 1 recomputes only GELU, inside the MLP's own
+# backward (ds_train.gelu_fusion), which keeps GELU's fused kernels.
 _MATMUL_OPS = _ops("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
                    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
                    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_mm")
 _MATMUL_OPS |= {torch.ops.ds_train.flash_attention_qkv}  # ds_train.flash_attention's forward (-fa 1)
-_LAYERNORM_OPS = _ops("native_layer_norm")
 
 
-def _recompute_policy(saved_ops, ctx, op, *args, **kwargs):
+def _recompute_policy(ctx, op, *args, **kwargs):
     packet = getattr(op, "overloadpacket", op)  # the policy sees overloads (aten.addmm.default)
-    return CheckpointPolicy.MUST_SAVE if packet in saved_ops else CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE if packet in _MATMUL_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 class GPT(nn.Module):
@@ -194,24 +196,22 @@ class GPT(nn.Module):
     def set_recompute(self, level: int):
         if level not in RECOMPUTE_LEVELS:
             raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {level}")
-        if level in (1, 2) and self.gelu_fusion:
-            raise ValueError(f"recompute level {level} does not combine with GELU fusion")
+        if level == 2 and self.gelu_fusion:
+            raise ValueError("recompute level 2 does not combine with GELU fusion")
         self.recompute = level
-        context = None
-        if level in (1, 2):
-            saved = _MATMUL_OPS | (_LAYERNORM_OPS if level == 1 else set())
-            context = partial(create_selective_checkpoint_contexts, partial(_recompute_policy, saved))
+        context = partial(create_selective_checkpoint_contexts, _recompute_policy) if level == 2 else None
         for block in self.transformer.h:
             block.checkpoint_context = context
+            block.mlp.recompute_gelu = level == 1
 
     def set_gelu_fusion(self, level: int):
         """llm.c's -ge: GELU in the MLP's matmul epilogues, 1 in forward, 2 in forward and backward
         (ds_train.gelu_fusion; cuBLASLt on CUDA, the same arithmetic unfused elsewhere), in train mode. Not with
-        -r 1/2: they recompute GELU from its input in backward, and the fused forward writes input and output
-        at once."""
+        -r 2: its selective checkpoint would keep both outputs of the fused forward (GELU's input and output),
+        so it recomputes GELU unfused."""
         if level not in gelu_fusion.LEVELS:
             raise ValueError(f"GELU fusion level must be one of {sorted(gelu_fusion.LEVELS)}, got {level}")
-        if level and self.recompute in (1, 2):
+        if level and self.recompute == 2:
             raise ValueError(f"GELU fusion does not combine with recompute level {self.recompute}")
         self.gelu_fusion = level
         for block in self.transformer.h:
@@ -229,7 +229,7 @@ class GPT(nn.Module):
     def set_compile(self, enabled: bool = True):
         """torch.compile each block's forward and the loss's chunk functions. Compiling block by block keeps
         module hooks (ZeRO-3 gathers a block's parameters in one) eager at the block boundary, and all blocks
-        share one compiled graph; the recompute region (-r 1/2) is compiled with the block. Training compiles for
+        share one compiled graph; the recompute region (-r 2) is compiled with the block. Training compiles for
         its fixed shape; the first other shape (HellaSwag's batches) gets one graph with dynamic shapes."""
         for block in self.transformer.h:
             if enabled:

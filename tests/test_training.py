@@ -115,7 +115,7 @@ def test_one_rank_matches_two_ranks_at_the_same_total_batch():
     assert_same_training(run)
 
 
-@pytest.mark.parametrize("stage, level", [(3, 2), (1, 1)])
+@pytest.mark.parametrize("stage, level", [(3, 2), (3, 1), (1, 1)])
 def test_recompute_levels_give_the_same_losses(stage, level):
     ref = zero_run(stage)
     run = train([*COMMON, "-b", 4, "-z", stage, "-r", level], ranks=2, launcher="env").check()
