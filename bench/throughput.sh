@@ -8,6 +8,8 @@
 #   bash bench/throughput.sh zero_ab   GPU: d12 at ZeRO-1, 2 and 3 in turn, ROUNDS (default 1) times, 12 steps each
 #   bash bench/throughput.sh zero_ab_d48 GPU: d48 B=16 at ZeRO-1 and 3 in turn (131K-token steps), ROUNDS (default 2) times
 #   bash bench/throughput.sh recompute GPU: d12 ZeRO-1 with -r 1, 2, 3
+#   bash bench/throughput.sh zero3_b128 GPU: d12 at B=128 x 4 (0.5M-token steps), ZeRO-1 and 3 in turn, ROUNDS (default 2)
+#                                      times, then ZeRO-3 at B=64 x 8: ZeRO-3's cost with half the micro-steps
 #   bash bench/throughput.sh big       GPU: d24 (350M) B=32 at ZeRO-1 (0.5M tokens/step), d48 (1558M) B=16 at ZeRO-1
 #                                      (131K tokens/step, fewer steps: a step is several seconds on one GPU)
 #   bash bench/throughput.sh microbatch GPU: d12 B=128 and d24 B=64 at the same 0.5M-token steps
@@ -103,6 +105,12 @@ case "${1:-d12}" in
     d12=("${D12[@]}" -z 1)
     for r in 1 2 3; do train_run "d12_r$r" 20 "${d12[@]}" -r $r; done
     "$PYTHON" bench/summarize.py "$OUT"/d12_r*.log --first 6 --last 20 ;;
+  zero3_b128)
+    for i in $(seq "${ROUNDS:-2}"); do
+      for z in 1 3; do train_run "z${z}_b128_$i" 12 "${D12[@]}" -b 128 -z $z; done
+    done
+    train_run z3_b64 12 "${D12[@]}" -z 3
+    "$PYTHON" bench/summarize.py "$OUT"/z?_b128_*.log "$OUT/z3_b64.log" --first 4 --last 12 ;;
   microbatch)  # twice the micro-batch of the d12 and big groups, at the same tokens per step
     train_run d12_b128 20 --ds_config ds_configs/gpt2_124M.json -e d12 -b 128 -t 1024 -d 524288 -z 1
     train_run d24_b64 15 "${D24[@]}" -z 1 -r 0
