@@ -37,7 +37,9 @@ from ds_train import main as ds_train_main  # noqa: E402
 def run(request: dict, stdout_fd: int, stderr_fd: int):
     """In the forked child: become `python ds_train/main.py ARGS` and never return."""
     os.setsid()
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)  # the run inherits no descriptor beyond its three
     os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
     os.close(stdout_fd)
