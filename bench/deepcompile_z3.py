@@ -8,14 +8,14 @@ T=1024, 8 micro-steps per step, random tokens made on the GPU, three ways (one p
 With TORCH_LOSS=1 the loss's chunks run as torch ops (compiled) in every mode instead of ds_train's Triton
 kernel, whose call DeepCompile's trace cannot take in (a graph break: the head's weight, left partitioned
 outside the graph, reached the matmul empty), and the head's weight gradient is summed through a bf16 product
-(torch's fake tensors fail on addmm's out_dtype with out=, which the trace runs). A probe with DeepSpeed's own loop and torch's AdamW, not ds_train's trainer (which does not offer DeepCompile):
+(torch's fake tensors fail on addmm's out_dtype with out=, which the trace runs).
+A probe with DeepSpeed's own loop and torch's AdamW, not ds_train's trainer (which does not offer DeepCompile):
 the ratio between the modes is the figure. Needs CUDA and NCCL's headers (DeepCompile's native op is JIT-built
 with both; with torch's NCCL wheel: CPATH=<site-packages>/nvidia/nccl/include).
   python bench/deepcompile_z3.py MODE [steps (default 14)]
 """
 
 import os
-import socket
 import sys
 import time
 
@@ -24,19 +24,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
 
+from ds_train import distributed  # noqa: E402
 from ds_train.model import GPT, Block, config_from_descriptor  # noqa: E402
 
 B, T, ACCUM = 64, 1024, 8
 
 
 def main(mode: str, steps: int):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(sock.getsockname()[1]))
-    sock.close()
-    deepspeed.init_distributed("nccl")
-    torch.cuda.set_device(0)
+    distributed.init_process_group(distributed.discover())  # a world of one, as a plain main.py run
     if os.environ.get("TORCH_LOSS") == "1":
         from ds_train import loss
         loss.triton_available = lambda: False
