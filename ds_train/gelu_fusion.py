@@ -41,14 +41,23 @@ def build_error() -> str | None:
     return None
 
 
+def _gelu(pre_gelu):
+    return F.gelu(pre_gelu, approximate="tanh")
+
+
+def _unfused_linear_gelu(x, weight, bias):
+    """(gelu(x @ weight.T + bias), x @ weight.T + bias) as two kernels: a matmul, then GELU."""
+    pre_gelu = F.linear(x, weight, bias)
+    return _gelu(pre_gelu), pre_gelu
+
+
 @torch.library.custom_op("ds_train::linear_gelu", mutates_args=())
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(gelu(x @ weight.T + bias), x @ weight.T + bias) for 2-D x: on CUDA one cuBLASLt matmul writes both."""
     if x.is_cuda:
         out, pre_gelu = extension().linear_gelu(x, weight, bias)
         return out, pre_gelu
-    pre_gelu = F.linear(x, weight, bias)
-    return F.gelu(pre_gelu, approximate="tanh"), pre_gelu
+    return _unfused_linear_gelu(x, weight, bias)
 
 
 @linear_gelu.register_fake
@@ -76,10 +85,6 @@ def _(grad_out, weight, pre_gelu):
     return torch.empty_like(pre_gelu)
 
 
-def _gelu(pre_gelu):
-    return F.gelu(pre_gelu, approximate="tanh")
-
-
 class GeluMLP(torch.autograd.Function):
     """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) for 2-D x, GELU fused at `level` (0 none, 1, 2).
     Without recompute it saves what autograd saves unfused (x, GELU's input and output, the weights), so memory
@@ -88,11 +93,7 @@ class GeluMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, level: int, recompute: bool):
-        if level:
-            h, pre_gelu = linear_gelu(x, w_fc, b_fc)
-        else:
-            pre_gelu = F.linear(x, w_fc, b_fc)
-            h = _gelu(pre_gelu)
+        h, pre_gelu = (linear_gelu if level else _unfused_linear_gelu)(x, w_fc, b_fc)
         ctx.level = level
         ctx.save_for_backward(x, pre_gelu, None if recompute else h, w_fc, w_proj)
         return F.linear(h, w_proj, b_proj)
