@@ -283,7 +283,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
            f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
 
-    gelu_fusion = _resolve_gelu_fusion(args.gelu_fusion, has_gpu and bf16, recompute, model, merge.notes)
+    gelu_fusion = _resolve_gelu_fusion(args.gelu_fusion, has_gpu and bf16, model, merge.notes)
     flash = _resolve_flash_attention(args.flash_attention, has_gpu and bf16, model, merge.notes)
     overfit = bool(args.overfit_single_batch)
     run = RunConfig(
@@ -345,12 +345,11 @@ def _resolve_recompute(flag_value, ds: dict, merge: _Merge) -> int:
     return level
 
 
-def _resolve_gelu_fusion(flag_value: int, bf16_gpu: bool, recompute: int, model: GPTConfig, notes: list) -> int:
-    """-ge: llm.c's levels; -1 picks 2 where the fused kernels exist (bf16 on CUDA) and apply (-r 0, 1 or 3: -r 2's
-    selective checkpoint would keep both outputs of the fused forward, GELU's input and output)."""
+def _resolve_gelu_fusion(flag_value: int, bf16_gpu: bool, model: GPTConfig, notes: list) -> int:
+    """-ge: llm.c's levels; -1 picks 2 where the fused kernels exist (bf16 on CUDA) and apply (a width cuBLASLt
+    takes), at any -r."""
     _check(flag_value in (-1, *GELU_FUSION_LEVELS), f"-ge {flag_value}: expected -1 (default), 0, 1 or 2")
     why_not = ("the fused kernels are for bf16 on a CUDA GPU" if not bf16_gpu else
-               "-r 2 recomputes GELU unfused in its selective checkpoint; use -r 0, 1 or 3" if recompute == 2 else
                f"cuBLASLt wants the width C = {model.n_embd} a multiple of 8" if model.n_embd % 8 else None)
     return _kernel_level("-ge", flag_value, 2, why_not, "GELU is computed unfused", notes)
 
@@ -446,15 +445,13 @@ def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict, h
             zero[key] = _offload_section(zero.get(key), run.offload_nvme)
         else:
             zero.pop(key, None)
-    if run.zero_stage == 3 and (run.recompute == 2 or run.compile):
-        # ZeRO-3's default linear adds the bias in place onto the matmul output that -r 2's selective checkpoint
-        # keeps, so recompute would add it twice; under torch.compile its parameter checks guard on each
-        # layer's parameter ids (a recompile per block) and its gradients came out wrong on an H100.
-        # torch's own linear (addmm) is out of place and compiles into the block's graph.
-        why = "-r 2" if run.recompute == 2 else "--compile 1"
+    if run.zero_stage == 3 and run.compile:
+        # under torch.compile ZeRO-3's default linear has its parameter checks guard on each layer's parameter
+        # ids (a recompile per block) and its gradients came out wrong on an H100. torch's own linear (addmm)
+        # compiles into the block's graph.
         _check(ds["zero_optimization"].get("memory_efficient_linear") is not True,
                f"--ds_config {path}: zero_optimization.memory_efficient_linear true gives wrong gradients with "
-               f"{why} at ZeRO-3; remove it (or use -r 0, 1 or 3 and --compile 0)")
+               f"--compile 1 at ZeRO-3; remove it (or use --compile 0)")
         ds["zero_optimization"]["memory_efficient_linear"] = False
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": run.bf16}
     if run.bf16 and run.zero_stage > 0:

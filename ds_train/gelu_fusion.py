@@ -1,4 +1,4 @@
-"""The MLP's GELU fused into cuBLASLt matmul epilogues on CUDA (llm.c's -ge), and recomputed in backward (-r 1).
+"""The MLP's GELU fused into cuBLASLt matmul epilogues on CUDA (llm.c's -ge), and recomputed in backward (-r 1, 2).
 
 Unfused, GELU is a pass of its own over the (B*T, 4C) activations in each direction: forward reads the first
 matmul's output and writes GELU's; backward reads the gradient and GELU's input and writes the gradient at
@@ -9,8 +9,8 @@ also multiplies by GELU's derivative as the backward matmul of the second linear
 
 Recompute level 1 (-r 1) keeps only GELU's input for backward, where GELU's output is computed again for the
 second linear's weight gradient, the one place backward needs it: one elementwise pass, as llm.c's -r 1 does.
-The fused epilogues stay on, so recompute costs that pass and nothing else. (-r 2 recomputes GELU unfused, in
-the block's selective checkpoint: ds_train.model.)
+The fused epilogues stay on, so recompute costs that pass and nothing else. -r 2 does the same and also
+normalizes the MLP's input again in backward (ds_train.recompute).
 
 The two operations are torch custom ops, so torch.compile keeps them whole in a block's graph. Their CPU
 kernels are the same arithmetic done unfused: what the tests check the fused MLP's gradients against.
@@ -21,6 +21,8 @@ import os
 
 import torch
 import torch.nn.functional as F
+
+from ds_train import recompute
 
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "gelu_matmul.cpp")
 LEVELS = {0: "none", 1: "forward", 2: "forward + backward"}
@@ -41,14 +43,10 @@ def build_error() -> str | None:
     return None
 
 
-def _gelu(pre_gelu):
-    return F.gelu(pre_gelu, approximate="tanh")
-
-
 def _unfused_linear_gelu(x, weight, bias):
     """(gelu(x @ weight.T + bias), x @ weight.T + bias) as two kernels: a matmul, then GELU."""
     pre_gelu = F.linear(x, weight, bias)
-    return _gelu(pre_gelu), pre_gelu
+    return recompute.gelu(pre_gelu), pre_gelu
 
 
 @torch.library.custom_op("ds_train::linear_gelu", mutates_args=())
@@ -86,32 +84,47 @@ def _(grad_out, weight, pre_gelu):
 
 
 class GeluMLP(torch.autograd.Function):
-    """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) for 2-D x, GELU fused at `level` (0 none, 1, 2).
-    Without recompute it saves what autograd saves unfused (x, GELU's input and output, the weights), so memory
-    does not change; with it, GELU's output is not kept. The bias gradients stay torch sums, which inductor
-    fuses: cuBLASLt's own bias-gradient epilogue (DGELU_BGRAD) measured slower than the matmul and the sum."""
+    """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) for 2-D x, GELU fused at `level` (0 none, 1, 2), after
+    a LayerNorm given its weight and bias (-r 2), else on x as it is. Without recompute it saves what autograd
+    saves unfused (x, GELU's input and output, the weights), so memory does not change; with it, GELU's output
+    is not kept, and with the LayerNorm its output is not kept either (ds_train.recompute). The bias
+    gradients stay torch sums, which inductor fuses: cuBLASLt's own bias-gradient epilogue (DGELU_BGRAD)
+    measured slower than the matmul and the sum."""
 
     @staticmethod
-    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, level: int, recompute: bool):
-        h, pre_gelu = (linear_gelu if level else _unfused_linear_gelu)(x, w_fc, b_fc)
-        ctx.level = level
-        ctx.save_for_backward(x, pre_gelu, None if recompute else h, w_fc, w_proj)
+    def forward(ctx, x, norm_weight, norm_bias, norm_eps, w_fc, b_fc, w_proj, b_proj, level: int, drop_gelu: bool):
+        x_norm = x if norm_weight is None else recompute.layer_norm(x, norm_weight, norm_bias, norm_eps)[0]
+        h, pre_gelu = (linear_gelu if level else _unfused_linear_gelu)(x_norm, w_fc, b_fc)
+        ctx.level, ctx.norm_eps = level, norm_eps
+        ctx.save_for_backward(x, pre_gelu, None if drop_gelu else h, w_fc, w_proj, norm_weight, norm_bias)
         return F.linear(h, w_proj, b_proj)
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, pre_gelu, h, w_fc, w_proj = ctx.saved_tensors
+        x, pre_gelu, h, w_fc, w_proj, norm_weight, norm_bias = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         if ctx.level == 2:
             grad_pre = matmul_gelu_backward(grad_y, w_proj, pre_gelu)
         else:
             grad_pre = _unfused_gelu_backward(grad_y, w_proj, pre_gelu)
-        if h is None:  # recompute: GELU's output again, for the second linear's weight gradient
-            h = _gelu(pre_gelu)
-        return (grad_pre @ w_fc, grad_pre.t() @ x, grad_pre.sum(0), grad_y.t() @ h, grad_y.sum(0), None, None)
+        if h is None:  # -r 1, 2: GELU's output again, for the second linear's weight gradient
+            h = recompute.gelu_again(pre_gelu)
+        grad_x_norm = grad_pre @ w_fc
+        if norm_weight is None:
+            grad_x, grad_norm_weight, grad_norm_bias, x_norm = grad_x_norm, None, None, x
+        else:  # -r 2: the LayerNorm's output again, for the first linear's weight gradient
+            x_norm, mean, rstd = recompute.layer_norm_again(x, norm_weight, norm_bias, ctx.norm_eps)
+            grad_x, grad_norm_weight, grad_norm_bias = recompute.layer_norm_backward(
+                grad_x_norm, x, norm_weight, norm_bias, mean, rstd)
+        return (grad_x, grad_norm_weight, grad_norm_bias, None, grad_pre.t() @ x_norm, grad_pre.sum(0),
+                grad_y.t() @ h, grad_y.sum(0), None, None)
 
 
-def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int, recompute: bool = False):
-    """The MLP of a block on x (..., C) with GELU fused at `level` (0-2), recomputed in backward if `recompute`."""
-    y = GeluMLP.apply(x.reshape(-1, x.shape[-1]), c_fc.weight, c_fc.bias, c_proj.weight, c_proj.bias, level, recompute)
+def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int, drop_gelu: bool = False,
+        norm: torch.nn.LayerNorm | None = None):
+    """The MLP of a block on x (..., C) with GELU fused at `level` (0-2), GELU's output recomputed in backward if
+    `drop_gelu`; given the LayerNorm before it, on norm(x), normalized again in backward (-r 2)."""
+    norm_args = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, norm.eps)
+    y = GeluMLP.apply(x.reshape(-1, x.shape[-1]), *norm_args, c_fc.weight, c_fc.bias, c_proj.weight, c_proj.bias,
+                      level, drop_gelu)
     return y.view(*x.shape[:-1], y.shape[-1])

@@ -9,14 +9,12 @@ Parameter names follow Hugging Face's GPT-2 (transformer.h.0.attn.c_attn.weight,
 import math
 import re
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from ds_train import flash_attention, gelu_fusion, loss
+from ds_train import flash_attention, gelu_fusion, loss, recompute
 
 VOCAB_SIZE = 50257
 PADDED_VOCAB_SIZE = 50304
@@ -86,9 +84,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.flash_attention = 0  # set by GPT.set_flash_attention
 
-    def forward(self, x):
+    def forward(self, x, norm: nn.LayerNorm | None = None):
+        """Attention on x, or at -r 2 on norm(x), normalized again in backward (ds_train.recompute)."""
         B, T, C = x.shape
-        qkv = self.c_attn(x)
+        qkv = self.c_attn(x) if norm is None else recompute.norm_linear(x, norm, self.c_attn)
         if self.flash_attention and self.training:  # evaluation and sampling (eval mode) stay on SDPA, whose
             # kernels are picked per shape; the FlashAttention-4 kernels were measured on training's shapes
             return self.c_proj(flash_attention.causal_attention(qkv, self.n_head))
@@ -103,13 +102,14 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.gelu_fusion = 0  # set by GPT.set_gelu_fusion
-        self.recompute_gelu = False  # set by GPT.set_recompute (level 1)
+        self.recompute_gelu = False  # set by GPT.set_recompute (levels 1 and 2)
 
-    def forward(self, x):
-        if (self.gelu_fusion or self.recompute_gelu) and self.training:  # evaluation and sampling (eval mode,
-            # shapes that vary) stay unfused: the fused forward alone measured no faster, and only training's
-            # shapes were run on a GPU
-            return gelu_fusion.mlp(x, self.c_fc, self.c_proj, self.gelu_fusion, self.recompute_gelu)
+    def forward(self, x, norm: nn.LayerNorm | None = None):
+        """The MLP on x, or at -r 2 (in training) on norm(x), normalized again in backward."""
+        # evaluation and sampling (eval mode, shapes that vary) stay unfused: the fused forward alone measured no
+        # faster, and only training's shapes were run on a GPU
+        if (self.gelu_fusion or self.recompute_gelu or norm is not None) and self.training:
+            return gelu_fusion.mlp(x, self.c_fc, self.c_proj, self.gelu_fusion, self.recompute_gelu, norm)
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
@@ -144,36 +144,15 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
-        self.checkpoint_context = None  # set by GPT.set_recompute for level 2
+        self.recompute_norms = False  # set by GPT.set_recompute (level 2)
 
     def forward(self, x):
-        # the checkpointed region sits inside the block so that ZeRO-3's parameter gathering (at the block's
-        # boundary, the block being a ZeRO-3 leaf module) stays outside it and recompute sees the same ops
-        if self.checkpoint_context is None or not torch.is_grad_enabled():
-            return self._forward(x)
-        return checkpoint(self._forward, x, use_reentrant=False, context_fn=self.checkpoint_context)
-
-    def _forward(self, x):
+        if self.recompute_norms and self.training and torch.is_grad_enabled():  # -r 2: each LayerNorm runs
+            # inside the Function of the linear that reads it, which keeps its input and recomputes its output
+            x = x + self.attn(x, norm=self.ln_1)
+            return x + self.mlp(x, norm=self.ln_2)
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
-
-
-def _ops(*names):
-    return {getattr(torch.ops.aten, n) for n in names if hasattr(torch.ops.aten, n)}
-
-
-# Recompute level 2 keeps what is expensive to redo (matmuls, attention) and lets autograd recompute the cheap
-# rest (GELU, LayerNorm) in backward, as llm.c's -r 2 does. Level 1 recomputes only GELU, inside the MLP's own
-# backward (ds_train.gelu_fusion), which keeps GELU's fused kernels.
-_MATMUL_OPS = _ops("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
-                   "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-                   "_scaled_dot_product_flash_attention_for_cpu", "_scaled_mm")
-_MATMUL_OPS |= {torch.ops.ds_train.flash_attention_qkv}  # ds_train.flash_attention's forward (-fa 1)
-
-
-def _recompute_policy(ctx, op, *args, **kwargs):
-    packet = getattr(op, "overloadpacket", op)  # the policy sees overloads (aten.addmm.default)
-    return CheckpointPolicy.MUST_SAVE if packet in _MATMUL_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 class GPT(nn.Module):
@@ -194,25 +173,21 @@ class GPT(nn.Module):
         self._init_weights(seed)
 
     def set_recompute(self, level: int):
+        """llm.c's -r: 1 recomputes GELU's output inside the MLP's backward (ds_train.gelu_fusion), 2 also the
+        LayerNorms' outputs (ds_train.recompute); 3 is whole blocks, through DeepSpeed (_run_block). Each keeps the
+        GELU fusion (-ge) and the attention kernels (-fa): no matmul or attention runs twice below level 3."""
         if level not in RECOMPUTE_LEVELS:
             raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {level}")
-        if level == 2 and self.gelu_fusion:
-            raise ValueError("recompute level 2 does not combine with GELU fusion")
         self.recompute = level
-        context = partial(create_selective_checkpoint_contexts, _recompute_policy) if level == 2 else None
         for block in self.transformer.h:
-            block.checkpoint_context = context
-            block.mlp.recompute_gelu = level == 1
+            block.recompute_norms = level == 2
+            block.mlp.recompute_gelu = level in (1, 2)
 
     def set_gelu_fusion(self, level: int):
         """llm.c's -ge: GELU in the MLP's matmul epilogues, 1 in forward, 2 in forward and backward
-        (ds_train.gelu_fusion; cuBLASLt on CUDA, the same arithmetic unfused elsewhere), in train mode. Not with
-        -r 2: its selective checkpoint would keep both outputs of the fused forward (GELU's input and output),
-        so it recomputes GELU unfused."""
+        (ds_train.gelu_fusion; cuBLASLt on CUDA, the same arithmetic unfused elsewhere), in train mode."""
         if level not in gelu_fusion.LEVELS:
             raise ValueError(f"GELU fusion level must be one of {sorted(gelu_fusion.LEVELS)}, got {level}")
-        if level and self.recompute == 2:
-            raise ValueError(f"GELU fusion does not combine with recompute level {self.recompute}")
         self.gelu_fusion = level
         for block in self.transformer.h:
             block.mlp.gelu_fusion = level
@@ -229,7 +204,7 @@ class GPT(nn.Module):
     def set_compile(self, enabled: bool = True):
         """torch.compile each block's forward and the loss's chunk functions. Compiling block by block keeps
         module hooks (ZeRO-3 gathers a block's parameters in one) eager at the block boundary, and all blocks
-        share one compiled graph; the recompute region (-r 2) is compiled with the block. Training compiles for
+        share one compiled graph; recompute (-r 1, 2) is compiled with the block. Training compiles for
         its fixed shape; the first other shape (HellaSwag's batches) gets one graph with dynamic shapes."""
         for block in self.transformer.h:
             if enabled:

@@ -113,10 +113,9 @@ def test_recompute_from_the_json_section_or_the_flag(tmp_path):
     assert run.recompute == 1 and "activation_checkpointing" not in ds and "-r 1 overrides" in notes[0]
     run, ds, _ = resolve(tmp_path, ["-r", "3"])
     assert run.recompute == 3 and ds["activation_checkpointing"] == config.ACTIVATION_CHECKPOINTING_DEFAULTS
-    run, ds, _ = resolve(tmp_path, ["-r", "2", "-z", "3"])
-    assert ds["zero_optimization"]["memory_efficient_linear"] is False
-    run, ds, _ = resolve(tmp_path, ["-r", "1", "-z", "3", "--compile", "0"])  # GELU's recompute calls no linear
-    assert run.recompute == 1 and "memory_efficient_linear" not in ds["zero_optimization"]
+    for level in ("1", "2"):  # eager: recompute (GELU, LayerNorm) calls no linear
+        run, ds, _ = resolve(tmp_path, ["-r", level, "-z", "3", "--compile", "0"])
+        assert run.recompute == int(level) and "memory_efficient_linear" not in ds["zero_optimization"]
 
 
 def test_precision(tmp_path):
@@ -210,7 +209,6 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["-z", "0"], {"bf16": {"enabled": True}}, r"-z 0 with bf16 .*: bf16 needs ZeRO stage 1, 2 or 3"),
     ([], {"train_batch_size": 10, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2},
      r"train_batch_size 10 != train_micro_batch_size_per_gpu 2 x gradient_accumulation_steps 2 x world size 2"),
-    (["-r", "2", "-z", "3"], {"zero_optimization": {"memory_efficient_linear": True}}, r"memory_efficient_linear true gives wrong gradients"),
     (["-z", "0", "--offload", "optimizer"], {}, r"--offload optimizer: offloading needs ZeRO \(-z 1, 2 or 3\)"),
     (["-z", "2", "--offload", "all"], {}, r"--offload all: offloading the parameters needs -z 3 .*got -z 2; use --offload optimizer"),
     (["-z", "2"], {"zero_optimization": {"offload_param": {"device": "cpu"}}}, r"--offload params: offloading the parameters needs -z 3"),
@@ -280,8 +278,7 @@ def test_shipped_configs_resolve_to_llmc_batches(name):
     (["-z", "1", "-ge", "0"], {}, True, 0, None),
     (["-z", "1", "-r", "1"], {}, True, 2, None),  # recompute keeps the fused epilogues (GELU's output is redone)
     (["-z", "1", "-r", "1", "-ge", "1"], {}, True, 1, None),
-    (["-z", "1", "-r", "2"], {}, True, 0, None),  # the default stays off where it does not apply, without a note
-    (["-z", "1", "-r", "2", "-ge", "2"], {}, True, 0, "-ge 2: GELU is computed unfused in this run (-r 2 recomputes GELU unfused in its selective checkpoint; use -r 0, 1 or 3)"),
+    (["-z", "1", "-r", "2"], {}, True, 2, None),  # -r 2 too (the MLP's Function recomputes GELU and the LayerNorm)
     ([], {}, False, 0, None),
     ([], {"bf16": {"enabled": False}}, True, 0, None),
     (["-ge", "2"], {}, False, 0, "-ge 2: GELU is computed unfused in this run (the fused kernels are for bf16 on a CUDA GPU)"),

@@ -125,7 +125,7 @@ def test_recompute_levels_give_the_same_losses(stage, level):
 
 def test_torch_compile_gives_the_same_losses():
     """--compile 1 (each block and the loss's chunks compiled, as on a GPU, here with ZeRO-3's parameter
-    gathering at the block boundary and selective recompute inside the compiled block) trains as eager does."""
+    gathering at the block boundary and -r 2's recompute inside the compiled block) trains as eager does."""
     run = train([*COMMON, "-b", 8, "-z", 3, "-r", 2, "--compile", 1]).check()  # 1 rank: one process compiles
     assert "| torch.compile         | 1 " in run.stdout
     assert_same_training(run, zero_run(3))
