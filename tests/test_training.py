@@ -172,7 +172,7 @@ def run_on_bf16_engine(tmp_path, script: str, gpu: bool = False, stage: int = 1,
     ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": stage}}))
     path = tmp_path / "script.py"
     path.write_text(ENGINE_SCRIPT + script)
-    args = [str(path), "--ds_config", str(ds), *TINY, "-b", "2", "-d", str(64 * ranks), "--compile", "0", "-ge", "0"]
+    args = [str(path), "--ds_config", str(ds), *TINY, "-b", "2", "-d", str(64 * ranks), "--compile", "0", "-ge", "0", "-fa", "0"]
     env = dict(child_env(threads=2), PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     if gpu:  # the GPU the tests' own process sees
         env.pop("CUDA_VISIBLE_DEVICES")
