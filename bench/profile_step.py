@@ -97,6 +97,7 @@ def main():
             print(f"{op.key[:90]:<90} {op.self_device_time_total / 1000:>8.1f} {op.count:>6}")
     if cuda:
         print_idle(prof.events())
+        print_host_waits(prof.events())
     distributed.shutdown()
 
 
@@ -149,6 +150,28 @@ def print_idle(events):
         op = around(ops, start + length - 5)
         print(f"  {length / 1000:7.2f} ms at +{(start - kernels[0][0]) / 1000:7.1f} ms  {phase.name if phase else '-'}  "
               f"(CPU in {op.name if op else '-'})")
+
+
+HOST_WAITS = re.compile(r"^cuda(StreamSynchronize|EventSynchronize|DeviceSynchronize|Memcpy)$")
+
+
+def print_host_waits(events):
+    """Where the CPU waits for the GPU (stream, event and device synchronizations, synchronous copies), by
+    trainer phase. After a long wait the GPU's queue is empty and it idles until the CPU queues the next kernel;
+    gaps without waits mean the CPU queues kernels more slowly than the GPU runs them."""
+    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    phases = [e for e in cpu if e.name.startswith("phase: ")]
+    by_call = defaultdict(lambda: [0.0, 0])
+    for wait in (e for e in cpu if HOST_WAITS.match(e.name)):
+        t = wait.time_range.start
+        phase = next((p.name[7:] for p in phases if p.time_range.start <= t <= p.time_range.end), "outside")
+        call = by_call[(wait.name, phase)]
+        call[0] += wait.time_range.elapsed_us() / 1000
+        call[1] += 1
+    total = sum(ms for ms, _ in by_call.values())
+    print(f"\nCPU waiting for the GPU: {total:.1f} ms in {sum(n for _, n in by_call.values())} calls; by call and phase: "
+          + ", ".join(f"{name} in {phase} {ms:.2f} ms ({n}x)"
+                      for (name, phase), (ms, n) in sorted(by_call.items(), key=lambda kv: -kv[1][0])))
 
 
 if __name__ == "__main__":
