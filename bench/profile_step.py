@@ -119,6 +119,18 @@ def label_phases(engine, loader):
         setattr(owner, name, labelled(name, getattr(owner, name)))
 
 
+def around(events, t):
+    """The innermost of `events` running at time t (µs), or None."""
+    running = [e for e in events if e.time_range.start <= t <= e.time_range.end]
+    return min(running, key=lambda e: e.time_range.end - e.time_range.start) if running else None
+
+
+def phase_at(phases, t) -> str:
+    """The trainer phase (label_phases) running at time t, or "outside"."""
+    phase = around(phases, t)
+    return phase.name[len("phase: "):] if phase else "outside"
+
+
 def print_idle(events):
     """Where the GPU waits for the CPU: gaps between kernels, charged to the trainer phase (and innermost CPU
     op) that was running when the next kernel was launched."""
@@ -133,15 +145,10 @@ def print_idle(events):
             gaps.append((busy_until, start))
         busy_until = max(busy_until, end)
     by_phase = defaultdict(float)
-
-    def around(events, t):  # the innermost event running at time t
-        running = [e for e in events if e.time_range.start <= t <= e.time_range.end]
-        return min(running, key=lambda e: e.time_range.end - e.time_range.start) if running else None
-
     described = []
     for start, end in gaps:
         phase = around(phases, end - 5)
-        by_phase[phase.name[7:] if phase else "outside"] += (end - start) / 1000
+        by_phase[phase_at(phases, end - 5)] += (end - start) / 1000
         described.append((end - start, phase, start))
     total = sum(by_phase.values())
     print(f"\nGPU idle between kernels: {total:.1f} ms in {len(gaps)} gaps over {(busy_until - kernels[0][0]) / 1000:.1f} ms; "
@@ -163,9 +170,7 @@ def print_host_waits(events):
     phases = [e for e in cpu if e.name.startswith("phase: ")]
     by_call = defaultdict(lambda: [0.0, 0])
     for wait in (e for e in cpu if HOST_WAITS.match(e.name)):
-        t = wait.time_range.start
-        phase = next((p.name[7:] for p in phases if p.time_range.start <= t <= p.time_range.end), "outside")
-        call = by_call[(wait.name, phase)]
+        call = by_call[(wait.name, phase_at(phases, wait.time_range.start))]
         call[0] += wait.time_range.elapsed_us() / 1000
         call[1] += 1
     total = sum(ms for ms, _ in by_call.values())
