@@ -205,7 +205,11 @@ class GPT(nn.Module):
         """torch.compile each block's forward and the loss's chunk functions. Compiling block by block keeps
         module hooks (ZeRO-3 gathers a block's parameters in one) eager at the block boundary, and all blocks
         share one compiled graph; recompute (-r 1, 2) is compiled with the block. Training compiles for
-        its fixed shape; the first other shape (HellaSwag's batches) gets one graph with dynamic shapes."""
+        its fixed shape; the first other shape (HellaSwag's batches) gets one graph with dynamic shapes.
+        LayerNorm rows up to 2048 wide are normalized in one pass (ds_train.inductor_choices)."""
+        if enabled:
+            from ds_train import inductor_choices  # imports Inductor: only when compiling
+            inductor_choices.install()
         for block in self.transformer.h:
             if enabled:
                 block.forward = torch.compile(Block.forward.__get__(block))
