@@ -3,7 +3,7 @@ normalized from registers in one pass over memory (a "persistent" reduction).
 
 Inductor keeps a row in registers only up to 1024 columns; wider rows (d48's 1600, GPT-3's 1536 and 2048)
 get a loop that reads the row once for the mean and variance and again to normalize. d48's LayerNorm forward
-kernels then ran 2.2-2.4 times as long as one copy of their input, against 0.8-1.2 times for d24's 1024-wide
+kernels then ran 2.2-2.8 times as long as one copy of their input, against 0.8-1.2 times for d24's 1024-wide
 rows; persistent up to 2048 they ran 1.1-1.2 times, 100 us less per block forward and backward, and d48 trained
 1.5% faster (`bench/block_kernels.py`, `bench/ab_trees.sh`, H200). GPT-3 XL's 2048-wide ones went from 1.35-1.57
 to 1.0-1.2 times. Wider rows (GPT-3 from 2560 up) keep Inductor's loop: not measured.
