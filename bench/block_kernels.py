@@ -22,24 +22,10 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ds_train import inductor_choices  # noqa: E402
 from ds_train.model import Block, config_from_descriptor  # noqa: E402
+from gelu_epilogue import timed  # noqa: E402  (bench/, the script's own folder)
 
 SHAPES = {"d12": (64, 1024), "d24": (64, 1024), "d48": (16, 1024),  # the 124M/350M/1558M scripts' -b and -t
           "gpt3:c2048": (8, 2048)}  # GPT-3 XL, its rows 2048 wide
-
-
-def cuda_ms(fn, repeat=30):
-    """The median of `repeat` timed calls, in ms (CUDA events), after two untimed ones."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -66,8 +52,8 @@ def main():
         compile_s = time.perf_counter() - start
         copy_src = torch.empty(B * T, cfg.n_embd, device="cuda", dtype=torch.bfloat16)
         copy_dst = torch.empty_like(copy_src)
-        copy_us = cuda_ms(lambda: copy_dst.copy_(copy_src), repeat=50) * 1000
-        block_ms = cuda_ms(step)
+        copy_us = timed(lambda: copy_dst.copy_(copy_src), reps=50) * 1000
+        block_ms = timed(step)
         x.grad = None
         for p in block.parameters():
             p.grad = None

@@ -147,15 +147,15 @@ def print_idle(events):
     by_phase = defaultdict(float)
     described = []
     for start, end in gaps:
-        phase = around(phases, end - 5)
-        by_phase[phase_at(phases, end - 5)] += (end - start) / 1000
+        phase = phase_at(phases, end - 5)
+        by_phase[phase] += (end - start) / 1000
         described.append((end - start, phase, start))
     total = sum(by_phase.values())
     print(f"\nGPU idle between kernels: {total:.1f} ms in {len(gaps)} gaps over {(busy_until - kernels[0][0]) / 1000:.1f} ms; "
           "by the phase launching the next kernel: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(by_phase.items(), key=lambda kv: -kv[1])))
     for length, phase, start in sorted(described, key=lambda d: -d[0])[:8]:
         op = around(ops, start + length - 5)
-        print(f"  {length / 1000:7.2f} ms at +{(start - kernels[0][0]) / 1000:7.1f} ms  {phase.name if phase else '-'}  "
+        print(f"  {length / 1000:7.2f} ms at +{(start - kernels[0][0]) / 1000:7.1f} ms  phase: {phase}  "
               f"(CPU in {op.name if op else '-'})")
 
 
