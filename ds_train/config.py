@@ -90,7 +90,7 @@ FLAGS = [
         (None, "--host_memory", float, None, "GIB", "the host memory per node --auto_fit plans offload with "
                                                     "(default: 90%% of this machine's)"),
         ("-ge", "--gelu_fusion", int, -1, "N", "GELU in cuBLASLt matmul epilogues, as llm.c's -ge: 0 none, 1 forward, "
-                                               "2 forward and backward (default -1: 2 for bf16 on a GPU at -r 0, 1, 3, else 0)"),
+                                               "2 forward and backward (default -1: 2 for bf16 on a GPU, else 0)"),
         ("-fa", "--flash_attention", int, -1, "N", "attention kernels in training: 0 SDPA (PyTorch's pick), 1 "
                                                    "FlashAttention-4 (bash scripts/setup.sh --gpu installs it; bf16 on "
                                                    "a Hopper or newer GPU) (default -1: 1 where it runs, else 0)"),
