@@ -96,6 +96,8 @@ def build(names):
 
 def main():
     names = sys.argv[1:] or list(CONFIGS)
+    if unknown := [name for name in names if name not in CONFIGS]:
+        sys.exit(f"bench/gelu_gemm_sm90.py: unknown configuration {', '.join(unknown)}; expected any of {', '.join(CONFIGS)}")
     ext = build(names)
     lt = gelu_fusion.extension()
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | bf16, median of 30 calls")
