@@ -1,7 +1,7 @@
 """The MLP's GELU matmuls as CUTLASS GEMMs for Hopper with GELU in the epilogue (bench/csrc/gelu_gemm_sm90.cuh), in
 several tile shapes, clusters and schedules, against cuBLAS's plain matmul (the speed to reach), ds_train's cuBLASLt
 epilogues (-ge 2) and the unfused pair (a cuBLAS matmul, then inductor's GELU), for the shapes of d12, d24 and d48 at
-their scripts' micro-batches. Prints the median ms and TFLOP/s of each, and each fused result's error against the
+their scripts' micro-batches. Prints the first call's seconds, the median ms and TFLOP/s of each, and each fused result's error against the
 unfused one relative to its largest value. A trial that the trainer did not keep (README, Performance: the
 CUTLASS kernels were 8-15% faster alone, and the training step 0.2-0.8% faster).
     python bench/gelu_gemm_sm90.py [CONFIG ...]   (a GPU of compute capability 9.0, nvcc, and CUTLASS's C++ headers:
@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ds_train import gelu_fusion  # noqa: E402
-from gelu_epilogue import mlp_tensors, rel_err, timed, unfused_forward  # noqa: E402  (bench/, the script's own folder)
-from mlp_kernels import SHAPES, unfused_dgelu  # noqa: E402
+from gelu_epilogue import unfused_forward  # noqa: E402  (bench/, the script's own folder)
+from mlp_kernels import print_header, print_row, shape_cases, unfused_dgelu  # noqa: E402
 
 # name: (tile M, N, K), (cluster M, N), schedule
 CONFIGS = {
@@ -100,35 +100,24 @@ def main():
         sys.exit(f"bench/gelu_gemm_sm90.py: unknown configuration {', '.join(unknown)}; expected any of {', '.join(CONFIGS)}")
     ext = build(names)
     lt = gelu_fusion.extension()
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | bf16, median of 30 calls")
-    print(f"{'shape':10} {'kernel':34} {'ms':>8} {'TFLOP/s':>8} {'rel err':>9}")
+    print_header()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for shape, (M, C) in SHAPES.items():
-        x, w_fc, b_fc, w_proj, grad_y = mlp_tensors(M, C, gen)
+    for shape, M, C, (x, w_fc, b_fc, w_proj, grad_y), (out_ref, pre_ref, dpre_ref) in shape_cases(gen):
         flops = 2 * M * C * 4 * C
-        out_ref, pre_ref = unfused_forward(x, w_fc, b_fc)
-        dpre_ref = unfused_dgelu(grad_y, w_proj, pre_ref)
-
-        def row(what, fn, check=()):
-            try:
-                ms = timed(fn)
-                res = fn()
-                err = max((rel_err(res[i], ref) for i, ref in check), default=float("nan"))
-            except RuntimeError as e:
-                print(f"{shape:10} {what:34} failed: {str(e).strip().splitlines()[0][:120]}")
-                return
-            print(f"{shape:10} {what:34} {ms:8.3f} {flops / ms / 1e9:8.0f} {err:9.2e}", flush=True)
-
-        row("fwd cuBLAS x @ w.T (plain)", lambda: (x @ w_fc.T,))
-        row("fwd unfused", lambda: unfused_forward(x, w_fc, b_fc), [(0, out_ref), (1, pre_ref)])
-        row("fwd cuBLASLt GELU_AUX_BIAS", lambda: lt.linear_gelu(x, w_fc, b_fc), [(0, out_ref), (1, pre_ref)])
+        fwd_check = lambda res: [(res[0], out_ref), (res[1], pre_ref)]  # (gelu output, its input)
+        bwd_check = lambda res: [(res, dpre_ref)]
+        print_row(shape, "fwd cuBLAS x @ w.T (plain)", lambda: x @ w_fc.T, None, flops)
+        print_row(shape, "fwd unfused", lambda: unfused_forward(x, w_fc, b_fc), fwd_check, flops)
+        print_row(shape, "fwd cuBLASLt GELU_AUX_BIAS", lambda: lt.linear_gelu(x, w_fc, b_fc), fwd_check, flops)
         for name in names:
-            row(f"fwd {name}", lambda: getattr(ext, f"{name}_forward")(x, w_fc, b_fc), [(0, out_ref), (1, pre_ref)])
-        row("bwd cuBLAS grad @ w (plain)", lambda: (grad_y @ w_proj,))
-        row("bwd unfused", lambda: (unfused_dgelu(grad_y, w_proj, pre_ref),), [(0, dpre_ref)])
-        row("bwd cuBLASLt DGELU", lambda: lt.matmul_gelu_backward(grad_y, w_proj, pre_ref, False), [(0, dpre_ref)])
+            print_row(shape, f"fwd {name}", lambda: getattr(ext, f"{name}_forward")(x, w_fc, b_fc), fwd_check, flops)
+        print_row(shape, "bwd cuBLAS grad @ w (plain)", lambda: grad_y @ w_proj, None, flops)
+        print_row(shape, "bwd unfused", lambda: unfused_dgelu(grad_y, w_proj, pre_ref), bwd_check, flops)
+        print_row(shape, "bwd cuBLASLt DGELU", lambda: lt.matmul_gelu_backward(grad_y, w_proj, pre_ref, False)[0],
+                  bwd_check, flops)
         for name in names:
-            row(f"bwd {name}", lambda: (getattr(ext, f"{name}_backward")(grad_y, w_proj, pre_ref),), [(0, dpre_ref)])
+            print_row(shape, f"bwd {name}", lambda: getattr(ext, f"{name}_backward")(grad_y, w_proj, pre_ref),
+                      bwd_check, flops)
 
 
 if __name__ == "__main__":

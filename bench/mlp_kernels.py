@@ -38,28 +38,44 @@ def first_and_median(fn):
     return time.perf_counter() - t0, timed(fn)
 
 
+def print_header():
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | bf16")
+    print(f"{'shape':10} {'part':34} {'first s':>8} {'ms':>8} {'TFLOP/s':>8} {'rel err':>9}")
+
+
+def shape_cases(gen):
+    """For each of SHAPES: (name, M, C, the MLP's tensors (x, w_fc, b_fc, w_proj, grad_y), the unfused results
+    (GELU's output, its input, the gradient at its input))."""
+    for name, (M, C) in SHAPES.items():
+        x, w_fc, b_fc, w_proj, grad_y = mlp_tensors(M, C, gen)
+        out_ref, pre_ref = unfused_forward(x, w_fc, b_fc)
+        yield name, M, C, (x, w_fc, b_fc, w_proj, grad_y), (out_ref, pre_ref, unfused_dgelu(grad_y, w_proj, pre_ref))
+
+
+def print_row(shape, part, fn, check, flops):
+    """One line: fn's first call in seconds, its median ms and TFLOP/s, and the largest relative error of the
+    (result, reference) pairs that check(fn()) lists (check None: no reference)."""
+    try:
+        first, ms = first_and_median(fn)
+        err = max(rel_err(a, b) for a, b in check(fn())) if check else float("nan")
+    except Exception as e:  # a config or layout the kernel does not take: say so, go on
+        print(f"{shape:10} {part:34} failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:150]}")
+        return
+    print(f"{shape:10} {part:34} {first:8.2f} {ms:8.3f} {flops / ms / 1e9:8.0f} {err:9.2e}", flush=True)
+
+
 def main():
     from quack.gemm_interface import gemm, gemm_act, gemm_dact
     plain = "--plain" in sys.argv[1:]
     sys.argv = sys.argv[:1]  # the CuTe DSL parses the command line (ds_train/flash_attention.py says why)
     ext = gelu_fusion.extension()
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | bf16")
-    print(f"{'shape':10} {'part':34} {'first s':>8} {'ms':>8} {'TFLOP/s':>8} {'rel err':>9}")
+    print_header()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for name, (M, C) in SHAPES.items():
-        x, w_fc, b_fc, w_proj, grad_y = mlp_tensors(M, C, gen)
+    for name, M, C, (x, w_fc, b_fc, w_proj, grad_y), (out_ref, pre_ref, dpre_ref) in shape_cases(gen):
         flops = 2 * M * C * 4 * C
-        out_ref, pre_ref = unfused_forward(x, w_fc, b_fc)
-        dpre_ref = unfused_dgelu(grad_y, w_proj, pre_ref)
 
         def row(part, fn, check=None, flops=flops):
-            try:
-                first, ms = first_and_median(fn)
-                err = max(rel_err(a, b) for a, b in check(fn())) if check else float("nan")
-            except Exception as e:  # a config or layout the package does not take: say so, go on
-                print(f"{name:10} {part:34} failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:150]}")
-                return
-            print(f"{name:10} {part:34} {first:8.2f} {ms:8.3f} {flops / ms / 1e9:8.0f} {err:9.2e}", flush=True)
+            print_row(name, part, fn, check, flops)
 
         fwd_check = lambda res: [(res[0], out_ref), (res[1], pre_ref)]  # (gelu output, its input)
         row("fwd unfused (cuBLAS + inductor)", lambda: unfused_forward(x, w_fc, b_fc), fwd_check)
