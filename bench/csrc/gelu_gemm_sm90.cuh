@@ -62,7 +62,7 @@ template <class Tile, class Cluster, class Schedule>
 using Backward = Gemm<RowMajor, BackwardFusion, Tile, Cluster, Schedule>;
 
 // Runs G on (M, N, K) with its epilogue's arguments set by `set_fusion`; returns an error message or nullptr.
-// `workspace` holds at least workspace_bytes(...) bytes.
+// `workspace` holds kWorkspaceBytes bytes (a configuration that needs more is refused).
 template <class G, class SetFusion>
 const char* run(const BF16* a, const BF16* b, BF16* d, int M, int N, int K, int sm_count, void* workspace,
                 cudaStream_t stream, SetFusion set_fusion) {
