@@ -8,6 +8,8 @@
 #   bash bench/throughput.sh zero_ab   GPU: d12 at ZeRO-1, 2 and 3 in turn, ROUNDS (default 1) times, 12 steps each
 #   bash bench/throughput.sh zero_ab_d48 GPU: d48 B=16 at ZeRO-1 and 3 in turn (131K-token steps), ROUNDS (default 2) times
 #   bash bench/throughput.sh recompute GPU: d12 ZeRO-1 with -r 1, 2, 3
+#   bash bench/throughput.sh recompute_d24 GPU: d24 B=64 x 8 (0.5M-token steps) at -r 0, 1, 2, 3, then -r 0 again
+#   bash bench/throughput.sh recompute_d48 GPU: the same for d48 B=16 x 8 (131K-token steps)
 #   bash bench/throughput.sh zero3_b128 GPU: d12 at B=128 x 4 (0.5M-token steps), ZeRO-1 and 3 in turn, ROUNDS (default 2)
 #                                      times, then ZeRO-3 at B=64 x 8: ZeRO-3's cost with half the micro-steps
 #   bash bench/throughput.sh big       GPU: d24 (350M) B=32 at ZeRO-1 (0.5M tokens/step), d48 (1558M) B=16 at ZeRO-1
@@ -105,6 +107,13 @@ case "${1:-d12}" in
     d12=("${D12[@]}" -z 1)
     for r in 1 2 3; do train_run "d12_r$r" 20 "${d12[@]}" -r $r; done
     "$PYTHON" bench/summarize.py "$OUT"/d12_r*.log --first 6 --last 20 ;;
+  recompute_d24|recompute_d48)  # each level at its script's micro-batch, -r 0 first and last so that the GPU's
+    # warming up shows against the reference
+    size=${1#recompute_}
+    if [ "$size" = d24 ]; then flags=("${D24[@]}" -z 1); else flags=("${D48[@]}" -z 1); fi
+    for r in 0 1 2 3; do train_run "${size}_r${r}" 8 "${flags[@]}" -r $r; done
+    train_run "${size}_r0_again" 8 "${flags[@]}" -r 0
+    "$PYTHON" bench/summarize.py "$OUT/${size}"_r*.log --first 4 --last 8 ;;
   zero3_b128)
     for i in $(seq "${ROUNDS:-2}"); do
       for z in 1 3; do train_run "z${z}_b128_$i" 12 "${D12[@]}" -b 128 -z $z; done
@@ -234,5 +243,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     "$PYTHON" bench/summarize.py "$OUT/d12_eval.log" --first 2 --last 10 ;;
   cpu)
     cpu_row ;;
-  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|recompute_d24|recompute_d48|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
