@@ -2,7 +2,7 @@
 several tile shapes, clusters and schedules, against cuBLAS's plain matmul (the speed to reach), ds_train's cuBLASLt
 epilogues (-ge 2) and the unfused pair (a cuBLAS matmul, then inductor's GELU), for the shapes of d12, d24 and d48 at
 their scripts' micro-batches. Prints the first call's seconds, the median ms and TFLOP/s of each, and each fused result's error against the
-unfused one relative to its largest value. A trial that the trainer did not keep (README, Performance: the
+unfused one relative to its largest value. A trial that the trainer did not keep (docs/performance.md: the
 CUTLASS kernels were 8-15% faster alone, and the training step 0.2-0.8% faster).
     python bench/gelu_gemm_sm90.py [CONFIG ...]   (a GPU of compute capability 9.0, nvcc, and CUTLASS's C++ headers:
                                                    CUTLASS_DIR, a CUTLASS checkout, or the nvidia-cutlass package,

@@ -201,7 +201,7 @@ json.dump(c, open(sys.argv[2], "w"))' "ds_configs/${model_json#*:}.json" "$OUT/$
     "$PYTHON" bench/summarize.py "$OUT"/d12_igu_*.log --first 4 --last 12
     "$PYTHON" bench/summarize.py "$OUT"/d24_igu_*.log --first 4 --last 10 ;;
   zero3)  # one GPU communicates nothing, but overlap_comm also moves the gradients' bookkeeping to a second
-    # stream, beside backward (false measured 11-17% slower on an H200: README, Performance)
+    # stream, beside backward (false measured 11-17% slower on an H200: docs/performance.md)
     "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(stage=3, overlap_comm=False)
 json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_no_overlap.json"
     # the profile's: DeepSpeed's defaults, saying whether its prefetch trace is ever thrown away
