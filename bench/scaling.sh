@@ -2,7 +2,8 @@
 # Weak scaling on one machine: the same per-GPU work (micro-batch B, no accumulation) on 1, 2, 4, 8 GPUs, for
 # d12 (B=64) and d48 (B=16) at ZeRO-1 and ZeRO-3, so each step's gradient reduction (and, at ZeRO-3, the
 # parameter gathers) is as large as it gets next to the compute. Efficiency at N GPUs = tokens/s at N / (N x
-# tokens/s at 1). One table at the end (bench/summarize.py), logs in $OUT (default bench_out/scaling).
+# tokens/s at 1). At the end bench/summarize.py's table and the scaling table (bench/scaling_table.py); logs in $OUT
+# (default bench_out/scaling).
 #   bash bench/scaling.sh [GPU counts, default: 1 2 4 8 up to the GPUs present]
 # (from the repo root; on the lent GPU machine carry .whl, as for bench/throughput.sh)
 set -u -o pipefail
@@ -28,14 +29,4 @@ for n in $counts; do
   done
 done
 "$PYTHON" bench/summarize.py "$OUT"/*_gpus*.log --first 4 --last 15 | tee "$OUT/summary.txt"
-"$PYTHON" - "$OUT/summary.txt" <<'PY'
-import re, sys
-rows = [line.split() for line in open(sys.argv[1]) if re.match(r"d\d+_z\d_gpus\d", line)]
-one = {r[0].rsplit("_gpus", 1)[0]: float(r[7]) for r in rows if r[0].endswith("_gpus1")}
-print(f"\n{'run':<18} {'GPUs':>4} {'tok/s':>10} {'per GPU':>9} {'efficiency':>10}")
-for r in rows:
-    base, n = r[0].rsplit("_gpus", 1)
-    tok_s = float(r[7])
-    eff = f"{100 * tok_s / (int(n) * one[base]):.1f}%" if base in one else "-"
-    print(f"{base:<18} {n:>4} {tok_s:>10.0f} {tok_s / int(n):>9.0f} {eff:>10}")
-PY
+"$PYTHON" bench/scaling_table.py "$OUT"/*_gpus*.log --first 4 --last 15 | tee -a "$OUT/summary.txt"

@@ -308,3 +308,8 @@ def cached_train(name: str, args, **kwargs) -> Run:
 def zero_run(stage: int) -> Run:
     """2 ranks, ZeRO `stage`, B=4, checkpointed at its last step."""
     return cached_train(f"zero{stage}", [*COMMON, "-b", 4, "-z", stage, "-n", STEPS], ranks=2, launcher="env")
+
+
+def one_rank_run() -> Run:
+    """1 rank, ZeRO-1, B=4 and 2 micro-steps: zero_run's total batch on half the ranks."""
+    return cached_train("one_rank", [*COMMON, "-b", 4, "-z", 1, "-m", 4], ranks=1, launcher="python")

@@ -20,7 +20,7 @@ import torch
 from ds_train.data import read_shard, write_shard
 from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
-                      free_port, parse, run_process, run_ranks, settings_table, train, zero_run)
+                      free_port, one_rank_run, parse, run_process, run_ranks, settings_table, train, zero_run)
 
 TOLERANCE = 2e-5
 
@@ -110,7 +110,7 @@ def test_gradient_accumulation_matches_a_bigger_micro_batch():
 
 
 def test_one_rank_matches_two_ranks_at_the_same_total_batch():
-    run = cached_train("one_rank", [*COMMON, "-b", 4, "-z", 1, "-m", 4], ranks=1, launcher="python")
+    run = one_rank_run()
     assert "| num_processes         | 1 " in run.stdout and "| grad_accum_steps      | 2 " in run.stdout
     assert_same_training(run)
 

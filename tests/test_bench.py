@@ -1,0 +1,47 @@
+"""The arithmetic of bench/'s scripts that needs no GPU, on real ds_train logs: bench/scaling_table.py, which turns
+bench/scaling.sh's runs at 1, 2, 4 and 8 GPUs into tokens/s per GPU and the weak-scaling efficiency."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO, one_rank_run, settings_table, zero_run
+
+SCALING_TABLE = os.path.join(REPO, "bench", "scaling_table.py")
+STEP_MS = re.compile(r"^step\s+(\d+)/\d+ \|.*?\| (\S+) ms \|", re.M)
+
+
+def tokens_per_second(stdout: str, first: int, last: int) -> float:
+    """Tokens per step over the mean step time of steps first..last, from the console's own lines."""
+    ms = [float(t) for step, t in STEP_MS.findall(stdout) if first <= int(step) <= last]
+    return int(settings_table(stdout)["total batch size"]) / (sum(ms) / len(ms) / 1000)
+
+
+def scaling_table(*args):
+    return subprocess.run([sys.executable, SCALING_TABLE, *map(str, args)], capture_output=True, text=True)
+
+
+def test_the_scaling_table_holds_each_run_against_its_one_gpu_run(tmp_path):
+    """A 1-rank and a 2-rank ZeRO-1 run stand for 1 and 2 GPUs; a 2-rank ZeRO-3 run has no 1-GPU run to compare
+    with, and a run that died before its first step has no figures."""
+    runs = {"tiny_z1_gpus1": one_rank_run(), "tiny_z1_gpus2": zero_run(1), "tiny_z3_gpus2": zero_run(3)}
+    for name, run in runs.items():
+        (tmp_path / f"{name}.log").write_text(run.stdout)
+    (tmp_path / "tiny_z1_gpus4.log").write_text(runs["tiny_z1_gpus2"].stdout.split("\nstep ")[0])
+    table = scaling_table(*sorted(tmp_path.iterdir()), "--first", 2, "--last", 8)
+    assert table.returncode == 0, table.stderr
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in table.stdout.splitlines()[1:]}
+    one, two = (tokens_per_second(runs[name].stdout, 2, 8) for name in ("tiny_z1_gpus1", "tiny_z1_gpus2"))
+    assert rows[("tiny_z1", "1")] == [f"{one:.0f}", f"{one:.0f}", "100.0%"]
+    assert rows[("tiny_z1", "2")] == [f"{two:.0f}", f"{two / 2:.0f}", f"{100 * two / (2 * one):.1f}%"]
+    assert rows[("tiny_z3", "2")][2] == "-"
+    assert rows[("tiny_z1", "4")] == ["no", "step", "lines"]
+
+
+def test_the_scaling_table_refuses_a_log_it_cannot_place(tmp_path):
+    log = tmp_path / "d12_z1.log"
+    log.write_text(zero_run(1).stdout)
+    table = scaling_table(log)
+    assert table.returncode != 0
+    assert table.stderr.strip() == f"scaling_table.py: {log}: expected a log named <run>_gpus<N>.log"
