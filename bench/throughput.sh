@@ -32,6 +32,9 @@
 #                                      flash-attn-4), alternating, ROUNDS (default 2) times each
 #   bash bench/throughput.sh flash_big GPU: the same for d24 B=64 and d48 B=16, once each
 #   bash bench/throughput.sh flash_checks GPU: d12 -fa 1 at ZeRO-3 and at -r 1 (their losses against ZeRO-1's)
+#   bash bench/throughput.sh zero_knobs GPU: d12 at ZeRO-2 with DeepSpeed's defaults, contiguous_gradients false and a
+#                                      reduce bucket of 5e7, and at ZeRO-3 with its defaults, a prefetch bucket of 5e8
+#                                      and a parameter persistence threshold of 1e6
 #   bash bench/throughput.sh zero3     GPU: d12 ZeRO-3 with DeepSpeed's overlap_comm (its default at stage 3) on and off,
 #                                      alternating twice, ZeRO-1 beside them, then a profile of one ZeRO-3 step
 #   bash bench/throughput.sh inductor  GPU: d12 as it is, with Inductor autotuning the compiled matmuls
@@ -200,6 +203,24 @@ json.dump(c, open(sys.argv[2], "w"))' "ds_configs/${model_json#*:}.json" "$OUT/$
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_igu_*.log --first 4 --last 12
     "$PYTHON" bench/summarize.py "$OUT"/d24_igu_*.log --first 4 --last 10 ;;
+  zero_knobs)  # DeepSpeed's ZeRO-2 and ZeRO-3 buffer settings against their defaults, d12 B=64 x 8. One GPU reduces
+    # and gathers nothing across GPUs, so this prices their bookkeeping alone; across GPUs bench/scaling.sh measures
+    zero_variant() {  # zero_variant NAME UPDATES: ds_configs/gpt2_124M.json with its zero_optimization updated
+      "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(json.loads(sys.argv[3]))
+json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/$1.json" "$2"
+    }
+    zero_variant z2_defaults '{"stage": 2}'
+    zero_variant z2_no_contiguous_gradients '{"stage": 2, "contiguous_gradients": false}'
+    zero_variant z2_reduce_bucket_5e7 '{"stage": 2, "reduce_bucket_size": 50000000}'
+    zero_variant z3_defaults '{"stage": 3}'
+    zero_variant z3_prefetch_bucket_5e8 '{"stage": 3, "stage3_prefetch_bucket_size": 500000000}'
+    zero_variant z3_persistence_1e6 '{"stage": 3, "stage3_param_persistence_threshold": 1000000}'
+    d12=(-e d12 -b 64 -t 1024 -d 524288)
+    for v in z2_defaults z2_no_contiguous_gradients z2_reduce_bucket_5e7 z3_defaults z3_prefetch_bucket_5e8 \
+        z3_persistence_1e6; do
+      train_run "d12_$v" 12 --ds_config "$OUT/$v.json" "${d12[@]}" -z "${v:1:1}"
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 4 --last 12 ;;
   zero3)  # one GPU communicates nothing, but overlap_comm also moves the gradients' bookkeeping to a second
     # stream, beside backward (false measured 11-17% slower on an H200: docs/performance.md)
     "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(stage=3, overlap_comm=False)
@@ -243,5 +264,5 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_w
     "$PYTHON" bench/summarize.py "$OUT/d12_eval.log" --first 2 --last 10 ;;
   cpu)
     cpu_row ;;
-  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|recompute_d24|recompute_d48|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
+  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|recompute_d24|recompute_d48|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero_knobs|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
