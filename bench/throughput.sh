@@ -56,6 +56,13 @@ D12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
 D24=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288)
 D48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072)
 
+# json_variant SOURCE OUT SECTION UPDATES: the DeepSpeed JSON SOURCE written to OUT with its SECTION (made if absent)
+# updated by the JSON object UPDATES
+json_variant() {
+  "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c.setdefault(sys.argv[3], {}).update(json.loads(sys.argv[4]))
+json.dump(c, open(sys.argv[2], "w"))' "$@"
+}
+
 # micro_batches_in_turn NAME B1 B2 FLAGS...: 10 steps at -b B1, then at -b B2, ROUNDS (default 1) times, at the
 # same tokens per step (FLAGS' -d), and their table
 micro_batches_in_turn() {
@@ -134,8 +141,7 @@ case "${1:-d12}" in
     micro_batches_in_turn d24 64 128 --ds_config ds_configs/gpt2_350M.json -e d24 -t 1024 -d 524288 -z 1 -r 0 ;;
   timer)  # d12 ZeRO-1 with DeepSpeed's synchronizing throughput timer on (DeepSpeed's default) and off (ds_train's),
     # alternating so that the GPU's warming up weighs on both alike
-    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["timers"] = {"throughput": {"enabled": True}}
-json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.json"
+    json_variant ds_configs/gpt2_124M.json "$OUT/timer_on.json" timers '{"throughput": {"enabled": true}}'
     d12=(-e d12 -b 64 -t 1024 -d 524288 -z 1)
     for i in 1 2; do
       train_run "d12_timer_on_$i" 12 --ds_config "$OUT/timer_on.json" "${d12[@]}"
@@ -191,8 +197,8 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/timer_on.j
     # or in each parameter's gradient hook, during backward (on)
     for on in false true; do
       for model_json in d12:gpt2_124M d24:gpt2_350M; do
-        "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["bf16"]["immediate_grad_update"] = sys.argv[3] == "true"
-json.dump(c, open(sys.argv[2], "w"))' "ds_configs/${model_json#*:}.json" "$OUT/${model_json%%:*}_igu_$on.json" $on
+        json_variant "ds_configs/${model_json#*:}.json" "$OUT/${model_json%%:*}_igu_$on.json" bf16 \
+          "{\"immediate_grad_update\": $on}"
       done
     done
     for i in 1 2; do
@@ -206,8 +212,7 @@ json.dump(c, open(sys.argv[2], "w"))' "ds_configs/${model_json#*:}.json" "$OUT/$
   zero_knobs)  # DeepSpeed's ZeRO-2 and ZeRO-3 buffer settings against their defaults, d12 B=64 x 8. One GPU reduces
     # and gathers nothing across GPUs, so this prices their bookkeeping alone; across GPUs bench/scaling.sh measures
     zero_variant() {  # zero_variant NAME UPDATES: ds_configs/gpt2_124M.json with its zero_optimization updated
-      "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(json.loads(sys.argv[3]))
-json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/$1.json" "$2"
+      json_variant ds_configs/gpt2_124M.json "$OUT/$1.json" zero_optimization "$2"
     }
     zero_variant z2_defaults '{"stage": 2}'
     zero_variant z2_no_contiguous_gradients '{"stage": 2, "contiguous_gradients": false}'
@@ -223,11 +228,10 @@ json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/$1.json" "
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 4 --last 12 ;;
   zero3)  # one GPU communicates nothing, but overlap_comm also moves the gradients' bookkeeping to a second
     # stream, beside backward (false measured 11-17% slower on an H200: docs/performance.md)
-    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(stage=3, overlap_comm=False)
-json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_no_overlap.json"
+    json_variant ds_configs/gpt2_124M.json "$OUT/z3_no_overlap.json" zero_optimization '{"stage": 3, "overlap_comm": false}'
     # the profile's: DeepSpeed's defaults, saying whether its prefetch trace is ever thrown away
-    "$PYTHON" -c 'import json, sys; c = json.load(open(sys.argv[1])); c["zero_optimization"].update(stage=3, log_trace_cache_warnings=True)
-json.dump(c, open(sys.argv[2], "w"))' ds_configs/gpt2_124M.json "$OUT/z3_trace_warnings.json"
+    json_variant ds_configs/gpt2_124M.json "$OUT/z3_trace_warnings.json" zero_optimization \
+      '{"stage": 3, "log_trace_cache_warnings": true}'
     d12=(-e d12 -b 64 -t 1024 -d 524288)
     for i in 1 2; do
       train_run "d12_z3_overlap_$i" 12 --ds_config ds_configs/gpt2_124M.json "${d12[@]}" -z 3
