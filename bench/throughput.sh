@@ -32,9 +32,10 @@
 #                                      flash-attn-4), alternating, ROUNDS (default 2) times each
 #   bash bench/throughput.sh flash_big GPU: the same for d24 B=64 and d48 B=16, once each
 #   bash bench/throughput.sh flash_checks GPU: d12 -fa 1 at ZeRO-3 and at -r 1 (their losses against ZeRO-1's)
-#   bash bench/throughput.sh zero_knobs GPU: d12 at ZeRO-2 with DeepSpeed's defaults, contiguous_gradients false and a
-#                                      reduce bucket of 5e7, and at ZeRO-3 with its defaults, a prefetch bucket of 5e8
-#                                      and a parameter persistence threshold of 1e6
+#   bash bench/throughput.sh zero_knobs GPU: d12 at ZeRO-1 (the reference), at ZeRO-2 with DeepSpeed's defaults,
+#                                      contiguous_gradients false and a reduce bucket of 5e7, and at ZeRO-3 with its
+#                                      defaults, a prefetch bucket of 5e8 and a parameter persistence threshold of 1e6,
+#                                      in turn, ROUNDS (default 1) times
 #   bash bench/throughput.sh zero3     GPU: d12 ZeRO-3 with DeepSpeed's overlap_comm (its default at stage 3) on and off,
 #                                      alternating twice, ZeRO-1 beside them, then a profile of one ZeRO-3 step
 #   bash bench/throughput.sh inductor  GPU: d12 as it is, with Inductor autotuning the compiled matmuls
@@ -220,10 +221,13 @@ case "${1:-d12}" in
     zero_variant z3_defaults '{"stage": 3}'
     zero_variant z3_prefetch_bucket_5e8 '{"stage": 3, "stage3_prefetch_bucket_size": 500000000}'
     zero_variant z3_persistence_1e6 '{"stage": 3, "stage3_param_persistence_threshold": 1000000}'
+    zero_variant z1_defaults '{"stage": 1}'
     d12=(-e d12 -b 64 -t 1024 -d 524288)
-    for v in z2_defaults z2_no_contiguous_gradients z2_reduce_bucket_5e7 z3_defaults z3_prefetch_bucket_5e8 \
-        z3_persistence_1e6; do
-      train_run "d12_$v" 12 --ds_config "$OUT/$v.json" "${d12[@]}" -z "${v:1:1}"
+    for i in $(seq "${ROUNDS:-1}"); do
+      for v in z1_defaults z2_defaults z2_no_contiguous_gradients z2_reduce_bucket_5e7 z3_defaults \
+          z3_prefetch_bucket_5e8 z3_persistence_1e6; do
+        train_run "d12_${v}_$i" 12 --ds_config "$OUT/$v.json" "${d12[@]}" -z "${v:1:1}"
+      done
     done
     "$PYTHON" bench/summarize.py "$OUT"/d12_z*.log --first 4 --last 12 ;;
   zero3)  # one GPU communicates nothing, but overlap_comm also moves the gradients' bookkeeping to a second
