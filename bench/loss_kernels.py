@@ -57,6 +57,7 @@ def main():
                 "chunks compiled": lambda: loss.linear_cross_entropy(x, w, t, V, compiled_fns)}
     if loss.triton_available():
         variants["chunks Triton"] = lambda: loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS)
+        variants["chunks CUDA (the trainer's)"] = lambda: loss.linear_cross_entropy(x, w, t, V, loss.GPU_CHUNK_FNS)
         for rows in (2048, 8192):
             variants[f"chunks Triton, {rows} rows"] = \
                 lambda rows=rows: loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS, chunk_rows=rows)

@@ -1,8 +1,9 @@
-"""The loss's softmax-gradient kernel on one chunk of d12's head (4096 x 50304 bf16 logits), against variants:
-the kernel ds_train ships (two passes over each row, a program per row) at other block sizes, the same in a
-persistent grid of a few programs per SM (fewer rows in flight, so that the second pass may read its row from
-L2), and a plain copy of the chunk (one read and one write: the floor for any in-place kernel). One pass with
-the whole 50304-wide row in registers ran 3x slower than the shipped kernel (1.42 ms against 0.46; spills).
+"""The loss's Triton softmax-gradient kernel on one chunk of d12's head (4096 x 50304 bf16 logits), against variants:
+ds_train/loss.py's Triton kernel (two passes over each row, a program per row; since 2026-12-03 the trainer runs a
+one-pass CUDA kernel where it fits, bench/softmax_onepass.py) at other block sizes, the same in a persistent grid of
+a few programs per SM (fewer rows in flight, so that the second pass may read its row from L2), and a plain copy of
+the chunk (one read and one write: the floor for any in-place kernel). One pass in Triton with the whole 50304-wide
+row in registers ran 3x slower than the two-pass kernel (1.42 ms against 0.46; spills).
 
     python bench/softmax_variants.py [--rows 4096]
 """

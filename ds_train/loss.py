@@ -12,12 +12,16 @@ of the graph, so its incoming gradient is a scalar).
 The padded vocabulary rows of the head (50257..50303) stay in the matmuls, whose tensor-core kernels want
 the aligned width, but are masked out of the softmax: they are never scored and get no gradient.
 
-The per-chunk softmax work comes in three forms with one meaning (tests/test_loss.py checks they agree): eager
-torch ops (CPU), the same compiled (CPU with --compile 1), and a Triton kernel (every CUDA run), which
-overwrites the chunk's bf16 logits with their gradient.
+The per-chunk softmax work comes in four forms with one meaning (tests/test_loss.py checks they agree): eager
+torch ops (CPU), the same compiled (CPU with --compile 1), and on a GPU a CUDA kernel (ds_train/csrc/softmax_grad.cu,
+JIT-built by torch's C++ extension tools on first use) or a Triton kernel, each of which overwrites the chunk's
+logits with their gradient. The CUDA kernel reads the logits once where the Triton one reads them twice (d12's
+chunk: 0.28 against 0.39 ms on an H200, bench/softmax_onepass.py); it takes bf16 rows that fit twice in an SM's
+shared memory (H100 and H200: GPT-2's 50304 columns do; A100: they do not), and the Triton kernel takes the rest.
 """
 
 import functools
+import os
 
 import torch
 
@@ -161,6 +165,60 @@ def triton_chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
 
 
 TRITON_CHUNK_FNS = (triton_chunk_loss, triton_chunk_loss_and_grad)
+
+SOFTMAX_GRAD_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "softmax_grad.cu")
+
+
+@functools.cache
+def softmax_grad_extension():
+    from torch.utils.cpp_extension import load
+    return load(name="ds_train_softmax_grad", sources=[SOFTMAX_GRAD_SOURCE], extra_cuda_cflags=["-O3"])
+
+
+@functools.cache
+def softmax_grad_build_error() -> str | None:
+    """None once the CUDA kernel is built and loaded, else why it could not be (the compiler's last line); asked
+    once per process, so a failed build is not tried again at every chunk."""
+    try:
+        softmax_grad_extension()
+    except Exception as e:  # a missing nvcc, header or library: the build's own message says which
+        return (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    return None
+
+
+def cuda_kernel_fits(logits) -> bool:
+    """Whether the CUDA kernel is made for these logits: bf16, a width divisible by 8, and two rows (plus the
+    block's reserved shared memory) in one SM's shared memory, so that one row's arithmetic overlaps another's
+    memory traffic."""
+    if logits.dtype != torch.bfloat16 or logits.shape[1] % 8:
+        return False
+    per_block = logits.shape[1] * 2 + 1024 + 128  # the row, the runtime's reserve, the kernel's own scratch
+    return 2 * per_block <= torch.cuda.get_device_properties(logits.device).shared_memory_per_multiprocessor
+
+
+def gpu_kernel_name(logits) -> str:
+    """Which kernel _gpu_chunk runs for these logits."""
+    return "CUDA" if cuda_kernel_fits(logits) and softmax_grad_build_error() is None else "Triton"
+
+
+def _gpu_chunk(logits, targets, vocab_size: int, scale: float, write_grad: bool):
+    if gpu_kernel_name(logits) == "Triton":
+        return _triton_chunk(logits, targets, vocab_size, scale, write_grad)
+    losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    softmax_grad_extension().softmax_grad_(logits, targets.long().contiguous(), losses, vocab_size, scale, write_grad)
+    return losses
+
+
+def gpu_chunk_loss(logits, targets, vocab_size: int):
+    return _gpu_chunk(logits, targets, vocab_size, 1.0, write_grad=False)
+
+
+def gpu_chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
+    """As chunk_loss_and_grad, but the gradient overwrites `logits` (a fresh matmul output) and is returned."""
+    return _gpu_chunk(logits, targets, vocab_size, scale, write_grad=True).sum(), logits
+
+
+GPU_CHUNK_FNS = (gpu_chunk_loss, gpu_chunk_loss_and_grad)
 
 
 @torch.no_grad()

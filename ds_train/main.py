@@ -22,8 +22,8 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 
 import torch
 
-from ds_train import (autofit, checkpoint, config, convert, distributed, flash_attention, gelu_fusion, memory, metrics,
-                      reshard)
+from ds_train import (autofit, checkpoint, config, convert, distributed, flash_attention, gelu_fusion, loss, memory,
+                      metrics, reshard)
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
@@ -223,7 +223,8 @@ def dry_run(args):
 def settle_kernels(args, run: config.RunConfig, notes: list) -> config.RunConfig:
     """The run with -ge and -fa at 0 where their kernels cannot run here: config.resolve picks them from the
     GPU's kind; whether the GELU extension builds and FlashAttention-4 imports is known only by trying. An
-    explicit level that cannot run is an error; a default one goes to 0 with a note."""
+    explicit level that cannot run is an error; a default one goes to 0 with a note. The loss's CUDA kernel is
+    built here too (no flag: where it does not build, the Triton kernel it replaces runs, with a note)."""
     if run.gelu_fusion and (error := gelu_fusion.build_error()):  # JIT-built once, then loaded from its cache
         if args.gelu_fusion > 0:
             raise UserError(f"-ge {args.gelu_fusion}: the cuBLASLt GELU kernels did not build ({error}); use -ge 0")
@@ -236,6 +237,8 @@ def settle_kernels(args, run: config.RunConfig, notes: list) -> config.RunConfig
             notes.append(f"FlashAttention-4 is off: {reason}; bash scripts/setup.sh --gpu installs it, -fa 0 "
                          "skips trying")
         run = dataclasses.replace(run, flash_attention=0)
+    if torch.cuda.is_available() and run.bf16 and (error := loss.softmax_grad_build_error()):  # built once, cached
+        notes.append(f"the loss's one-pass CUDA kernel did not build ({error}); its Triton kernel runs instead")
     return run
 
 

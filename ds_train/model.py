@@ -124,11 +124,11 @@ class LMHead(nn.Linear):
         self.chunk_fns = loss.EAGER_CHUNK_FNS  # GPT.set_compile swaps in compiled ones
 
     def forward(self, x, targets=None, reduction: str = "mean"):
-        if targets is not None:  # on the GPU the aligned 50304-wide matmuls and the Triton kernel; on CPU the
-            # real rows only (cheaper there) and the eager or compiled chunk functions
-            triton = x.is_cuda and loss.triton_available()
+        if targets is not None:  # on the GPU the aligned 50304-wide matmuls and the CUDA or Triton kernel; on
+            # CPU the real rows only (cheaper there) and the eager or compiled chunk functions
+            gpu_kernels = x.is_cuda and loss.triton_available()
             weight = self.weight if x.is_cuda else self.weight[:self.vocab_size]
-            chunk_fns = loss.TRITON_CHUNK_FNS if triton else self.chunk_fns
+            chunk_fns = loss.GPU_CHUNK_FNS if gpu_kernels else self.chunk_fns
             if reduction == "none":
                 return loss.token_losses(x, weight, targets, self.vocab_size, chunk_fns)
             return loss.linear_cross_entropy(x, weight, targets, self.vocab_size, chunk_fns)

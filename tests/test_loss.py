@@ -95,3 +95,39 @@ def test_triton_kernel_agrees_with_eager_on_the_gpu():
         torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2, atol=1e-6)
     token = loss.token_losses(x.detach(), w.detach(), t, V, loss.TRITON_CHUNK_FNS)
     torch.testing.assert_close(token, loss.token_losses(x.detach(), w.detach(), t, V), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not loss.triton_available(), reason="the CUDA kernel needs a CUDA GPU")
+def test_cuda_kernel_agrees_with_triton_on_the_gpu():
+    """The one-pass CUDA kernel (what a bf16 GPU run uses where it fits) against the Triton kernel: the same
+    losses and gradients, padded columns at 0, a bad target a NaN loss, evaluation's logits left alone."""
+    assert loss.softmax_grad_build_error() is None
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = (torch.randn(5000, VP, device="cuda", generator=gen) * 3).bfloat16()
+    targets = torch.randint(0, V, (5000,), device="cuda", generator=gen)
+    targets[:3] = torch.tensor([0, V - 1, 12345])  # the first and last real columns
+    if not loss.cuda_kernel_fits(logits):
+        pytest.skip("this GPU's SM does not hold two 50304-wide bf16 rows (an H100 or H200 does)")
+    assert loss.gpu_kernel_name(logits) == "CUDA"
+    triton_logits, cuda_logits = logits.clone(), logits.clone()
+    triton_losses = loss._triton_chunk(triton_logits, targets, V, 1e-3, write_grad=True)
+    cuda_losses = loss._gpu_chunk(cuda_logits, targets, V, 1e-3, write_grad=True)
+    torch.testing.assert_close(cuda_losses, triton_losses, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cuda_logits.float(), triton_logits.float(), rtol=1e-2, atol=1e-8)
+    assert torch.count_nonzero(cuda_logits[:, V:]) == 0
+    assert (cuda_logits[torch.arange(5000), targets] < 0).all()  # softmax - 1 at each row's target
+    evaluated = logits.clone()
+    torch.testing.assert_close(loss.gpu_chunk_loss(evaluated, targets, V), triton_losses, rtol=1e-5, atol=1e-5)
+    assert torch.equal(evaluated, logits)
+    bad = targets.clone()
+    bad[7] = VP + 5
+    losses = loss.gpu_chunk_loss(logits.clone(), bad, V)
+    assert losses[7].isnan() and not losses[torch.arange(5000) != 7].isnan().any()
+    x, w, t = inputs(5000)  # through the chunked head, two chunks of 4096 rows, the second ragged
+    x, w, t = x.detach().cuda().bfloat16().requires_grad_(), w.detach().cuda().bfloat16().requires_grad_(), t.cuda()
+    with_triton = loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS)
+    triton_grads = torch.autograd.grad(with_triton, (x, w))
+    with_cuda = loss.linear_cross_entropy(x, w, t, V, loss.GPU_CHUNK_FNS)
+    assert with_cuda.item() == pytest.approx(with_triton.item(), rel=1e-5)
+    for got, expected in zip(torch.autograd.grad(with_cuda, (x, w)), triton_grads):
+        torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2, atol=1e-6)
