@@ -109,7 +109,8 @@ def main():
 
     x = make()
     out = trainer(x)
-    print(f"{'ds_train (' + loss.gpu_kernel_name(x) + ')':<36} {time_ms(trainer, make):>7.3f} {'':>7} "
+    ms = time_ms(trainer, make)
+    print(f"{'ds_train (' + loss.gpu_kernel_name(x) + ')':<36} {ms:>7.3f} {2 * gbytes / ms * 1e3:>7.0f} "
           f"{float((out - ref_loss).abs().max()):>13.2e} {float((x.float() - ref_x.float()).abs().max()):>13.2e}")
     for label, name in zip(VARIANTS, names):
         fn = variant(name)
