@@ -76,8 +76,7 @@ def two_streams(x, w, t, chunk_rows):
             logits = x[start:start + chunk_rows] @ w.t()
             side.wait_stream(main)
             with torch.cuda.stream(side):
-                loss_sum, grad_logits = loss.triton_chunk_loss_and_grad(logits, t[start:start + chunk_rows], V,
-                                                                        1.0 / rows)
+                loss_sum, grad_logits = loss.TRITON_CHUNK_FNS[1](logits, t[start:start + chunk_rows], V, 1.0 / rows)
                 done = side.record_event()
             loss_sum.record_stream(main)  # made on the side stream, last used on this one
             if pending is not None:
@@ -103,7 +102,7 @@ def parts(x, w, t, chunk_rows=loss.CHUNK_ROWS):
 
     def softmax():
         for i, s in enumerate(range(0, x.shape[0], chunk_rows)):
-            loss.triton_chunk_loss_and_grad(logits[i], t[s:s + chunk_rows], V, 1e-5)
+            loss.TRITON_CHUNK_FNS[1](logits[i], t[s:s + chunk_rows], V, 1e-5)
     return matmuls, softmax
 
 

@@ -155,16 +155,19 @@ def _triton_chunk(logits, targets, vocab_size: int, scale: float, write_grad: bo
     return losses
 
 
-def triton_chunk_loss(logits, targets, vocab_size: int):
-    return _triton_chunk(logits, targets, vocab_size, 1.0, write_grad=False)
+def _kernel_chunk_fns(chunk):
+    """(chunk_loss, chunk_loss_and_grad) done by a kernel function chunk(logits, targets, vocab_size, scale,
+    write_grad) -> each row's loss; chunk_loss_and_grad's gradient overwrites `logits` (a fresh matmul output)."""
+    def kernel_chunk_loss(logits, targets, vocab_size: int):
+        return chunk(logits, targets, vocab_size, 1.0, write_grad=False)
+
+    def kernel_chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
+        return chunk(logits, targets, vocab_size, scale, write_grad=True).sum(), logits
+
+    return kernel_chunk_loss, kernel_chunk_loss_and_grad
 
 
-def triton_chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
-    """As chunk_loss_and_grad, but the gradient overwrites `logits` (a fresh matmul output) and is returned."""
-    return _triton_chunk(logits, targets, vocab_size, scale, write_grad=True).sum(), logits
-
-
-TRITON_CHUNK_FNS = (triton_chunk_loss, triton_chunk_loss_and_grad)
+TRITON_CHUNK_FNS = _kernel_chunk_fns(_triton_chunk)
 
 SOFTMAX_GRAD_SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "softmax_grad.cu")
 
@@ -209,16 +212,7 @@ def _gpu_chunk(logits, targets, vocab_size: int, scale: float, write_grad: bool)
     return losses
 
 
-def gpu_chunk_loss(logits, targets, vocab_size: int):
-    return _gpu_chunk(logits, targets, vocab_size, 1.0, write_grad=False)
-
-
-def gpu_chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
-    """As chunk_loss_and_grad, but the gradient overwrites `logits` (a fresh matmul output) and is returned."""
-    return _gpu_chunk(logits, targets, vocab_size, scale, write_grad=True).sum(), logits
-
-
-GPU_CHUNK_FNS = (gpu_chunk_loss, gpu_chunk_loss_and_grad)
+GPU_CHUNK_FNS = _kernel_chunk_fns(_gpu_chunk)
 
 
 @torch.no_grad()

@@ -117,11 +117,11 @@ def test_cuda_kernel_agrees_with_triton_on_the_gpu():
     assert torch.count_nonzero(cuda_logits[:, V:]) == 0
     assert (cuda_logits[torch.arange(5000), targets] < 0).all()  # softmax - 1 at each row's target
     evaluated = logits.clone()
-    torch.testing.assert_close(loss.gpu_chunk_loss(evaluated, targets, V), triton_losses, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss.GPU_CHUNK_FNS[0](evaluated, targets, V), triton_losses, rtol=1e-5, atol=1e-5)
     assert torch.equal(evaluated, logits)
     bad = targets.clone()
     bad[7] = VP + 5
-    losses = loss.gpu_chunk_loss(logits.clone(), bad, V)
+    losses = loss.GPU_CHUNK_FNS[0](logits.clone(), bad, V)
     assert losses[7].isnan() and not losses[torch.arange(5000) != 7].isnan().any()
     x, w, t = inputs(5000)  # through the chunked head, two chunks of 4096 rows, the second ragged
     x, w, t = x.detach().cuda().bfloat16().requires_grad_(), w.detach().cuda().bfloat16().requires_grad_(), t.cuda()
