@@ -47,10 +47,11 @@ def build():
         signature = (f"void {name}(at::Tensor logits, at::Tensor targets, at::Tensor losses, int64_t vocab, "
                      "double scale, bool write_grad)")
         decls.append(signature + ";")
-        if where == "registers":
-            kernel, smem, limit = f"softmax_grad_registers_kernel<{threads}, {', '.join(map(str, args))}>", "0", threads * args[0]
+        template_args = ", ".join(map(str, (threads, *args)))
+        if where == "registers":  # the row's vectors must fit the threads' registers
+            kernel, smem, limit = f"softmax_grad_registers_kernel<{template_args}>", "0", threads * args[0]
         else:
-            kernel, smem, limit = f"softmax_grad_kernel<{threads}, {', '.join(map(str, args))}>", "smem", 1 << 30
+            kernel, smem, limit = f"softmax_grad_kernel<{template_args}>", "smem", 1 << 30
         defs.append(
             signature + " {\n"
             "  TORCH_CHECK(logits.is_cuda() && logits.scalar_type() == at::kBFloat16 && logits.stride(1) == 1 &&\n"
@@ -66,8 +67,8 @@ def build():
             "      losses.data_ptr<float>(), logits.stride(0), vocab, logits.size(1), scale, write_grad);\n"
             "  C10_CUDA_KERNEL_LAUNCH_CHECK();\n"
             "}\n")
-    cuda_source = ("#include <torch/extension.h>\n#include <ATen/cuda/CUDAContext.h>\n#include <c10/cuda/CUDAException.h>\n"
-                   "#include \"softmax_grad_registers.cuh\"\n" + "".join(defs))
+    cuda_source = ("#include <torch/extension.h>\n#include <ATen/cuda/CUDAContext.h>\n"
+                   "#include <c10/cuda/CUDAException.h>\n#include \"softmax_grad_registers.cuh\"\n" + "".join(defs))
     return load_inline(name="softmax_onepass_bench", cpp_sources="\n".join(decls), cuda_sources=cuda_source,
                        functions=names, extra_include_paths=include_dirs, extra_cuda_cflags=["-O3", "-Xptxas=-v"],
                        build_directory=tempfile.mkdtemp(prefix="softmax_onepass_"), verbose=True), names
