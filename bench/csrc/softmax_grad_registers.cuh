@@ -34,31 +34,16 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
   }
   float row_max = -CUDART_INF_F;
 #pragma unroll
-  for (int i = 0; i < VECS; ++i) {
-    const int col0 = (threadIdx.x + i * THREADS) * 8;
-    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&data[i]);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 z = __bfloat1622float2(pairs[j]);
-      if (col0 + 2 * j < vocab) row_max = fmaxf(row_max, z.x);
-      if (col0 + 2 * j + 1 < vocab) row_max = fmaxf(row_max, z.y);
-    }
-  }
+  for (int i = 0; i < VECS; ++i)
+    for_each_in_vocab(data[i], (threadIdx.x + i * THREADS) * 8, vocab, [&](float z) { row_max = fmaxf(row_max, z); });
   row_max = block_reduce<THREADS, true>(row_max, scratch);
   reload_barrier(data);
   const float log2e = 1.4426950408889634f, max_log2 = row_max * log2e;
   float row_sum = 0.f;
 #pragma unroll
-  for (int i = 0; i < VECS; ++i) {
-    const int col0 = (threadIdx.x + i * THREADS) * 8;
-    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&data[i]);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 z = __bfloat1622float2(pairs[j]);
-      if (col0 + 2 * j < vocab) row_sum += exp2_approx(fmaf(z.x, log2e, -max_log2));
-      if (col0 + 2 * j + 1 < vocab) row_sum += exp2_approx(fmaf(z.y, log2e, -max_log2));
-    }
-  }
+  for (int i = 0; i < VECS; ++i)
+    for_each_in_vocab(data[i], (threadIdx.x + i * THREADS) * 8, vocab,
+                      [&](float z) { row_sum += exp2_approx(fmaf(z, log2e, -max_log2)); });
   row_sum = block_reduce<THREADS, false>(row_sum, scratch);
   reload_barrier(data);
   const float lse = row_max + logf(row_sum), lse_log2 = lse * log2e;

@@ -19,6 +19,20 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
+// f(z) for each of the 8 bf16 values of a 16-byte vector whose first column is col0 that lies inside the
+// vocabulary (columns at or past `vocab` are the head's padding, out of the softmax), as a float. The vector is
+// taken by value: a reference into shared memory let nvcc split the one 16-byte load into narrower ones.
+template <class F>
+__device__ __forceinline__ void for_each_in_vocab(uint4 vec, int col0, int vocab, F f) {
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&vec);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 z = __bfloat1622float2(pairs[j]);
+    if (col0 + 2 * j < vocab) f(z.x);
+    if (col0 + 2 * j + 1 < vocab) f(z.y);
+  }
+}
+
 // the block-wide max (IS_MAX) or sum of v, in every thread; `scratch` holds one float per warp
 template <int THREADS, bool IS_MAX>
 __device__ __forceinline__ float block_reduce(float v, float* scratch) {
@@ -64,28 +78,14 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
       const int v = base + u * THREADS;
       if (v >= vecs) continue;
       row_smem[v] = loaded[u];
-      const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&loaded[u]);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 z = __bfloat1622float2(pairs[j]);
-        if (v * 8 + 2 * j < vocab) row_max = fmaxf(row_max, z.x);
-        if (v * 8 + 2 * j + 1 < vocab) row_max = fmaxf(row_max, z.y);
-      }
+      for_each_in_vocab(loaded[u], v * 8, vocab, [&](float z) { row_max = fmaxf(row_max, z); });
     }
   }
   row_max = block_reduce<THREADS, true>(row_max, scratch);
   const float log2e = 1.4426950408889634f, max_log2 = row_max * log2e;
   float row_sum = 0.f;
-  for (int v = threadIdx.x; v < vecs; v += THREADS) {
-    uint4 vec = row_smem[v];
-    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&vec);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 z = __bfloat1622float2(pairs[j]);
-      if (v * 8 + 2 * j < vocab) row_sum += exp2_approx(fmaf(z.x, log2e, -max_log2));
-      if (v * 8 + 2 * j + 1 < vocab) row_sum += exp2_approx(fmaf(z.y, log2e, -max_log2));
-    }
-  }
+  for (int v = threadIdx.x; v < vecs; v += THREADS)
+    for_each_in_vocab(row_smem[v], v * 8, vocab, [&](float z) { row_sum += exp2_approx(fmaf(z, log2e, -max_log2)); });
   row_sum = block_reduce<THREADS, false>(row_sum, scratch);  // its barriers also make every row_smem write visible
   const float lse = row_max + logf(row_sum), lse_log2 = lse * log2e;
   const int64_t target = targets[row];
