@@ -212,20 +212,22 @@ case "${1:-d12}" in
     "$PYTHON" bench/summarize.py "$OUT"/d24_igu_*.log --first 4 --last 10 ;;
   zero_knobs)  # DeepSpeed's ZeRO-2 and ZeRO-3 buffer settings against their defaults, d12 B=64 x 8. One GPU reduces
     # and gathers nothing across GPUs, so this prices their bookkeeping alone; across GPUs bench/scaling.sh measures
-    zero_variant() {  # zero_variant NAME UPDATES: ds_configs/gpt2_124M.json with its zero_optimization updated
+    variants=()
+    zero_variant() {  # zero_variant NAME UPDATES: ds_configs/gpt2_124M.json with its zero_optimization updated, and
+      # NAME (z<stage>_...) run in that order
       json_variant ds_configs/gpt2_124M.json "$OUT/$1.json" zero_optimization "$2"
+      variants+=("$1")
     }
+    zero_variant z1_defaults '{"stage": 1}'
     zero_variant z2_defaults '{"stage": 2}'
     zero_variant z2_no_contiguous_gradients '{"stage": 2, "contiguous_gradients": false}'
     zero_variant z2_reduce_bucket_5e7 '{"stage": 2, "reduce_bucket_size": 50000000}'
     zero_variant z3_defaults '{"stage": 3}'
     zero_variant z3_prefetch_bucket_5e8 '{"stage": 3, "stage3_prefetch_bucket_size": 500000000}'
     zero_variant z3_persistence_1e6 '{"stage": 3, "stage3_param_persistence_threshold": 1000000}'
-    zero_variant z1_defaults '{"stage": 1}'
     d12=(-e d12 -b 64 -t 1024 -d 524288)
     for i in $(seq "${ROUNDS:-1}"); do
-      for v in z1_defaults z2_defaults z2_no_contiguous_gradients z2_reduce_bucket_5e7 z3_defaults \
-          z3_prefetch_bucket_5e8 z3_persistence_1e6; do
+      for v in "${variants[@]}"; do
         train_run "d12_${v}_$i" 12 --ds_config "$OUT/$v.json" "${d12[@]}" -z "${v:1:1}"
       done
     done
