@@ -83,18 +83,25 @@ def test_compiled_chunk_functions_agree_with_eager():
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
+def assert_gpu_head_agrees(chunk_fns, reference_fns):
+    """Through the chunked head on the GPU in bf16, over two chunks of 4096 rows (the second ragged), chunk_fns give
+    reference_fns's loss and gradients; returns the inputs (x, weight, targets)."""
+    x, w, t = inputs(5000)
+    x, w, t = x.detach().cuda().bfloat16().requires_grad_(), w.detach().cuda().bfloat16().requires_grad_(), t.cuda()
+    expected = loss.linear_cross_entropy(x, w, t, V, reference_fns)
+    expected_grads = torch.autograd.grad(expected, (x, w))
+    got = loss.linear_cross_entropy(x, w, t, V, chunk_fns)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    for got_grad, expected_grad in zip(torch.autograd.grad(got, (x, w)), expected_grads):
+        torch.testing.assert_close(got_grad.float(), expected_grad.float(), rtol=1e-2, atol=1e-6)
+    return x.detach(), w.detach(), t
+
+
 @pytest.mark.skipif(not loss.triton_available(), reason="the Triton kernel needs a CUDA GPU")
 def test_triton_kernel_agrees_with_eager_on_the_gpu():
-    x, w, t = inputs(5000)  # two chunks of 4096 rows, the second ragged
-    x, w, t = x.detach().cuda().bfloat16().requires_grad_(), w.detach().cuda().bfloat16().requires_grad_(), t.cuda()
-    eager = loss.linear_cross_entropy(x, w, t, V, loss.EAGER_CHUNK_FNS)
-    eager_grads = torch.autograd.grad(eager, (x, w))
-    triton = loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS)
-    assert triton.item() == pytest.approx(eager.item(), rel=1e-5)
-    for got, expected in zip(torch.autograd.grad(triton, (x, w)), eager_grads):
-        torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2, atol=1e-6)
-    token = loss.token_losses(x.detach(), w.detach(), t, V, loss.TRITON_CHUNK_FNS)
-    torch.testing.assert_close(token, loss.token_losses(x.detach(), w.detach(), t, V), rtol=1e-5, atol=1e-5)
+    x, w, t = assert_gpu_head_agrees(loss.TRITON_CHUNK_FNS, loss.EAGER_CHUNK_FNS)
+    token = loss.token_losses(x, w, t, V, loss.TRITON_CHUNK_FNS)
+    torch.testing.assert_close(token, loss.token_losses(x, w, t, V), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not loss.triton_available(), reason="the CUDA kernel needs a CUDA GPU")
@@ -123,11 +130,4 @@ def test_cuda_kernel_agrees_with_triton_on_the_gpu():
     bad[7] = VP + 5
     losses = loss.GPU_CHUNK_FNS[0](logits.clone(), bad, V)
     assert losses[7].isnan() and not losses[torch.arange(5000) != 7].isnan().any()
-    x, w, t = inputs(5000)  # through the chunked head, two chunks of 4096 rows, the second ragged
-    x, w, t = x.detach().cuda().bfloat16().requires_grad_(), w.detach().cuda().bfloat16().requires_grad_(), t.cuda()
-    with_triton = loss.linear_cross_entropy(x, w, t, V, loss.TRITON_CHUNK_FNS)
-    triton_grads = torch.autograd.grad(with_triton, (x, w))
-    with_cuda = loss.linear_cross_entropy(x, w, t, V, loss.GPU_CHUNK_FNS)
-    assert with_cuda.item() == pytest.approx(with_triton.item(), rel=1e-5)
-    for got, expected in zip(torch.autograd.grad(with_cuda, (x, w)), triton_grads):
-        torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2, atol=1e-6)
+    assert_gpu_head_agrees(loss.GPU_CHUNK_FNS, loss.TRITON_CHUNK_FNS)
