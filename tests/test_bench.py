@@ -1,12 +1,15 @@
-"""The arithmetic of bench/'s scripts that needs no GPU, on real ds_train logs: bench/scaling_table.py, which turns
-bench/scaling.sh's runs at 1, 2, 4 and 8 GPUs into tokens/s per GPU and the weak-scaling efficiency."""
+"""bench/'s scripts where they need no GPU, on real ds_train runs: bench/scaling_table.py, which turns
+bench/scaling.sh's runs at 1, 2, 4 and 8 GPUs into tokens/s per GPU and the weak-scaling efficiency, and
+bench/scaling.sh itself on CPU ranks."""
 
 import os
 import re
 import subprocess
 import sys
 
-from conftest import REPO, one_rank_run, settings_table, zero_run
+import pytest
+import torch
+from conftest import REPO, child_env, free_port, one_rank_run, settings_table, zero_run
 
 SCALING_TABLE = os.path.join(REPO, "bench", "scaling_table.py")
 STEP_MS = re.compile(r"^step\s+(\d+)/\d+ \|.*?\| (\S+) ms \|", re.M)
@@ -45,3 +48,29 @@ def test_the_scaling_table_refuses_a_log_it_cannot_place(tmp_path):
     table = scaling_table(log)
     assert table.returncode != 0
     assert table.stderr.strip() == f"scaling_table.py: {log}: expected a log named <run>_gpus<N>.log"
+
+
+def test_the_scaling_script_launches_each_rank_count_at_the_same_per_rank_batch(tmp_path):
+    """bench/scaling.sh itself, through DeepSpeed's launcher as on a GPU machine, for the quickstart's model at
+    ZeRO-1 on 1 and 2 CPU ranks: each rank keeps the micro-batch without accumulation (B × T × ranks tokens a step),
+    and the table holds the 2-rank run against the 1-rank one."""
+    if torch.cuda.is_available():
+        pytest.skip("the launcher would put these ranks on GPUs; on a GPU machine run the script's own models")
+    out = tmp_path / "out"
+    env = dict(child_env(), MODELS="tiny", STAGES="1", OUT=str(out), DATA=str(tmp_path / "data"),
+               PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+    script = subprocess.run(["bash", "bench/scaling.sh", "1", "2"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert script.returncode == 0, script.stderr[-2000:]
+    assert "exit status" not in script.stderr, script.stderr[-2000:]
+    logs = {n: (out / f"tiny_z1_gpus{n}.log").read_text() for n in (1, 2)}
+    for n, log in logs.items():
+        settings = settings_table(log)
+        assert (settings["num_processes"], settings["micro batch size B"], settings["grad_accum_steps"]) == \
+            (str(n), "8", "1")
+        assert settings["total batch size"] == str(8 * 64 * n)
+    one, two = (tokens_per_second(logs[n], 4, 8) for n in (1, 2))
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in script.stdout.splitlines()
+            if line.startswith("tiny_z1 ")}
+    assert rows[("tiny_z1", "1")] == [f"{one:.0f}", f"{one:.0f}", "100.0%"]
+    assert rows[("tiny_z1", "2")] == [f"{two:.0f}", f"{two / 2:.0f}", f"{100 * two / (2 * one):.1f}%"]
