@@ -20,6 +20,12 @@ from dataclasses import asdict
 if __package__ in (None, ""):  # run as a script: import the package from the repo, not this folder's modules
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# DS_ACCELERATOR=cpu is how DeepSpeed keeps a job on the CPU of a GPU machine, but its launcher still hands each rank
+# CUDA_VISIBLE_DEVICES=0,1,...: hide the GPUs from torch as well, before anything asks CUDA for them, so that the
+# ranks train where DeepSpeed's CPU accelerator expects them to
+if os.environ.get("DS_ACCELERATOR") == "cpu":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 import torch
 
 from ds_train import (autofit, checkpoint, config, convert, distributed, flash_attention, gelu_fusion, loss, memory,
