@@ -19,7 +19,8 @@ source bench/device_env.sh
 random_shards || exit 1
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 counts=${*:-$(for n in 1 2 4 8; do [ "$n" -le "$gpus" ] && echo $n; done)}
-[ -n "$counts" ] || { echo "scaling.sh: no GPU found; name the rank counts (e.g. MODELS=tiny bash bench/scaling.sh 1 2)" >&2; exit 2; }
+[ -n "$counts" ] || {
+  echo "scaling.sh: no GPU found; name the rank counts (e.g. MODELS=tiny bash bench/scaling.sh 1 2)" >&2; exit 2; }
 
 for n in $counts; do
   for model in ${MODELS:-d12 d48}; do

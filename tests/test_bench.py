@@ -50,8 +50,9 @@ def test_the_scaling_table_refuses_a_log_it_cannot_place(tmp_path):
 
 def test_the_scaling_script_launches_each_rank_count_at_the_same_per_rank_batch(tmp_path):
     """bench/scaling.sh itself, through DeepSpeed's launcher as on a GPU machine, for the quickstart's model at
-    ZeRO-1 on 1 and 2 CPU ranks (DS_ACCELERATOR=cpu, from child_env, on a GPU machine too): each rank keeps the micro-batch without accumulation (B × T × ranks tokens a step),
-    and the table holds the 2-rank run against the 1-rank one."""
+    ZeRO-1 on 1 and 2 CPU ranks (DS_ACCELERATOR=cpu from child_env keeps them there on a GPU machine too): each
+    rank keeps the micro-batch without accumulation (B × T × ranks tokens a step), and the table holds the 2-rank
+    run against the 1-rank one."""
     out = tmp_path / "out"
     env = dict(child_env(), MODELS="tiny", STAGES="1", OUT=str(out), DATA=str(tmp_path / "data"),
                PYTHON=sys.executable, MASTER_PORT=str(free_port()))

@@ -412,9 +412,10 @@ def test_cpu_runs_leave_no_shared_memory_behind():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="shows something only where torch sees a GPU")
 def test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine():
     """DeepSpeed's launcher hands its ranks CUDA_VISIBLE_DEVICES=0,1 even where DS_ACCELERATOR=cpu chose its CPU
-    accelerator; ds_train then hides the GPUs from torch, so both ranks train on the CPU in fp32 (without that, they
-    took the GPU defaults, and on a machine with one GPU rank 1 asked for a second). The suite's launcher runs rely
-    on it on a GPU machine. The launcher as a module, as on a machine where deepspeed's scripts are not installed."""
+    accelerator; ds_train then hides the GPUs from torch, so both ranks train on the CPU in fp32 (without that,
+    they would take the GPU defaults, and on a machine with one GPU rank 1 would ask for a second). The suite's
+    launcher runs rely on it on a GPU machine. The launcher as a module, as where deepspeed's scripts are not
+    installed."""
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
            MAIN, "--ds_config", CPU_CONFIG, *TINY, "-b", "4", "-x", "2"]
     env = child_env()
