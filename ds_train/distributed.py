@@ -39,6 +39,17 @@ def discover() -> Place:
     return Place(0, 0, 1, "single")
 
 
+def check_accelerator_env():
+    """DS_ACCELERATOR is DeepSpeed's choice of accelerator; ds_train runs on a CUDA GPU or the CPU (where
+    DS_ACCELERATOR=cpu keeps it on a GPU machine: ds_train/main.py hides the GPUs then)."""
+    name = os.environ.get("DS_ACCELERATOR")
+    if name not in (None, "cpu", "cuda"):
+        raise UserError(f"DS_ACCELERATOR={name}: ds_train runs on cuda or cpu; set one of them, or unset it to take "
+                        "the GPU where torch sees one")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("DS_ACCELERATOR=cuda: torch sees no CUDA GPU here; unset it, or set cpu")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -253,6 +253,7 @@ def train(argv=None):
     if args.dry_run:
         return dry_run(args)
     place = distributed.discover()
+    distributed.check_accelerator_env()
     if args.auto_fit:
         args = auto_fit(args, place, distributed.print0)
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import BIN, CPU_CONFIG, MAIN, TINY, VAL_SHARD, child_env, free_port, run_process
 from ds_train.data import write_shard
@@ -35,6 +36,21 @@ def test_bad_input_in_a_real_process(args, message):
     proc = run_main(*args)
     assert proc.returncode == 2
     assert proc.stderr.strip() == message  # exactly one line, no traceback
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("accelerator, message", [
+    ("xpu", "ds_train: error: DS_ACCELERATOR=xpu: ds_train runs on cuda or cpu; set one of them, or unset it to take "
+            "the GPU where torch sees one"),
+    pytest.param("cuda", "ds_train: error: DS_ACCELERATOR=cuda: torch sees no CUDA GPU here; unset it, or set cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")),
+])
+def test_an_accelerator_ds_train_cannot_run_on_is_named(accelerator, message):
+    """DeepSpeed's DS_ACCELERATOR, which ds_train honours for cpu (tests/test_training.py), must name a device that
+    ds_train can train on; otherwise DeepSpeed fails deep inside its imports or torch's process groups."""
+    proc = run_main("--ds_config", CPU_CONFIG, *TINY, "-x", 1, extra_env={"DS_ACCELERATOR": accelerator})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
