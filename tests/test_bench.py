@@ -23,6 +23,19 @@ def scaling_table(*args):
     return subprocess.run([sys.executable, SCALING_TABLE, *map(str, args)], capture_output=True, text=True)
 
 
+def scaling_rows(text: str) -> dict:
+    """bench/scaling_table.py's table in `text` (from its header line on) as {(run, GPUs): the other columns}."""
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["run", "GPUs"])
+    return {tuple(line.split()[:2]): line.split()[2:] for line in lines[header + 1:]}
+
+
+def assert_one_and_two_rank_rows(rows: dict, run: str, one: float, two: float):
+    """The 1- and 2-rank rows of `run`: tokens/s, tokens/s per GPU and the efficiency, from the runs' tokens/s."""
+    assert rows[(run, "1")] == [f"{one:.0f}", f"{one:.0f}", "100.0%"]
+    assert rows[(run, "2")] == [f"{two:.0f}", f"{two / 2:.0f}", f"{100 * two / (2 * one):.1f}%"]
+
+
 def test_the_scaling_table_holds_each_run_against_its_one_gpu_run(tmp_path):
     """A 1-rank and a 2-rank ZeRO-1 run stand for 1 and 2 GPUs; a 2-rank ZeRO-3 run has no 1-GPU run to compare
     with, and a run that died before its first step has no figures."""
@@ -32,10 +45,9 @@ def test_the_scaling_table_holds_each_run_against_its_one_gpu_run(tmp_path):
     (tmp_path / "tiny_z1_gpus4.log").write_text(runs["tiny_z1_gpus2"].stdout.split("\nstep ")[0])
     table = scaling_table(*sorted(tmp_path.iterdir()), "--first", 2, "--last", 8)
     assert table.returncode == 0, table.stderr
-    rows = {tuple(line.split()[:2]): line.split()[2:] for line in table.stdout.splitlines()[1:]}
+    rows = scaling_rows(table.stdout)
     one, two = (tokens_per_second(runs[name].stdout, 2, 8) for name in ("tiny_z1_gpus1", "tiny_z1_gpus2"))
-    assert rows[("tiny_z1", "1")] == [f"{one:.0f}", f"{one:.0f}", "100.0%"]
-    assert rows[("tiny_z1", "2")] == [f"{two:.0f}", f"{two / 2:.0f}", f"{100 * two / (2 * one):.1f}%"]
+    assert_one_and_two_rank_rows(rows, "tiny_z1", one, two)
     assert rows[("tiny_z3", "2")][2] == "-"
     assert rows[("tiny_z1", "4")] == ["no", "step", "lines"]
 
@@ -67,7 +79,4 @@ def test_the_scaling_script_launches_each_rank_count_at_the_same_per_rank_batch(
             (str(n), "8", "1")
         assert settings["total batch size"] == str(8 * 64 * n)
     one, two = (tokens_per_second(logs[n], 4, 8) for n in (1, 2))
-    rows = {tuple(line.split()[:2]): line.split()[2:] for line in script.stdout.splitlines()
-            if line.startswith("tiny_z1 ")}
-    assert rows[("tiny_z1", "1")] == [f"{one:.0f}", f"{one:.0f}", "100.0%"]
-    assert rows[("tiny_z1", "2")] == [f"{two:.0f}", f"{two / 2:.0f}", f"{100 * two / (2 * one):.1f}%"]
+    assert_one_and_two_rank_rows(scaling_rows(script.stdout), "tiny_z1", one, two)
