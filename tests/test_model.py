@@ -364,14 +364,25 @@ def test_flash_attention_gives_sdpas_loss_and_gradients(monkeypatch):
         model.set_flash_attention(2)
 
 
+def test_flash_attention_forward_tiles_are_128_by_128_on_hopper_up_to_1024_tokens():
+    """ds_train's one departure from flash-attn-4's own tile choice: where it was measured faster (Hopper, head
+    size 64, T <= 1024) and nowhere else, so longer sequences, bigger heads and other GPUs keep the default."""
+    hopper, blackwell = (9, 0), (10, 0)
+    assert [flash_attention.forward_tile_mn(T, 64, hopper) for T in (128, 512, 1024)] == [(128, 128)] * 3
+    assert [flash_attention.forward_tile_mn(T, 64, hopper) for T in (1025, 1536, 2048, 4096)] == [None] * 4
+    assert flash_attention.forward_tile_mn(1024, 128, hopper) is None
+    assert flash_attention.forward_tile_mn(1024, 64, blackwell) is None
+
+
 @pytest.mark.skipif(flash_attention.unavailable_reason() is not None,
                     reason=f"FlashAttention-4: {flash_attention.unavailable_reason()}")
-def test_flash_attention_kernels_match_sdpa_on_the_gpu():
+@pytest.mark.parametrize("T", [512, 2048])  # ds_train's forward tiles, then flash-attn-4's own
+def test_flash_attention_kernels_match_sdpa_on_the_gpu(T):
     """FlashAttention-4's output and q/k/v gradients (written into one strided buffer) against SDPA's in bf16,
     and the bf16 model's loss and gradients at -fa 1 against -fa 0."""
     import torch.nn.functional as F
     gen = torch.Generator(device="cuda").manual_seed(0)
-    B, T, H, D = 4, 512, 6, 64
+    B, H, D = 4, 6, 64
     qkv = torch.randn(B, T, 3 * H * D, device="cuda", generator=gen).bfloat16().requires_grad_()
     grad_y = torch.randn(B, T, H * D, device="cuda", generator=gen).bfloat16()
     q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
