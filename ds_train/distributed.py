@@ -6,11 +6,9 @@ mpirun sets OMPI_* or PMI_* and deepspeed.init_distributed() completes the pictu
 """
 
 import functools
-import glob
 import os
 import signal
 import socket
-import time
 from dataclasses import dataclass
 
 import torch
@@ -65,30 +63,9 @@ def init_process_group(place: Place):
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(place.local_rank)
-    check_extension_locks()
     deepspeed.init_distributed(auto_mpi_discovery=place.launcher == "mpi",
                                distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
     release_shm_buffer(place.rank)
-
-
-STALE_LOCK_SECONDS = 15 * 60  # a DeepSpeed op builds in a few minutes on 2 cores
-
-
-def check_extension_locks():
-    """Fail fast on a build lock left by a killed JIT build of a DeepSpeed op.
-
-    torch's extension loader waits, without a word and without a time limit, for a `lock` file in the
-    build folder to go away; one left behind by a build that was killed (OOM, Ctrl-C, a lost node) hangs
-    every later run on this machine at startup.
-    """
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
-    for lock in glob.glob(os.path.join(root, "*", "*", "lock")) + glob.glob(os.path.join(root, "*", "lock")):
-        age = time.time() - os.path.getmtime(lock)
-        if age > STALE_LOCK_SECONDS:
-            raise UserError(f"{lock}: a DeepSpeed op build lock left {age / 60:.0f} minutes ago by a build that "
-                            "did not finish; delete it (when no other build is running) and run again")
 
 
 def release_shm_buffer(rank: int):
@@ -113,6 +90,28 @@ def shutdown():
         on_gpu = torch.cuda.is_available()
         torch.distributed.barrier(device_ids=[torch.cuda.current_device()] if on_gpu else None)
         torch.distributed.destroy_process_group()
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGUSR1 before training began. A BaseException, as KeyboardInterrupt is, so that no `except
+    Exception` on the way (a kernel's build probe, say) takes it for a failure and goes on."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_on_stop_signals():
+    """Until StopSignal takes over at the first step: SIGTERM and SIGUSR1 raise Terminated, and main() exits at
+    once (nothing has been trained, so nothing is lost). By default they end the process where it stands, and in a
+    first run on a machine that is often inside a JIT build (DeepSpeed's FusedAdam, ds_train's kernels: a minute
+    or two), whose lock file would stay behind for every later build of it to wait on for ever; raising lets the
+    build's own cleanup remove it."""
+    def handle(signum, frame):
+        raise Terminated(signum)
+
+    for sig in StopSignal.SIGNALS:
+        signal.signal(sig, handle)
 
 
 class StopSignal:

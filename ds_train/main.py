@@ -28,8 +28,8 @@ if os.environ.get("DS_ACCELERATOR") == "cpu":
 
 import torch
 
-from ds_train import (autofit, checkpoint, config, convert, distributed, flash_attention, gelu_fusion, loss, memory,
-                      metrics, reshard)
+from ds_train import (autofit, build_locks, checkpoint, config, convert, distributed, flash_attention, gelu_fusion,
+                      loss, memory, metrics, reshard)
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
@@ -253,7 +253,9 @@ def train(argv=None):
     if args.dry_run:
         return dry_run(args)
     place = distributed.discover()
+    distributed.exit_on_stop_signals()
     distributed.check_accelerator_env()
+    build_locks.check_build_locks(distributed.print0)
     if args.auto_fit:
         args = auto_fit(args, place, distributed.print0)
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
@@ -396,6 +398,11 @@ def main(argv=None) -> int:
         rank = distributed.discover().rank
         print(f"{f'[rank {rank}] ' if rank else ''}ds_train: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except distributed.Terminated as e:
+        rank = distributed.discover().rank
+        print(f"{f'[rank {rank}] ' if rank else ''}ds_train: stopped on {e} before training began: nothing to save",
+              file=sys.stderr, flush=True)
+        return 128 + e.signum  # as the shell reports a process the signal ended
     return 0
 
 

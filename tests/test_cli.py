@@ -69,8 +69,9 @@ def test_a_build_lock_left_by_a_killed_build_is_named_not_waited_on(tmp_path):
     os.utime(lock, (an_hour_ago, an_hour_ago))
     proc = run_main("--ds_config", CPU_CONFIG, *TINY, "-x", 1, extra_env={"TORCH_EXTENSIONS_DIR": str(tmp_path)})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"ds_train: error: {lock}: a DeepSpeed op build lock left 60 minutes ago by a build "
-                                   "that did not finish; delete it (when no other build is running) and run again")
+    assert proc.stderr.strip() == (f"ds_train: error: {lock}: a JIT build's lock left 60 minutes ago by a build that "
+                                   "did not finish, which torch would wait on for ever; delete it (when no other build "
+                                   "is running) and run again")
 
 
 def errors_of(capsys, *args) -> str:
