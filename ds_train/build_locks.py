@@ -16,7 +16,7 @@ import torch.utils.cpp_extension
 
 from ds_train.errors import UserError
 
-STALE_AFTER_S = 15 * 60  # a build takes a few minutes at most, on 2 cores too; one that holds its lock longer was killed
+STALE_AFTER_S = 15 * 60  # a build takes a few minutes at most, on 2 cores too; a lock this old was left
 
 
 def extensions_root() -> str:
