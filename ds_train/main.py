@@ -395,15 +395,18 @@ def main(argv=None) -> int:
     try:
         train(argv)
     except UserError as e:
-        rank = distributed.discover().rank
-        print(f"{f'[rank {rank}] ' if rank else ''}ds_train: error: {e}", file=sys.stderr, flush=True)
+        _say_on_stderr(f"ds_train: error: {e}")
         return 2
     except distributed.Terminated as e:
-        rank = distributed.discover().rank
-        print(f"{f'[rank {rank}] ' if rank else ''}ds_train: stopped on {e} before training began: nothing to save",
-              file=sys.stderr, flush=True)
+        _say_on_stderr(f"ds_train: stopped on {e} before training began: nothing to save")
         return 128 + e.signum  # as the shell reports a process the signal ended
     return 0
+
+
+def _say_on_stderr(line: str):
+    """One line on stderr, prefixed with the rank on ranks other than 0."""
+    rank = distributed.discover().rank
+    print(f"{f'[rank {rank}] ' if rank else ''}{line}", file=sys.stderr, flush=True)
 
 
 def exit_without_teardown(code: int):
