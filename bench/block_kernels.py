@@ -41,10 +41,11 @@ def main():
         block.mlp.gelu_fusion = 2
         forward = torch.compile(Block.forward.__get__(block))
         x = torch.randn(B, T, cfg.n_embd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        delta = torch.randn_like(x, requires_grad=True)  # the block before's MLP output (Block.forward)
         grad = torch.randn_like(x)
 
-        def step():
-            forward(x).backward(grad)
+        def step():  # the block's output is the pair's sum, so both get its gradient
+            torch.autograd.backward(forward(x, delta), [grad, grad])
 
         start = time.perf_counter()
         step()

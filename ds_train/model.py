@@ -146,13 +146,19 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.recompute_norms = False  # set by GPT.set_recompute (level 2)
 
-    def forward(self, x):
+    def forward(self, x, delta):
+        """The block on the residual stream x + delta, which it returns in the same form: the MLP's output is
+        handed on unadded, so that the next block adds it in its first LayerNorm's kernel (compiled block by
+        block, the add was a kernel of its own, one more pass over the stream per block). delta is None where
+        the caller has added them (-r 3)."""
+        if delta is not None:
+            x = x + delta
         if self.recompute_norms and self.training and torch.is_grad_enabled():  # -r 2: each LayerNorm runs
             # inside the Function of the linear that reads it, which keeps its input and recomputes its output
             x = x + self.attn(x, norm=self.ln_1)
-            return x + self.mlp(x, norm=self.ln_2)
+            return x, self.mlp(x, norm=self.ln_2)
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        return x, self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -233,20 +239,24 @@ class GPT(nn.Module):
         # llm.c initialises only the real vocabulary rows; the padding stays zero and, never scored, never moves
         self.transformer.wte.weight[self.config.vocab_size:].zero_()
 
-    def _run_block(self, block, x):
+    def _run_block(self, block, x, delta):
         if self.recompute == 3 and torch.is_grad_enabled():
             import deepspeed  # configured by the caller from the JSON's activation_checkpointing section
-            return deepspeed.checkpointing.checkpoint(block, x)
-        return block(x)
+            # the checkpoint keeps its inputs: the pair summed here, one tensor per block rather than two
+            return deepspeed.checkpointing.checkpoint(block, x + delta, None)
+        return block(x, delta)
 
     def forward(self, idx, targets=None, reduction: str = "mean"):
         """The cross-entropy over the real vocabulary (float32) if targets are given: the mean, or with
         reduction="none" each position's (B, T), for evaluation; else the logits (B, T, 50257)."""
         T = idx.shape[1]
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T, device=idx.device))
+        x = self.transformer.wte(idx)
+        # the position embedding is the first block's delta (see Block.forward), laid out like every later one,
+        # so that all blocks share one compiled graph
+        delta = self.transformer.wpe(torch.arange(T, device=idx.device)).expand_as(x).contiguous()
         for block in self.transformer.h:
-            x = self._run_block(block, x)
-        return self.lm_head(self.transformer.ln_f(x), targets, reduction)
+            x, delta = self._run_block(block, x, delta)
+        return self.lm_head(self.transformer.ln_f(x + delta), targets, reduction)
 
     def param_groups(self, weight_decay: float) -> list:
         """AdamW groups: decay on 2-D weights (embeddings, matmuls), never on biases or LayerNorm."""

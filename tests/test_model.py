@@ -147,6 +147,7 @@ def test_recompute_levels_hold_less_memory_and_give_identical_gradients():
     per_token_layer = 8 * 64 * 128 * 4 * 3  # bytes of one C-wide fp32 activation, all layers
     assert held[0] - held[1] >= 3.5 * per_token_layer  # GELU output (4C) no longer kept
     assert held[1] - held[2] >= 1.9 * per_token_layer  # the two LayerNorm outputs (C each) no longer kept
+    assert held[3] < 2 * per_token_layer  # one input per block (the residual pair summed first) and the head's
     for level in (1, 2, 3):
         for g0, g in zip(results[0][1], results[level][1]):
             assert torch.equal(g0, g)
