@@ -40,8 +40,10 @@ def forward(qkv, n_head, tile_mn, rs, overlap):
     return out, lse
 
 
-def kernel_ms(fn, reps=20):
-    """The mean time of the forward kernel over reps calls of fn, as the profiler saw it on the GPU."""
+def kernel_ms(fn, reps=20, kernel=None):
+    """The GPU time of one call of fn, the mean over reps calls, as torch.profiler saw its kernels run (CUDA
+    events around a call would hold its host time too): of the kernels whose name holds `kernel` (one a call),
+    or of all of them."""
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -49,8 +51,8 @@ def kernel_ms(fn, reps=20):
             fn()
         torch.cuda.synchronize()
     kernels = [e.device_time_total for e in prof.events()
-               if e.device_type == torch.autograd.DeviceType.CUDA and "FlashAttentionForward" in e.name]
-    assert len(kernels) == reps, f"expected {reps} forward kernels in the profile, found {len(kernels)}"
+               if e.device_type == torch.autograd.DeviceType.CUDA and (kernel is None or kernel in e.name)]
+    assert kernel is None or len(kernels) == reps, f"expected {reps} {kernel} kernels, found {len(kernels)}"
     return sum(kernels) / reps / 1000
 
 
@@ -86,7 +88,7 @@ def main():
             times = {config: [] for config in usable}
             for _ in range(ROUNDS):
                 for config in usable:
-                    times[config].append(kernel_ms(lambda: forward(qkv, H, *config)))
+                    times[config].append(kernel_ms(lambda: forward(qkv, H, *config), kernel="FlashAttentionForward"))
         base = sorted(times[CONFIGS[0]])[ROUNDS // 2]
         for config in usable:
             median, best = sorted(times[config])[ROUNDS // 2], min(times[config])

@@ -18,25 +18,13 @@ import os
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ds_train.model import config_from_descriptor  # noqa: E402
+from attention_tiles import kernel_ms  # noqa: E402  (bench/, the script's own folder)
 
 SHAPES = [("d12", 64), ("d24", 64), ("d48", 16)]  # model, micro-batch
 T, MICRO_STEPS, ROUNDS = 1024, 8, 5
-
-
-def gpu_ms(fn, reps=10):
-    """The GPU time of all kernels of one call of fn, the mean over reps calls, from torch.profiler."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    return sum(e.device_time_total for e in prof.events()
-               if e.device_type == torch.autograd.DeviceType.CUDA) / reps / 1000
 
 
 def main():
@@ -69,7 +57,7 @@ def main():
             times = {fn: [] for fn in (through_bf16, in_cublas)}
             for _ in range(ROUNDS):  # interleaved, so that clock drift falls on both alike
                 for fn in times:
-                    times[fn].append(gpu_ms(fn))
+                    times[fn].append(kernel_ms(fn, reps=10))
             ms_bf16, ms_fp32 = (sorted(times[fn])[ROUNDS // 2] for fn in (through_bf16, in_cublas))
             saved_per_block += ms_bf16 - ms_fp32
             print(f"{descriptor} B={B:<6}{name:<14}{f'{out_features}x{in_features}':>12}{ms_bf16:>16.3f}"
