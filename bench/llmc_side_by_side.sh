@@ -6,8 +6,11 @@
 # SHAPE: d12 (GPT-2 124M, B=64 x 8), d12_b128 (B=128 x 4, both trainers), d24 (350M, B=32 x 16; ds_train at
 # -ge 1, faster than -ge 2 at this micro-batch), d24_b64 (B=64 x 8, as scripts/run_gpt2_350M.sh; ds_train at its
 # default -ge 2, faster than -ge 1 here on an H200). LLMC_FLAGS adds flags to every llm.c run (e.g. -ge 2).
-# Means over the steps after warm-up (shape_settings below; llm.c's d12 window 11-30 is the issue's baseline's),
-# ds_train's by bench/summarize.py. Logs and summary.txt in $OUT (default bench_out/llmc).
+# Both trainers run at the same learning rate (LR, default llm.c's scripts' 6e-4, no warmup, no decay, as both
+# trainers' defaults) for the same number of steps, so the table's last column but one compares their losses at
+# that step (on random tokens both head for ln(50257) = 10.825; different inits and data order, so not bit for
+# bit). Means over the steps after warm-up (shape_settings below; llm.c's d12 window 11-30 is the issue's
+# baseline's), ds_train's by bench/summarize.py. Logs and summary.txt in $OUT (default bench_out/llmc).
 # LLMC_DIR is a copy of github.com/karpathy/llm.c (git-ignored; commit nothing of it) with NVIDIA's
 # cudnn-frontend headers in LLMC_DIR/cudnn-frontend/include for its cuDNN attention (its newest version links
 # against nvrtc and the driver API too); libcudnn and its headers come from the nvidia-cudnn wheel that torch's
@@ -18,12 +21,14 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out/llmc}
 mkdir -p "$OUT"
 LLMC_DIR=${LLMC_DIR:-.llmc}
+LR=${LR:-0.0006}
 source bench/device_env.sh
 export PATH=$PATH:/usr/local/cuda/bin
 shapes=("${@:-d12}")
 
-# shape_settings SHAPE: each shape's flags for both trainers and the steps each is timed over (the last is the
-# run's length), in LLMC, DS, LLMC_WINDOW and DS_WINDOW
+# shape_settings SHAPE: each shape's flags for both trainers and the steps each is timed over, in LLMC, DS,
+# LLMC_WINDOW and DS_WINDOW (both end at the runs' last step; until 2026-12-04 ds_train ran 20, 12 and 10 steps
+# at its own default learning rate)
 shape_settings() {
   case $1 in
     d12)      LLMC=(-e d12 -b 64)  DS=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64) ;;
@@ -33,9 +38,9 @@ shape_settings() {
     *)        echo "unknown shape $1 (d12, d12_b128, d24, d24_b64)"; return 2 ;;
   esac
   case $1 in
-    d24)     LLMC_WINDOW=(6 20)  DS_WINDOW=(4 12) ;;
-    d24_b64) LLMC_WINDOW=(4 12)  DS_WINDOW=(4 10) ;;
-    *)       LLMC_WINDOW=(11 30) DS_WINDOW=(6 20) ;;
+    d24)     LLMC_WINDOW=(6 20)  DS_WINDOW=(4 20) ;;
+    d24_b64) LLMC_WINDOW=(4 12)  DS_WINDOW=(4 12) ;;
+    *)       LLMC_WINDOW=(11 30) DS_WINDOW=(6 30) ;;
   esac
 }
 for shape in "${shapes[@]}"; do shape_settings "$shape" || exit 2; done  # before any build
@@ -76,7 +81,7 @@ llmc_run() {
   echo "=== $name: $*" >&2
   mkdir -p /tmp/llmc_run
   (cd "$LLMC_DIR" && timeout 300 ./train_gpt2cu -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" \
-    -o /tmp/llmc_run -t 1024 -d 524288 -x "$steps" -v 1000 -s 0 -h 0 -z 1 -r 0 -l 0.0006 "$@" ${LLMC_FLAGS:-}) \
+    -o /tmp/llmc_run -t 1024 -d 524288 -x "$steps" -v 1000 -s 0 -h 0 -z 1 -r 0 -l "$LR" "$@" ${LLMC_FLAGS:-}) \
     > "$OUT/$name.log" 2>&1
 }
 
@@ -84,7 +89,7 @@ windows=()
 for shape in "${shapes[@]}"; do
   shape_settings "$shape" || exit 2
   llmc_run "llmc_$shape" "${LLMC_WINDOW[1]}" "${LLMC[@]}"
-  train_run "ds_train_$shape" "${DS_WINDOW[1]}" "${DS[@]}" -t 1024 -d 524288 -z 1
+  train_run "ds_train_$shape" "${DS_WINDOW[1]}" "${DS[@]}" -t 1024 -d 524288 -z 1 -l "$LR"
   windows+=("$shape:${LLMC_WINDOW[0]}:${LLMC_WINDOW[1]}:${DS_WINDOW[0]}:${DS_WINDOW[1]}")
 done
 
@@ -112,7 +117,7 @@ for window in windows:
         mem = re.search(r"device memory usage: (\d+) MiB", log)
         mem = f"{int(mem.group(1)) / 1024:.1f} GiB used" if mem else "?"
         loss = re.findall(r"^step\s+\d+/\d+ \| loss ([\d.]+)", log, re.M)
-        loss = loss[-1][:6] if loss else "?"
+        loss = f"{float(loss[-1]):.4f}" if loss else "?"
         print(f"{shape:9} {'llm.c':9} {f'{l0}-{l1}':>6} {a:8.1f} {524288e3 / a:9,.0f} {524288e3 / a * flops / 989e12:6.1%}"
               f" {mem:>14} {loss:>8}")
     else:
