@@ -25,3 +25,8 @@ train_run() {
   timeout 540 "$PYTHON" ds_train/main.py "${SHARDS[@]}" -x "$steps" "$@" > "$OUT/$name.log" 2>&1 ||
     echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
 }
+# what kind of machine this is (CPU, single-thread speeds, GPU and its limits), once per results folder: lent
+# machines of one kind differ by more than a change gains, and the host queues the kernels
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && [ ! -e "$OUT/host.txt" ]; then
+  "$PYTHON" bench/host_probe.py > "$OUT/host.txt" 2>&1 || echo "bench/host_probe.py failed: $OUT/host.txt" >&2
+fi

@@ -1,11 +1,15 @@
 """bench/'s scripts where they need no GPU, on real ds_train runs: bench/scaling_table.py, which turns
-bench/scaling.sh's runs at 1, 2, 4 and 8 GPUs into tokens/s per GPU and the weak-scaling efficiency, and
-bench/scaling.sh itself on CPU ranks."""
+bench/scaling.sh's runs at 1, 2, 4 and 8 GPUs into tokens/s per GPU and the weak-scaling efficiency,
+bench/scaling.sh itself on CPU ranks, and bench/host_probe.py, which each of those scripts runs into its results
+folder."""
 
 import os
+import platform
 import re
 import subprocess
 import sys
+
+import torch
 
 from conftest import REPO, child_env, free_port, one_rank_run, settings_table, zero_run
 
@@ -80,3 +84,22 @@ def test_the_scaling_script_launches_each_rank_count_at_the_same_per_rank_batch(
         assert settings["total batch size"] == str(8 * 64 * n)
     one, two = (tokens_per_second(logs[n], 4, 8) for n in (1, 2))
     assert_one_and_two_rank_rows(scaling_rows(script.stdout), "tiny_z1", one, two)
+    assert host_facts((out / "host.txt").read_text())["cpu_cores"] == str(os.cpu_count())  # bench/device_env.sh's
+
+
+def host_facts(text: str) -> dict:
+    return dict(line.split(": ", 1) for line in text.splitlines())
+
+
+def test_the_host_probe_reports_this_machine():
+    """bench/host_probe.py's facts are this machine's (cores, Python, torch, whether there is a GPU), and its
+    timings are times: positive and in a plausible range."""
+    probe = subprocess.run([sys.executable, os.path.join(REPO, "bench", "host_probe.py")], capture_output=True,
+                           text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    facts = host_facts(probe.stdout)
+    assert facts["cpu_cores"] == str(os.cpu_count())
+    assert facts["python"] == platform.python_version() and facts["torch"] == torch.__version__
+    assert facts["cpu"] and facts["cpu"] != "unknown"
+    assert 0 < float(facts["python_loop_s"]) < 5 and 0 < float(facts["torch_cpu_op_us"]) < 1000
+    assert ("gpu" in facts) == ("cuda_launch_us" in facts) == torch.cuda.is_available()
