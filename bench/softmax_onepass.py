@@ -1,5 +1,6 @@
 """The loss's softmax gradient in one pass over memory (ds_train/csrc/softmax_grad.cuh: a block per row, the row in
-shared memory, two blocks an SM; and bench/csrc/softmax_grad_registers.cuh: the row in registers) against the
+shared memory, two blocks an SM; bench/csrc/softmax_grad_one_exp.cuh: the same with one exponential a logit instead
+of two; and bench/csrc/softmax_grad_registers.cuh: the row in registers) against the
 Triton kernel (two reads and one write of the chunk) and a plain copy of the chunk (one read and one write, the
 floor), on one chunk of the head's logits (4096 x 50304 bf16 by default), in several block shapes, and the kernel
 the trainer runs (ds_train/loss.py's GPU chunk function). Prints ms per call, GB/s counting one read and one write,
@@ -21,7 +22,7 @@ from softmax_variants import time_ms  # noqa: E402  (bench/, the script's own fo
 V, WIDTH = 50257, 50304
 # name: the kernel's template arguments: in registers (threads a row, 16-byte vectors a thread, blocks an SM at
 # least, streaming cache hints), in shared memory (threads a row, loads in flight a thread, blocks an SM at least;
-# the trainer's is 512, 4, 2)
+# the trainer's is 512, 4, 2), and in shared memory with one exponential a logit (the same arguments)
 VARIANTS = {
     "registers, 384 threads x 17": ("registers", 384, 17, 1, "false"),
     "registers, 512 threads x 13": ("registers", 512, 13, 1, "false"),
@@ -33,6 +34,9 @@ VARIANTS = {
     "shared, 512 threads, 4 loads, 2/SM": ("shared", 512, 4, 2),
     "shared, 512 threads, 8 loads, 2/SM": ("shared", 512, 8, 2),
     "shared, 1024 threads, 4 loads, 2/SM": ("shared", 1024, 4, 2),
+    "one exp, 512 threads, 4 loads, 2/SM": ("one_exp", 512, 4, 2),
+    "one exp, 256 threads, 8 loads, 2/SM": ("one_exp", 256, 8, 2),
+    "one exp, 1024 threads, 4 loads, 2/SM": ("one_exp", 1024, 4, 2),
 }
 
 
@@ -51,7 +55,8 @@ def build():
         if where == "registers":  # the row's vectors must fit the threads' registers
             kernel, smem, limit = f"softmax_grad_registers_kernel<{template_args}>", "0", threads * args[0]
         else:
-            kernel, smem, limit = f"softmax_grad_kernel<{template_args}>", "smem", 1 << 30
+            kernel = f"softmax_grad_{'one_exp_' if where == 'one_exp' else ''}kernel<{template_args}>"
+            smem, limit = "smem", 1 << 30
         defs.append(
             signature + " {\n"
             "  TORCH_CHECK(logits.is_cuda() && logits.scalar_type() == at::kBFloat16 && logits.stride(1) == 1 &&\n"
@@ -61,14 +66,15 @@ def build():
             "  const int smem = logits.size(1) * 2;  (void)smem;\n"
             f"  auto kernel = softmax_grad::{kernel};\n"
             + ("  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));\n"
-               if where == "shared" else "") +
+               if where != "registers" else "") +
             f"  kernel<<<logits.size(0), {threads}, {smem}, at::cuda::getCurrentCUDAStream()>>>(\n"
             "      reinterpret_cast<__nv_bfloat16*>(logits.data_ptr()), targets.data_ptr<int64_t>(),\n"
             "      losses.data_ptr<float>(), logits.stride(0), vocab, logits.size(1), scale, write_grad);\n"
             "  C10_CUDA_KERNEL_LAUNCH_CHECK();\n"
             "}\n")
     cuda_source = ("#include <torch/extension.h>\n#include <ATen/cuda/CUDAContext.h>\n"
-                   "#include <c10/cuda/CUDAException.h>\n#include \"softmax_grad_registers.cuh\"\n" + "".join(defs))
+                   "#include <c10/cuda/CUDAException.h>\n#include \"softmax_grad_registers.cuh\"\n"
+                   "#include \"softmax_grad_one_exp.cuh\"\n" + "".join(defs))
     return load_inline(name="softmax_onepass_bench", cpp_sources="\n".join(decls), cuda_sources=cuda_source,
                        functions=names, extra_include_paths=include_dirs, extra_cuda_cflags=["-O3", "-Xptxas=-v"],
                        build_directory=tempfile.mkdtemp(prefix="softmax_onepass_"), verbose=True), names
@@ -100,7 +106,8 @@ def main():
     gbytes = base.numel() * 2 / 1e9
     copy_dst = torch.empty_like(base)
     print(f"chunk {rows} x {WIDTH} bf16 ({gbytes:.2f} GB); ms per call, GB/s counting one read and one write")
-    print(f"{'variant':<36} {'ms':>7} {'GB/s':>7} {'max loss diff':>13} {'max grad diff':>13}")
+    print(f"{'variant':<36} {'ms':>7} {'GB/s':>7} {'max loss diff':>13} {'max grad diff':>13}   (from Triton's; "
+          "then from ds_train's kernel)")
     ms = time_ms(lambda x: copy_dst.copy_(x), make)
     print(f"{'copy (the floor)':<36} {ms:>7.3f} {2 * gbytes / ms * 1e3:>7.0f}")
     print(f"{'Triton (two reads)':<36} {time_ms(shipped, make):>7.3f}")
@@ -110,6 +117,7 @@ def main():
 
     x = make()
     out = trainer(x)
+    trainer_loss, trainer_x = out, x
     ms = time_ms(trainer, make)
     print(f"{'ds_train (' + loss.gpu_kernel_name(x) + ')':<36} {ms:>7.3f} {2 * gbytes / ms * 1e3:>7.0f} "
           f"{float((out - ref_loss).abs().max()):>13.2e} {float((x.float() - ref_x.float()).abs().max()):>13.2e}")
@@ -120,7 +128,10 @@ def main():
         out = fn(x)
         loss_diff = float((out - ref_loss).abs().max())
         grad_diff = float((x.float() - ref_x.float()).abs().max())
-        print(f"{label:<36} {ms:>7.3f} {2 * gbytes / ms * 1e3:>7.0f} {loss_diff:>13.2e} {grad_diff:>13.2e}")
+        loss_tr = float((out - trainer_loss).abs().max())
+        grad_tr = float((x.float() - trainer_x.float()).abs().max())
+        print(f"{label:<36} {ms:>7.3f} {2 * gbytes / ms * 1e3:>7.0f} {loss_diff:>13.2e} {grad_diff:>13.2e} "
+              f"{loss_tr:>13.2e} {grad_tr:>13.2e}")
     no_grad = torch.empty(rows, dtype=torch.float32, device="cuda")
     for label, name in zip(VARIANTS, names):
         x = make()
