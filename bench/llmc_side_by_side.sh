@@ -7,10 +7,11 @@
 # -ge 1, faster than -ge 2 at this micro-batch), d24_b64 (B=64 x 8, as scripts/run_gpt2_350M.sh; ds_train at its
 # default -ge 2, faster than -ge 1 here on an H200). LLMC_FLAGS adds flags to every llm.c run (e.g. -ge 2).
 # Both trainers run at the same learning rate (LR, default llm.c's scripts' 6e-4, no warmup, no decay, as both
-# trainers' defaults) for the same number of steps, so the table's last column but one compares their losses at
-# that step (on random tokens both head for ln(50257) = 10.825; different inits and data order, so not bit for
-# bit). Means over the steps after warm-up (shape_settings below; llm.c's d12 window 11-30 is the issue's
-# baseline's), ds_train's by bench/summarize.py. Logs and summary.txt in $OUT (default bench_out/llmc).
+# trainers' defaults) for the same number of steps, so the table's last column but one compares their losses at that
+# step (on random tokens both head for ln(50257) = 10.825; the same batches, as ds_train shuffles as llm.c does, but
+# inits of the same distribution drawn differently, so not bit for bit). Means over the steps after warm-up
+# (shape_settings below; llm.c's d12 window 11-30 is the issue's baseline's), ds_train's by bench/summarize.py. Logs
+# and summary.txt in $OUT (default bench_out/llmc).
 # LLMC_DIR is a copy of github.com/karpathy/llm.c (git-ignored; commit nothing of it) with NVIDIA's
 # cudnn-frontend headers in LLMC_DIR/cudnn-frontend/include for its cuDNN attention (its newest version links
 # against nvrtc and the driver API too); libcudnn and its headers come from the nvidia-cudnn wheel that torch's
