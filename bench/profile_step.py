@@ -5,7 +5,8 @@ ZeRO, --compile), a few warm-up steps, then one step under torch.profiler, its C
         -i "/tmp/bench_data/random_train_*.bin" -j "/tmp/bench_data/random_val_*.bin"
 
 Takes main.py's flags; one GPU, one process. Prints the step time, GPU busy time, a table by kind of kernel
-(matmul, attention, compiled Triton, optimizer, copies, other) and the top kernels.
+(matmul, attention, compiled Triton, optimizer, copies, other) and the top kernels, the GPU's idle gaps and the
+CPU's waits for the GPU by trainer phase, and the host's busy time by phase and by operator.
 """
 
 import os
@@ -98,6 +99,7 @@ def main():
     if cuda:
         print_idle(prof.events())
         print_host_waits(prof.events())
+    print_host_time(prof.events(), prof.key_averages())
     distributed.shutdown()
 
 
@@ -160,6 +162,7 @@ def print_idle(events):
 
 
 HOST_WAITS = re.compile(r"^cuda(StreamSynchronize|EventSynchronize|DeviceSynchronize|Memcpy)$")
+QUEUE_FULL = "Command Buffer Full"  # a launch blocked because the GPU's queue was full: the CPU was ahead
 
 
 def print_host_waits(events):
@@ -177,6 +180,39 @@ def print_host_waits(events):
     print(f"\nCPU waiting for the GPU: {total:.1f} ms in {sum(n for _, n in by_call.values())} calls; by call and phase: "
           + ", ".join(f"{name} in {phase} {ms:.2f} ms ({n}x)"
                       for (name, phase), (ms, n) in sorted(by_call.items(), key=lambda kv: -kv[1][0])))
+
+
+def print_host_time(events, op_averages):
+    """How much of the step the host spends queueing work, by trainer phase, and which operators take its time:
+    with the CPU busy for most of the step, a slower host (or more Python per kernel) makes the GPU wait. Waits
+    are the synchronizations above and launches blocked on a full queue; busy is the rest of each phase's time."""
+    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    if not cpu:
+        return
+    phases = [e for e in cpu if e.name.startswith("phase: ")]
+    waits = [e for e in cpu if HOST_WAITS.match(e.name) or e.name == QUEUE_FULL]
+    span = (max(e.time_range.end for e in cpu) - min(e.time_range.start for e in cpu)) / 1000
+    waited = sum(w.time_range.elapsed_us() for w in waits) / 1000
+    queue_full = sum(w.time_range.elapsed_us() for w in waits if w.name == QUEUE_FULL) / 1000
+    wall, busy = defaultdict(float), defaultdict(float)
+    for phase in phases:
+        name = phase.name[len("phase: "):]
+        ms = phase.time_range.elapsed_us() / 1000
+        inside = sum(w.time_range.elapsed_us() for w in waits
+                     if phase.time_range.start <= w.time_range.start <= phase.time_range.end) / 1000
+        wall[name] += ms
+        busy[name] += ms - inside
+    wall["outside"] = span - sum(wall.values())
+    busy["outside"] = wall["outside"] - (waited - sum(wall[n] - busy[n] for n in wall if n != "outside"))
+    print(f"\nhost: {span:.1f} ms from the profiled step's first CPU operator to its last; waiting for the GPU "
+          f"{waited:.1f} ms ({queue_full:.1f} of it on a full launch queue), busy {span - waited:.1f} ms "
+          f"({100 * (span - waited) / span:.0f}%); busy / wall by phase: "
+          + ", ".join(f"{n} {busy[n]:.1f} / {wall[n]:.1f}" for n in sorted(wall, key=lambda n: -wall[n])))
+    print(f"{'host time by operator (self CPU time)':<90} {'ms':>8} {'calls':>6}")
+    mine = sorted((e for e in op_averages if e.key != QUEUE_FULL and not HOST_WAITS.match(e.key)
+                   and not e.key.startswith("phase: ")), key=lambda e: -e.self_cpu_time_total)[:15]
+    for op in mine:
+        print(f"{op.key[:90]:<90} {op.self_cpu_time_total / 1000:>8.1f} {op.count:>6}")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,27 @@ def test_the_host_probe_reports_this_machine():
     assert facts["cpu"] and facts["cpu"] != "unknown"
     assert 0 < float(facts["python_loop_s"]) < 5 and 0 < float(facts["torch_cpu_op_us"]) < 1000
     assert ("gpu" in facts) == ("cuda_launch_us" in facts) == torch.cuda.is_available()
+
+
+HOST_LINE = re.compile(r"^host: (\S+) ms from .*; waiting for the GPU (\S+) ms .*, busy (\S+) ms \((\d+)%\); "
+                       r"busy / wall by phase: (.*)$", re.M)
+
+
+def test_the_step_profile_splits_the_host_time_by_phase():
+    """bench/profile_step.py on CPU for a tiny model (its CPU mode, which checks the script itself): the kinds
+    table, and the host report, whose phases (forward, backward, step, next_batch and the rest) divide the profiled
+    step's host time among them, most of it in the labelled ones; on CPU nothing waits for a GPU, so the host is
+    busy all of it."""
+    env = dict(child_env(), MASTER_PORT=str(free_port()))
+    profile = subprocess.run([sys.executable, "bench/profile_step.py", "--ds_config", "ds_configs/quickstart.json",
+                              "-e", "gpt2:d2:c64:h2", "-b", "4", "-t", "64", "-d", "512", "-z", "1"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert profile.returncode == 0, profile.stderr[-2000:]
+    assert re.search(r"^cpu \| .* B=4 T=64 accum=2 ZeRO-1", profile.stdout, re.M), profile.stdout[-2000:]
+    span, waited, busy, percent, phases = HOST_LINE.search(profile.stdout).groups()
+    by_phase = {name: (float(b), float(w)) for name, b, w in re.findall(r"(\w+) ([\d.]+) / ([\d.]+)", phases)}
+    assert set(by_phase) == {"forward", "backward", "step", "next_batch", "outside"}
+    assert 0 <= by_phase["outside"][1] < 0.5 * float(span)  # the rest of the span: the labelled phases do not overlap
+    assert float(waited) == 0 and float(busy) == float(span) and percent == "100"
+    assert all(b == w for b, w in by_phase.values())
+    assert by_phase["forward"][1] > 0 and by_phase["backward"][1] > 0
