@@ -165,6 +165,11 @@ HOST_WAITS = re.compile(r"^cuda(StreamSynchronize|EventSynchronize|DeviceSynchro
 QUEUE_FULL = "Command Buffer Full"  # a launch blocked because the GPU's queue was full: the CPU was ahead
 
 
+def is_host_wait(name: str) -> bool:
+    """Whether a CPU event is the host waiting for the GPU: a synchronization or a launch held on a full queue."""
+    return bool(HOST_WAITS.match(name)) or name == QUEUE_FULL
+
+
 def print_host_waits(events):
     """Where the CPU waits for the GPU (stream, event and device synchronizations, synchronous copies), by
     trainer phase. After a long wait the GPU's queue is empty and it idles until the CPU queues the next kernel;
@@ -190,27 +195,24 @@ def print_host_time(events, op_averages):
     if not cpu:
         return
     phases = [e for e in cpu if e.name.startswith("phase: ")]
-    waits = [e for e in cpu if HOST_WAITS.match(e.name) or e.name == QUEUE_FULL]
+    waits = [e for e in cpu if is_host_wait(e.name)]
     span = (max(e.time_range.end for e in cpu) - min(e.time_range.start for e in cpu)) / 1000
-    waited = sum(w.time_range.elapsed_us() for w in waits) / 1000
-    queue_full = sum(w.time_range.elapsed_us() for w in waits if w.name == QUEUE_FULL) / 1000
-    wall, busy = defaultdict(float), defaultdict(float)
+    wall, waited_in = defaultdict(float), defaultdict(float)
     for phase in phases:
-        name = phase.name[len("phase: "):]
-        ms = phase.time_range.elapsed_us() / 1000
-        inside = sum(w.time_range.elapsed_us() for w in waits
-                     if phase.time_range.start <= w.time_range.start <= phase.time_range.end) / 1000
-        wall[name] += ms
-        busy[name] += ms - inside
+        wall[phase.name[len("phase: "):]] += phase.time_range.elapsed_us() / 1000
     wall["outside"] = span - sum(wall.values())
-    busy["outside"] = wall["outside"] - (waited - sum(wall[n] - busy[n] for n in wall if n != "outside"))
+    for wait in waits:
+        waited_in[phase_at(phases, wait.time_range.start)] += wait.time_range.elapsed_us() / 1000
+    waited = sum(waited_in.values())
+    queue_full = sum(w.time_range.elapsed_us() for w in waits if w.name == QUEUE_FULL) / 1000
+    busy = {name: ms - waited_in[name] for name, ms in wall.items()}
     print(f"\nhost: {span:.1f} ms from the profiled step's first CPU operator to its last; waiting for the GPU "
           f"{waited:.1f} ms ({queue_full:.1f} of it on a full launch queue), busy {span - waited:.1f} ms "
           f"({100 * (span - waited) / span:.0f}%); busy / wall by phase: "
           + ", ".join(f"{n} {busy[n]:.1f} / {wall[n]:.1f}" for n in sorted(wall, key=lambda n: -wall[n])))
     print(f"{'host time by operator (self CPU time)':<90} {'ms':>8} {'calls':>6}")
-    mine = sorted((e for e in op_averages if e.key != QUEUE_FULL and not HOST_WAITS.match(e.key)
-                   and not e.key.startswith("phase: ")), key=lambda e: -e.self_cpu_time_total)[:15]
+    mine = sorted((e for e in op_averages if not is_host_wait(e.key) and not e.key.startswith("phase: ")),
+                  key=lambda e: -e.self_cpu_time_total)[:15]
     for op in mine:
         print(f"{op.key[:90]:<90} {op.self_cpu_time_total / 1000:>8.1f} {op.count:>6}")
 
