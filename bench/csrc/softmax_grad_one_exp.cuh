@@ -20,23 +20,7 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
   const int64_t row = blockIdx.x;
   uint4* row_vecs = reinterpret_cast<uint4*>(logits + row * row_stride);
   const int vecs = width / 8;
-  float row_max = -CUDART_INF_F;
-  for (int base = threadIdx.x; base < vecs; base += THREADS * UNROLL) {  // as the trainer's kernel
-    uint4 loaded[UNROLL];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      const int v = base + u * THREADS;
-      if (v < vecs) loaded[u] = __ldcs(row_vecs + v);
-    }
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      const int v = base + u * THREADS;
-      if (v >= vecs) continue;
-      row_smem[v] = loaded[u];
-      for_each_in_vocab(loaded[u], v * 8, vocab, [&](float z) { row_max = fmaxf(row_max, z); });
-    }
-  }
-  row_max = block_reduce<THREADS, true>(row_max, scratch);
+  const float row_max = copy_row_taking_max<THREADS, UNROLL>(row_vecs, row_smem, vecs, vocab, scratch);
   const float log2e = 1.4426950408889634f, max_log2 = row_max * log2e;
   const int64_t target = targets[row];
   const bool target_ok = target >= 0 && target < vocab;

@@ -53,18 +53,12 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch) {
   return v;
 }
 
-// THREADS threads a row, width * 2 bytes of dynamic shared memory a block: each thread copies its 16-byte vectors
-// of the row in (UNROLL loads in flight) and takes their max on the way, then reads them back for the sum and the
-// gradient. Each thread reads back only what it wrote itself.
-template <int THREADS, int UNROLL, int MIN_BLOCKS>
-__global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-    softmax_grad_kernel(__nv_bfloat16* logits, const int64_t* targets, float* losses, int64_t row_stride, int vocab,
-                        int width, float scale, bool write_grad) {
-  extern __shared__ uint4 row_smem[];
-  __shared__ float scratch[32];
-  const int64_t row = blockIdx.x;
-  uint4* row_vecs = reinterpret_cast<uint4*>(logits + row * row_stride);
-  const int vecs = width / 8;
+// the first pass of a row: each thread copies its 16-byte vectors of the row (of `vecs`) into row_smem, UNROLL
+// loads in flight, taking their max on the way (over the columns inside the vocabulary); the row's max, in every
+// thread
+template <int THREADS, int UNROLL>
+__device__ __forceinline__ float copy_row_taking_max(const uint4* row_vecs, uint4* row_smem, int vecs, int vocab,
+                                                     float* scratch) {
   float row_max = -CUDART_INF_F;
   for (int base = threadIdx.x; base < vecs; base += THREADS * UNROLL) {
     uint4 loaded[UNROLL];
@@ -81,7 +75,22 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
       for_each_in_vocab(loaded[u], v * 8, vocab, [&](float z) { row_max = fmaxf(row_max, z); });
     }
   }
-  row_max = block_reduce<THREADS, true>(row_max, scratch);
+  return block_reduce<THREADS, true>(row_max, scratch);
+}
+
+// THREADS threads a row, width * 2 bytes of dynamic shared memory a block: each thread copies its 16-byte vectors
+// of the row in (UNROLL loads in flight) and takes their max on the way, then reads them back for the sum and the
+// gradient. Each thread reads back only what it wrote itself.
+template <int THREADS, int UNROLL, int MIN_BLOCKS>
+__global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
+    softmax_grad_kernel(__nv_bfloat16* logits, const int64_t* targets, float* losses, int64_t row_stride, int vocab,
+                        int width, float scale, bool write_grad) {
+  extern __shared__ uint4 row_smem[];
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  uint4* row_vecs = reinterpret_cast<uint4*>(logits + row * row_stride);
+  const int vecs = width / 8;
+  const float row_max = copy_row_taking_max<THREADS, UNROLL>(row_vecs, row_smem, vecs, vocab, scratch);
   const float log2e = 1.4426950408889634f, max_log2 = row_max * log2e;
   float row_sum = 0.f;
   for (int v = threadIdx.x; v < vecs; v += THREADS)
