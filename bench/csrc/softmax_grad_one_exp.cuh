@@ -6,6 +6,8 @@
 // the gradient is that times scale / sum: the loss is the same to the bit (the same sum in the same order), the
 // gradient takes one more bf16 rounding (of exp(z - max), before the scale), so it can differ from the trainer's
 // by about one bf16 unit. Shared memory and launch as the trainer's kernel (width * 2 bytes a block).
+// On an H200 (2026-12-04, bench/results/h200_2026-12-04_lease3/) it ran 3% slower than the trainer's kernel, and
+// as the trainer's kernel it left d12's step where it was: the exponentials do not bound the kernel. Not adopted.
 #pragma once
 #include "softmax_grad.cuh"
 
