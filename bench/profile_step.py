@@ -7,9 +7,18 @@ ZeRO, --compile), a few warm-up steps, then one step under torch.profiler, its C
 Takes main.py's flags; one GPU, one process. Prints the step time, GPU busy time, a table by kind of kernel
 (matmul, attention, compiled Triton, optimizer, copies, other) and the top kernels, the GPU's idle gaps and the
 CPU's waits for the GPU by trainer phase, and the host's busy time by phase and by operator.
+
+With --python_profile N it runs the profiled step under cProfile instead and prints the N functions of DeepSpeed
+(its engine's entry points left out) with the most cumulative time in it: where DeepSpeed's Python goes, e.g.
+ZeRO-3's hooks. On a CPU with a narrow model (little compute) the step time is then mostly host work:
+    python bench/profile_step.py --ds_config ds_configs/gpt2_124M.json -e gpt2:d12:c64:h2 -b 1 -t 64 -d 512 \
+        --compile 1 -z 3 --python_profile 12
 """
 
+import argparse
+import cProfile
 import os
+import pstats
 import re
 import sys
 import time
@@ -40,7 +49,10 @@ def kind_of(name: str) -> str:
 
 
 def main():
-    args = config.parse_args(sys.argv[1:])
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--python_profile", type=int, default=0, metavar="N")
+    own, rest = own.parse_known_args(sys.argv[1:])
+    args = config.parse_args(rest)
     place = distributed.discover()
     cuda = torch.cuda.is_available()  # a CPU run checks the script itself (its table then holds CPU ops only)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -65,6 +77,13 @@ def main():
     sync()
     step_ms = (time.perf_counter() - start) / TIMED_STEPS * 1000
 
+    if own.python_profile:
+        print(f"{torch.cuda.get_device_name() if cuda else 'cpu'} | {run.init} B={run.B} T={run.T} "
+              f"accum={run.grad_accum} ZeRO-{run.zero_stage} compile={int(run.compile)}")
+        print(f"step {step_ms:.1f} ms (mean of {TIMED_STEPS})")
+        print_python_profile(step, sync, own.python_profile)
+        distributed.shutdown()
+        return
     from torch.profiler import ProfilerActivity, profile
     label_phases(engine, loader)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -215,6 +234,28 @@ def print_host_time(events, op_averages):
                   key=lambda e: -e.self_cpu_time_total)[:15]
     for op in mine:
         print(f"{op.key[:90]:<90} {op.self_cpu_time_total / 1000:>8.1f} {op.count:>6}")
+
+
+WRAPPERS = ("engine.py", "nvtx.py")  # DeepSpeed's engine.forward/backward/step and its timing decorator
+
+
+def print_python_profile(step, sync, top: int):
+    """One step under cProfile: its time there (cProfile's own overhead included) and DeepSpeed's `top` functions
+    by cumulative time, each with its calls in the step; its engine's entry points are left out (they hold it all)."""
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    step()
+    sync()
+    profiler.disable()
+    print(f"one step under cProfile: {(time.perf_counter() - start) * 1000:.1f} ms")
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (primitive calls, calls, self, cumulative, callers)
+    mine = [(cumulative, calls, f"{os.path.basename(file)}:{name}")
+            for (file, _, name), (_, calls, _, cumulative, _) in stats.items()
+            if f"{os.sep}deepspeed{os.sep}" in file and os.path.basename(file) not in WRAPPERS]
+    print(f"{'DeepSpeed function (cumulative time in the step)':<70} {'ms':>8} {'calls':>6}")
+    for cumulative, calls, name in sorted(mine, reverse=True)[:top]:
+        print(f"{name[:70]:<70} {cumulative * 1000:>8.1f} {calls:>6}")
 
 
 if __name__ == "__main__":

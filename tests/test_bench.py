@@ -1,7 +1,7 @@
 """bench/'s scripts where they need no GPU, on real ds_train runs: bench/scaling_table.py, which turns
 bench/scaling.sh's runs at 1, 2, 4 and 8 GPUs into tokens/s per GPU and the weak-scaling efficiency,
-bench/scaling.sh itself on CPU ranks, and bench/host_probe.py, which each of those scripts runs into its results
-folder."""
+bench/scaling.sh itself on CPU ranks, bench/host_probe.py, which each of those scripts runs into its results
+folder, and bench/profile_step.py's reports on a CPU (the host's time by phase, DeepSpeed's Python by function)."""
 
 import os
 import platform
@@ -127,3 +127,24 @@ def test_the_step_profile_splits_the_host_time_by_phase():
     assert float(waited) == 0 and float(busy) == float(span) and percent == "100"
     assert all(b == w for b, w in by_phase.values())
     assert by_phase["forward"][1] > 0 and by_phase["backward"][1] > 0
+
+
+def test_the_step_profile_names_where_zero3s_python_goes():
+    """bench/profile_step.py --python_profile N at ZeRO-3: the step time, one step under cProfile, and N of DeepSpeed's
+    functions by cumulative time, most first, each within the profiled step, its engine's entry points left out;
+    stage 3's gradient reduction at the end of each micro-step's backward is among them."""
+    env = dict(child_env(), MASTER_PORT=str(free_port()))
+    profile = subprocess.run([sys.executable, "bench/profile_step.py", "--ds_config", "ds_configs/quickstart.json",
+                              "-e", "gpt2:d2:c64:h2", "-b", "4", "-t", "64", "-d", "512", "-z", "3",
+                              "--python_profile", "6"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert profile.returncode == 0, profile.stderr[-2000:]
+    out = profile.stdout
+    assert re.search(r"^cpu \| .* B=4 T=64 accum=2 ZeRO-3 compile=0$", out, re.M), out[-2000:]
+    profiled_ms = float(re.search(r"^one step under cProfile: ([\d.]+) ms$", out, re.M).group(1))
+    rows = re.findall(r"^(\S+\.py:\S+) +([\d.]+) +(\d+)$", out.split("DeepSpeed function")[1], re.M)
+    assert len(rows) == 6, out[-2000:]
+    ms = [float(m) for _, m, _ in rows]
+    assert ms == sorted(ms, reverse=True) and 0 < ms[0] <= profiled_ms
+    assert not any(name.split(":")[0] in ("engine.py", "nvtx.py") for name, _, _ in rows)  # the wrappers left out
+    assert any("reduce_epilogue" in name or "reduce_and_partition" in name for name, _, _ in rows), rows
