@@ -77,9 +77,9 @@ def main():
     sync()
     step_ms = (time.perf_counter() - start) / TIMED_STEPS * 1000
 
+    print(f"{torch.cuda.get_device_name() if cuda else 'cpu'} | {run.init} B={run.B} T={run.T} accum={run.grad_accum} "
+          f"ZeRO-{run.zero_stage} -r {run.recompute} compile={int(run.compile)}")
     if own.python_profile:
-        print(f"{torch.cuda.get_device_name() if cuda else 'cpu'} | {run.init} B={run.B} T={run.T} "
-              f"accum={run.grad_accum} ZeRO-{run.zero_stage} compile={int(run.compile)}")
         print(f"step {step_ms:.1f} ms (mean of {TIMED_STEPS})")
         print_python_profile(step, sync, own.python_profile)
         distributed.shutdown()
@@ -99,8 +99,6 @@ def main():
             by_name[event.name][1] += 1
     busy = sum(by_kind.values())
     tokens = run.total_batch_size
-    print(f"{torch.cuda.get_device_name() if cuda else 'cpu'} | {run.init} B={run.B} T={run.T} accum={run.grad_accum} ZeRO-{run.zero_stage} "
-          f"-r {run.recompute} compile={int(run.compile)}")
     print(f"step {step_ms:.1f} ms ({tokens / step_ms * 1000:,.0f} tok/s, mean of {TIMED_STEPS}) | kernels (CPU: ops) in the profiled step "
           f"{busy:.1f} ms | peak memory {torch.cuda.max_memory_allocated() / 2**30 if cuda else 0:.2f} GiB")
     print(f"{'kind':<20} {'ms':>9} {'share':>6}")
