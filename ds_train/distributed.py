@@ -143,11 +143,12 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-def all_reduce_mean(value: torch.Tensor) -> float:
-    """Mean of a scalar over all ranks."""
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a scalar over all ranks, left on the device: reading it waits for the GPU, so the caller reads
+    it where it has to wait anyway."""
     value = value.detach().float().clone()
     torch.distributed.all_reduce(value)
-    return value.item() / torch.distributed.get_world_size()
+    return value / torch.distributed.get_world_size()
 
 
 def all_gather_values(values: list, device) -> list:

@@ -343,14 +343,17 @@ def train(argv=None):
                    ", ".join(f"{what} {t:.2f} s" for what, t in timings) + ")")
         if checkpoint_due(step, last_step):
             save(step)
+        return bool(timings) or checkpoint_due(step, last_step)
 
     nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
     stop = distributed.StopSignal()  # SIGTERM / SIGUSR1: save at the next step boundary and exit 0
+    step_end = None  # when the step before this one ended, if training went straight on from it
     for step in range(start_step, num_steps + 1):
         last_step = step == num_steps
         resumed_here = step == start_step and resume_step is not None
-        if not resumed_here:  # the run that saved this step had already evaluated, sampled and logged it
-            evaluate_and_save(step, last_step)
+        # (the run that saved this step had already evaluated, sampled and logged it)
+        if not resumed_here and evaluate_and_save(step, last_step):
+            step_end = None  # it waited for the GPU: the next step is timed from its own start
         if last_step:
             break
         if stop.requested():
@@ -363,13 +366,14 @@ def train(argv=None):
             break
         if run.overfit_single_batch:
             train_loader.reset()
-        start = time.perf_counter()
+        start = time.perf_counter() if step_end is None else step_end
         lr = learning_rate(step, run.lr_schedule, run.learning_rate, run.warmup_steps, num_steps, run.final_lr_frac)
         loss, norm, skipped = train_step(engine, train_loader, run.grad_accum, lr, guard, hook,
                                          poison=step == nan_at_step)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        # No synchronization here: the update's kernels run while the CPU logs this step and queues the next one,
+        # whose time, taken from this one's end, includes them (train_step waits for the GPU once, mid-step).
+        step_end = time.perf_counter()
+        seconds = step_end - start
         tokens_per_s = throughput.update(run.total_batch_size, seconds)
         mfu = flops_per_step / seconds / peak if peak else None
         print0(metrics.step_line(step + 1, num_steps, loss, norm, lr, 1000 * seconds, tokens_per_s, mfu))

@@ -6,6 +6,10 @@ Under ZeRO 1-3 DeepSpeed computes it inside engine.step(), right before the upda
 partition: `NormHook` wraps that computation so the guard sees the norm there. A veto hands DeepSpeed a NaN
 norm, and DeepSpeed's own non-finite-norm path then drops the gradients, leaves the optimizer alone and
 counts a skipped step.
+
+The guard's decision is the step's one point where the CPU waits for the GPU: the loss stays on the device until
+the norm is known, and both are read together, so the GPU's queue drains once a step, not once for the loss and
+again for the norm; nothing waits for the update, whose kernels the next step's forward queues behind.
 """
 
 import math
@@ -36,22 +40,29 @@ class NormHook:
         optimizer = engine.optimizer
         kind = type(optimizer).__name__
         nan = math.nan
-        self.verdict, self.norm, self.reason = None, None, None
+        # set by the caller before each engine.step(): verdict(loss, norm) -> why to skip or None, and the step's
+        # loss as a tensor on the device (or None), read in the same transfer as the norm
+        self.verdict, self.loss = None, None
+        self.norm, self.loss_value, self.reason = None, None, None
 
         def judge(norm) -> bool:
-            norm = float(norm)  # DeepSpeed marks an inf/NaN norm as -1
-            self.norm = norm if math.isfinite(norm) and norm >= 0 else nan
-            self.reason = self.verdict(self.norm)
+            if self.loss is None:
+                norm = float(norm)
+            else:
+                both = torch.stack([torch.as_tensor(norm, device=self.loss.device).reshape(()).float(),
+                                    self.loss.reshape(()).float()])
+                norm, self.loss_value = both.tolist()
+            self.norm = norm if math.isfinite(norm) and norm >= 0 else nan  # DeepSpeed marks an inf/NaN norm -1
+            self.reason = self.verdict(self.loss_value, self.norm)
             return self.reason is not None
 
         if kind == "DeepSpeedZeroOptimizer":
             name = "scaled_global_norm"
-            # The norm runs right after the loss's synchronization (train_step), so the GPU waits for each of its
-            # launches: DeepSpeed takes one norm per parameter (d12: 148). Where the gradients of the rank's
-            # partition sit in one flat buffer (bf16 with fp32 accumulation, ZeRO-2's usual case; the padding
-            # there is zeros), DeepSpeed's own norm function takes that buffer as a single tensor instead; the
-            # partition's first parameter stands for all of them in its checks, which concern model and
-            # pipeline parallelism only (hence mpu None).
+            # DeepSpeed takes one norm per parameter (d12: 148), a few small kernels each. Where the gradients of
+            # the rank's partition sit in one flat buffer (bf16 with fp32 accumulation, ZeRO-2's usual case; the
+            # padding there is zeros), DeepSpeed's own norm function takes that buffer as a single tensor
+            # instead; the partition's first parameter stands for all of them in its checks, which concern
+            # model and pipeline parallelism only (hence mpu None).
             deepspeed_norm = optimizer.get_grad_norm_direct
             if optimizer.mpu is None and not optimizer.has_moe_layers:
                 def get_grad_norm_direct(gradients, params, norm_type=2):
@@ -98,7 +109,7 @@ class NormHook:
             name = "get_grads_for_norm"
             # BF16_Optimizer.step() asks for the gradients twice: to take their norm, then to clip them. It then
             # runs one small kernel per parameter each time (d48: 580 of them), and this wrapper's own norm added
-            # as many again; the GPU, idle after the norm's synchronization, waits for each launch. Here the
+            # as many again; after the norm's synchronization the GPU waits for each of the clip's launches. Here the
             # norm is one multi-tensor kernel and handed over as itself, a one-element tensor whose norm
             # DeepSpeed takes in a few kernels, and the clip scales each group's flat fp32 gradient buffer,
             # which holds every gradient (a parameter without one has zeros there), in one kernel per group.
@@ -213,8 +224,9 @@ def train_step(engine, loader, grad_accum: int, lr: float, guard, hook, poison: 
         engine.backward(loss)  # divides by grad_accum; reduces gradients at the accumulation boundary
         if micro_step < grad_accum - 1:
             engine.step()  # a no-op for the optimizer before the boundary
-    mean_loss = distributed.all_reduce_mean(loss_sum / grad_accum)
+    mean_loss = distributed.all_reduce_mean(loss_sum / grad_accum)  # on the device until the norm is known
     if hook is None:  # fp32 without ZeRO: DeepSpeed clips but does not report the norm
+        mean_loss = mean_loss.item()
         norm = grad_norm(engine.module)
         skip = guard.judge(mean_loss, norm)
         if skip:
@@ -226,11 +238,12 @@ def train_step(engine, loader, grad_accum: int, lr: float, guard, hook, poison: 
         else:
             engine.step()
         return mean_loss, norm, skip
-    hook.verdict = lambda norm: guard.judge(mean_loss, norm)
-    hook.norm = hook.reason = None
+    hook.verdict, hook.loss = guard.judge, mean_loss
+    hook.norm = hook.loss_value = hook.reason = None
     skipped_before = engine.skipped_steps
     engine.step()
     if hook.norm is None:  # DeepSpeed found the gradients non-finite before it got to the norm
-        hook.norm, hook.reason = math.nan, guard.judge(mean_loss, math.nan)
+        hook.norm, hook.loss_value = math.nan, mean_loss.item()
+        hook.reason = guard.judge(hook.loss_value, math.nan)
     assert (engine.skipped_steps > skipped_before) == (hook.reason is not None), "the guard and DeepSpeed disagree"
-    return mean_loss, hook.norm, hook.reason
+    return hook.loss_value, hook.norm, hook.reason

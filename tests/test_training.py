@@ -165,14 +165,15 @@ optimizer = engine.optimizer
 """
 
 
-def run_on_bf16_engine(tmp_path, script: str, gpu: bool = False, stage: int = 1, ranks: int = 1) -> str:
+def run_on_bf16_engine(tmp_path, script: str, gpu: bool = False, stage: int = 1, ranks: int = 1,
+                       accumulation: int = 1) -> str:
     """ENGINE_SCRIPT then `script`, in fresh processes (`ranks` of them; on the GPU with gpu, else the CPU) with
-    a bf16 engine at ZeRO `stage`; their stdout."""
+    a bf16 engine at ZeRO `stage` and `accumulation` micro-steps a step; their stdout."""
     ds = tmp_path / "bf16.json"
     ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": stage}}))
     path = tmp_path / "script.py"
     path.write_text(ENGINE_SCRIPT + script)
-    args = [str(path), "--ds_config", str(ds), *TINY, "-b", "2", "-d", str(64 * ranks), "--compile", "0", "-ge", "0", "-fa", "0"]
+    args = [str(path), "--ds_config", str(ds), *TINY, "-b", "2", "-d", str(64 * ranks * accumulation), "--compile", "0", "-ge", "0", "-fa", "0"]
     env = dict(child_env(threads=2), PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     if gpu:  # the GPU the tests' own process sees
         env.pop("CUDA_VISIBLE_DEVICES")
@@ -223,7 +224,7 @@ from deepspeed.runtime.utils import clip_tensors_by_global_norm, get_global_norm
 from ds_train.update import NormHook
 deepspeeds = optimizer.get_grads_for_norm  # the class's own, before the hook wraps it
 hook = NormHook(engine)
-hook.verdict = lambda norm: None  # no veto
+hook.verdict = lambda loss, norm: None  # no veto
 batch = torch.randint(0, 50257, (run.B, run.T + 1), generator=torch.Generator().manual_seed(0))
 engine.backward(engine(batch[:, :-1], batch[:, 1:]))  # one micro-step a step: the gradients reach fp32 here
 
@@ -264,7 +265,7 @@ from ds_train.update import NormHook
 assert type(optimizer).__name__ == "DeepSpeedZeroOptimizer", type(optimizer).__name__
 assert not optimizer.check_grad_overflow, "DeepSpeed's per-parameter overflow scan is on"
 hook = NormHook(engine)
-hook.verdict = lambda norm: None  # no veto
+hook.verdict = lambda loss, norm: None  # no veto
 batch = torch.randint(0, 50257, (run.B, run.T + 1), generator=torch.Generator().manual_seed(0))
 engine.backward(engine(batch[:, :-1], batch[:, 1:]))  # one micro-step a step: the partition's gradients are ready
 
@@ -299,6 +300,49 @@ def test_bf16_zero2_norm_in_one_kernel_per_group_equals_deepspeeds(tmp_path):
     test_faults.)"""
     assert "norms against" in run_on_bf16_engine(tmp_path, ZERO2_NORM_SCRIPT, stage=2, ranks=2)  # rank 0's; rank 1
     # asserts the same in its own process, whose exit status run_on_bf16_engine checks
+
+
+READS_SCRIPT = """
+import math, traceback
+from torch.overrides import TorchFunctionMode
+from ds_train.outliers import UpdateGuard
+from ds_train.update import NormHook, train_step
+
+class Batches:  # train_step's loader: micro-batches of random tokens
+    gen = torch.Generator().manual_seed(0)
+    def next_batch(self):
+        tokens = torch.randint(0, 50257, (run.B, run.T + 1), generator=self.gen)
+        return tokens[:, :-1], tokens[:, 1:]
+
+READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__}
+
+class CountReads(TorchFunctionMode):  # values read off the device, by whose code asked: a wait for the GPU each
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in READS:
+            caller = next(f.filename for f in reversed(traceback.extract_stack()[:-1]) if "torch/" not in f.filename)
+            self.by["ds_train" if "/ds_train/" in caller else "DeepSpeed"] += 1
+        return func(*args, **(kwargs or {}))
+
+assert run.grad_accum == 2, run.grad_accum
+guard, hook = UpdateGuard(), NormHook(engine)
+for step in range(2):
+    counter = CountReads()
+    counter.by = {"ds_train": 0, "DeepSpeed": 0}
+    with counter:
+        loss, norm, skipped = train_step(engine, Batches(), run.grad_accum, 1e-3, guard, hook)
+    assert skipped is None and math.isfinite(loss) and math.isfinite(norm) and norm > 0, (loss, norm, skipped)
+    assert counter.by["ds_train"] == 1, counter.by  # the loss and the norm, in one read
+    print("step", step, "loss", loss, "norm", norm, "reads", counter.by)
+"""
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_train_step_reads_the_loss_and_the_norm_off_the_device_once(tmp_path, stage):
+    """A step's loss stays on the device until DeepSpeed has the grad norm, and the guard reads both in one
+    transfer: on a GPU each read waits for the GPU's queue to drain, and ds_train's step makes one, at each
+    ZeRO stage's optimizer (two micro-steps a step, bf16, a real engine; DeepSpeed's own reads are not counted)."""
+    out = run_on_bf16_engine(tmp_path, READS_SCRIPT, stage=stage, accumulation=2)
+    assert out.count("reads") == 2, out
 
 
 def test_loss_falls_on_tinyshakespeare(tmp_path):
