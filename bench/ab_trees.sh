@@ -4,9 +4,9 @@
 # the logs (named base_I and new_I).
 #   bash bench/ab_trees.sh BASE_TREE NAME ROUNDS STEPS main.py-flags...
 # BASE_TREE is a copy of the code to compare with, e.g. `git archive HEAD | tar -x -C .base` before the change
-# (on the lent GPU machine carry it, and .whl). Each tree JIT-builds its extensions into its own folder, unless
-# both have the same ds_train/csrc: then they share one (DeepSpeed's FusedAdam and ds_train's cuBLASLt
-# extension are built once, a minute or two less of the call).
+# (on the lent GPU machine carry it, and .whl). Each tree JIT-builds its extensions into its own folder, even
+# when both have the same ds_train/csrc: torch's build files name each source by its path, so one folder shared by
+# two trees rebuilt ds_train's extensions at every switch (a minute a run, 2026-12-04).
 # Logs in $OUT/NAME (default bench_out/ab).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -19,13 +19,11 @@ source bench/device_env.sh
 random_shards || exit 1
 [[ $PYTHON == */* ]] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")  # the runs start in either tree
 extensions=${TORCH_EXTENSIONS_DIR}
-same_csrc=$(diff -rq "$base/ds_train/csrc" ds_train/csrc >/dev/null 2>&1 && echo 1 || echo 0)
 
 for i in $(seq "$rounds"); do
   for side in base new; do
     tree=$([ $side = base ] && echo "$base" || pwd)
-    folder=$([ "$same_csrc" = 1 ] && echo "$extensions/shared" || echo "$extensions/$side")
-    (cd "$tree" && TORCH_EXTENSIONS_DIR="$folder" train_run "${side}_$i" "$steps" "$@")
+    (cd "$tree" && TORCH_EXTENSIONS_DIR="$extensions/$side" train_run "${side}_$i" "$steps" "$@")
   done
 done
 "$PYTHON" bench/summarize.py "$OUT"/base_*.log "$OUT"/new_*.log --first 4 --last "$steps" 2>&1 | tee "$OUT/summary.txt"
