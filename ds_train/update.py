@@ -7,9 +7,10 @@ partition: `NormHook` wraps that computation so the guard sees the norm there. A
 norm, and DeepSpeed's own non-finite-norm path then drops the gradients, leaves the optimizer alone and
 counts a skipped step.
 
-The guard's decision is the step's one point where the CPU waits for the GPU: the loss stays on the device until
-the norm is known, and both are read together, so the GPU's queue drains once a step, not once for the loss and
-again for the norm; nothing waits for the update, whose kernels the next step's forward queues behind.
+The guard's decision is where ds_train's step waits for the GPU, once: the loss stays on the device until the
+norm is known and both are read together, so the GPU's queue drains once a step, not for the loss and again for
+the norm (DeepSpeed's own checks of the norm right after cost little more: the queue is empty by then); nothing
+waits for the update, whose kernels the next step's forward queues behind.
 """
 
 import math
@@ -109,8 +110,8 @@ class NormHook:
             name = "get_grads_for_norm"
             # BF16_Optimizer.step() asks for the gradients twice: to take their norm, then to clip them. It then
             # runs one small kernel per parameter each time (d48: 580 of them), and this wrapper's own norm added
-            # as many again; after the norm's synchronization the GPU waits for each of the clip's launches. Here the
-            # norm is one multi-tensor kernel and handed over as itself, a one-element tensor whose norm
+            # as many again; after the norm's synchronization the GPU waits for each of the clip's launches. Here
+            # the norm is one multi-tensor kernel and handed over as itself, a one-element tensor whose norm
             # DeepSpeed takes in a few kernels, and the clip scales each group's flat fp32 gradient buffer,
             # which holds every gradient (a parameter without one has zeros there), in one kernel per group.
             plain = (optimizer.mpu is None and optimizer.norm_type == 2 and not optimizer.has_moe_layers
