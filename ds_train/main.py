@@ -341,9 +341,10 @@ def train(argv=None):
         if timings:  # what -v, -h and -s cost, to weigh against the step time
             print0(f"eval at step {step}: {sum(t for _, t in timings):.2f} s (" +
                    ", ".join(f"{what} {t:.2f} s" for what, t in timings) + ")")
-        if checkpoint_due(step, last_step):
+        saving = checkpoint_due(step, last_step)
+        if saving:
             save(step)
-        return bool(timings) or checkpoint_due(step, last_step)
+        return bool(timings) or saving
 
     nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
     stop = distributed.StopSignal()  # SIGTERM / SIGUSR1: save at the next step boundary and exit 0

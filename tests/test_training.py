@@ -345,6 +345,37 @@ def test_train_step_reads_the_loss_and_the_norm_off_the_device_once(tmp_path, st
     assert out.count("reads") == 2, out
 
 
+SLOW_LOG_SCRIPT = """
+import sys, time
+sys.path.insert(0, sys.argv.pop(1))
+from ds_train import main, metrics
+step_line = metrics.step_line
+def slow_step_line(*args, **kwargs):  # a step's logging that takes a second, after the step's own time is taken
+    time.sleep(1.0)
+    return step_line(*args, **kwargs)
+metrics.step_line = slow_step_line
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_a_step_is_timed_from_the_end_of_the_one_before(tmp_path):
+    """Nothing waits for the update at a step's end, so a step is timed from the end of the step before, and what
+    the CPU does in between (here a logging call made to take 1 s) counts in the next step's time; after an
+    evaluation, which waits for the GPU itself, the next step is timed from its own start, evaluation not counted."""
+    script = tmp_path / "slow_log.py"
+    script.write_text(SLOW_LOG_SCRIPT)
+    args = ["--ds_config", CPU_CONFIG, *TINY, "-b", "2", "-d", "64", "-x", "6", "-v", "3", "-m", "2",
+            "-i", TRAIN_SHARD, "-j", VAL_SHARD]
+    result = subprocess.run([sys.executable, str(script), REPO, *args], env=child_env(threads=2),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ms = {int(m.group(1)): float(m.group(2))
+          for m in re.finditer(r"^step +(\d+)/6 \|.*\| ([\d.]+) ms", result.stdout, re.M)}
+    assert sorted(ms) == [1, 2, 3, 4, 5, 6] and "eval at step 3" in result.stdout, result.stdout[-3000:]
+    assert all(ms[step] >= 1000 for step in (2, 3, 5, 6)), ms  # each includes the second before it
+    assert ms[4] < 1000, ms  # after step 3's evaluation: timed from its own start
+
+
 def test_loss_falls_on_tinyshakespeare(tmp_path):
     run = train(["-e", "gpt2:d2:c128:h4", "-i", TRAIN_SHARD, "-j", VAL_SHARD, "-t", 64, "-b", 8, "-x", 40,
                  "-l", "3e-3", "-u", 10, "-q", 0.1, "-v", 20, "-m", 4, "-s", 40, "-g", 16, "-r", 0,
