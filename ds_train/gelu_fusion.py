@@ -22,7 +22,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ds_train import recompute
+from ds_train import recompute, weight_grad
 
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "gelu_matmul.cpp")
 LEVELS = {0: "none", 1: "forward", 2: "forward + backward"}
@@ -89,13 +89,15 @@ class GeluMLP(torch.autograd.Function):
     saves unfused (x, GELU's input and output, the weights), so memory does not change; with it, GELU's output
     is not kept, and with the LayerNorm its output is not kept either (ds_train.recompute). The bias
     gradients stay torch sums, which inductor fuses: cuBLASLt's own bias-gradient epilogue (DGELU_BGRAD)
-    measured slower than the matmul and the sum."""
+    measured slower than the matmul and the sum. Given fp32 accumulators for the weights (main_fc, main_proj;
+    ds_train.weight_grad), their gradients go there."""
 
     @staticmethod
-    def forward(ctx, x, norm_weight, norm_bias, norm_eps, w_fc, b_fc, w_proj, b_proj, level: int, drop_gelu: bool):
+    def forward(ctx, x, norm_weight, norm_bias, norm_eps, w_fc, b_fc, w_proj, b_proj, level: int, drop_gelu: bool,
+                main_fc, main_proj):
         x_norm = x if norm_weight is None else recompute.layer_norm(x, norm_weight, norm_bias, norm_eps)[0]
         h, pre_gelu = (linear_gelu if level else _unfused_linear_gelu)(x_norm, w_fc, b_fc)
-        ctx.level, ctx.norm_eps = level, norm_eps
+        ctx.level, ctx.norm_eps, ctx.main_fc, ctx.main_proj = level, norm_eps, main_fc, main_proj
         ctx.save_for_backward(x, pre_gelu, None if drop_gelu else h, w_fc, w_proj, norm_weight, norm_bias)
         return F.linear(h, w_proj, b_proj)
 
@@ -116,8 +118,8 @@ class GeluMLP(torch.autograd.Function):
             x_norm, mean, rstd = recompute.layer_norm_again(x, norm_weight, norm_bias, ctx.norm_eps)
             grad_x, grad_norm_weight, grad_norm_bias = recompute.layer_norm_backward(
                 grad_x_norm, x, norm_weight, norm_bias, mean, rstd)
-        return (grad_x, grad_norm_weight, grad_norm_bias, None, grad_pre.t() @ x_norm, grad_pre.sum(0),
-                grad_y.t() @ h, grad_y.sum(0), None, None)
+        return (grad_x, grad_norm_weight, grad_norm_bias, None, weight_grad.weight_grad(grad_pre, x_norm, ctx.main_fc),
+                grad_pre.sum(0), weight_grad.weight_grad(grad_y, h, ctx.main_proj), grad_y.sum(0), None, None, None, None)
 
 
 def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int, drop_gelu: bool = False,
@@ -126,5 +128,5 @@ def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int, drop_gelu
     `drop_gelu`; given the LayerNorm before it, on norm(x), normalized again in backward (-r 2)."""
     norm_args = (None, None, 0.0) if norm is None else (norm.weight, norm.bias, norm.eps)
     y = GeluMLP.apply(x.reshape(-1, x.shape[-1]), *norm_args, c_fc.weight, c_fc.bias, c_proj.weight, c_proj.bias,
-                      level, drop_gelu)
+                      level, drop_gelu, weight_grad.main_grad_of(c_fc), weight_grad.main_grad_of(c_proj))
     return y.view(*x.shape[:-1], y.shape[-1])

@@ -29,7 +29,7 @@ if os.environ.get("DS_ACCELERATOR") == "cpu":
 import torch
 
 from ds_train import (autofit, build_locks, checkpoint, config, convert, distributed, flash_attention, gelu_fusion,
-                      loss, memory, metrics, reshard)
+                      loss, memory, metrics, reshard, weight_grad)
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
@@ -85,6 +85,7 @@ def build_engine(run: config.RunConfig, ds_config: dict):
         first = e.errors()[0]
         raise UserError(f"--ds_config {run.ds_config_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     fold_bf16_gradients_in_one_kernel(engine.optimizer)
+    weight_grad.attach(engine.optimizer, model)  # the blocks' weight gradients straight into fp32 (bf16 ZeRO-1)
     return engine
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ds_train import flash_attention, gelu_fusion, loss, recompute
+from ds_train import flash_attention, gelu_fusion, loss, recompute, weight_grad
 
 VOCAB_SIZE = 50257
 PADDED_VOCAB_SIZE = 50304
@@ -87,13 +87,14 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, norm: nn.LayerNorm | None = None):
         """Attention on x, or at -r 2 on norm(x), normalized again in backward (ds_train.recompute)."""
         B, T, C = x.shape
-        qkv = self.c_attn(x) if norm is None else recompute.norm_linear(x, norm, self.c_attn)
+        # (weight_grad.linear: under bf16 ZeRO-1 the weight gradients go straight into DeepSpeed's fp32 ones)
+        qkv = weight_grad.linear(x, self.c_attn) if norm is None else recompute.norm_linear(x, norm, self.c_attn)
         if self.flash_attention and self.training:  # evaluation and sampling (eval mode) stay on SDPA, whose
             # kernels are picked per shape; the FlashAttention-4 kernels were measured on training's shapes
-            return self.c_proj(flash_attention.causal_attention(qkv, self.n_head))
+            return weight_grad.linear(flash_attention.causal_attention(qkv, self.n_head), self.c_proj)
         q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return weight_grad.linear(y.transpose(1, 2).reshape(B, T, C), self.c_proj)
 
 
 class MLP(nn.Module):
@@ -107,8 +108,10 @@ class MLP(nn.Module):
     def forward(self, x, norm: nn.LayerNorm | None = None):
         """The MLP on x, or at -r 2 (in training) on norm(x), normalized again in backward."""
         # evaluation and sampling (eval mode, shapes that vary) stay unfused: the fused forward alone measured no
-        # faster, and only training's shapes were run on a GPU
-        if (self.gelu_fusion or self.recompute_gelu or norm is not None) and self.training:
+        # faster, and only training's shapes were run on a GPU. The weights' gradients straight into fp32 ones
+        # (ds_train.weight_grad) take the MLP's own Function too
+        if (self.gelu_fusion or self.recompute_gelu or norm is not None
+                or weight_grad.main_grad_of(self.c_fc) is not None) and self.training:
             return gelu_fusion.mlp(x, self.c_fc, self.c_proj, self.gelu_fusion, self.recompute_gelu, norm)
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 

@@ -15,6 +15,8 @@ for bit (the same kernels on the same input).
 import torch
 import torch.nn.functional as F
 
+from ds_train import weight_grad
+
 
 def layer_norm(x, weight, bias, eps: float):
     """(output, mean, rstd) of LayerNorm over x's last dimension, as nn.LayerNorm computes it."""
@@ -56,11 +58,12 @@ def _(pre_gelu):
 
 
 class NormLinear(torch.autograd.Function):
-    """linear(layer_norm(x)) for 2-D x, keeping x (not the normalized x) for backward."""
+    """linear(layer_norm(x)) for 2-D x, keeping x (not the normalized x) for backward; the weight's gradient
+    into main_grad if given (ds_train.weight_grad)."""
 
     @staticmethod
-    def forward(ctx, x, norm_weight, norm_bias, eps: float, weight, bias):
-        ctx.eps = eps
+    def forward(ctx, x, norm_weight, norm_bias, eps: float, weight, bias, main_grad):
+        ctx.eps, ctx.main_grad = eps, main_grad
         ctx.save_for_backward(x, norm_weight, norm_bias, weight)
         return F.linear(layer_norm(x, norm_weight, norm_bias, eps)[0], weight, bias)
 
@@ -70,10 +73,12 @@ class NormLinear(torch.autograd.Function):
         x_norm, mean, rstd = layer_norm_again(x, norm_weight, norm_bias, ctx.eps)
         grad_x, grad_norm_weight, grad_norm_bias = layer_norm_backward(grad_y @ weight, x, norm_weight, norm_bias,
                                                                        mean, rstd)
-        return grad_x, grad_norm_weight, grad_norm_bias, None, grad_y.t() @ x_norm, grad_y.sum(0)
+        return (grad_x, grad_norm_weight, grad_norm_bias, None, weight_grad.weight_grad(grad_y, x_norm, ctx.main_grad),
+                grad_y.sum(0), None)
 
 
 def norm_linear(x, norm: torch.nn.LayerNorm, linear: torch.nn.Linear):
     """linear(norm(x)) on x (..., C), the LayerNorm's output computed again in backward (-r 2)."""
-    y = NormLinear.apply(x.reshape(-1, x.shape[-1]), norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+    y = NormLinear.apply(x.reshape(-1, x.shape[-1]), norm.weight, norm.bias, norm.eps, linear.weight, linear.bias,
+                         weight_grad.main_grad_of(linear))
     return y.view(*x.shape[:-1], y.shape[-1])

@@ -150,6 +150,9 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
     On a GPU all of a micro-step's adds are one kernel launch (ds_train.grad_fold, the same sums): d12 had 148
     adds a micro-step, d48 580, each a launch and PyTorch's unvectorized mixed-dtype add.
 
+    The blocks' linear weights whose matmuls accumulate into their fp32 accumulators themselves (a `main_grad`,
+    ds_train.weight_grad) have no bf16 gradient to fold: each backward counts them as having a gradient.
+
     Other optimizers, and a DeepSpeed whose BF16_Optimizer keeps its accumulators elsewhere, are left as they
     are (the same arithmetic either way)."""
     names = ("_update_hp_grad", "update_hp_grads", "fp32_groups_gradients", "fp32_groups_has_gradients",
@@ -165,9 +168,11 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
 
     @torch.no_grad()
     def update_hp_grad(lp, group_idx, param_idx, clear_lp_grads):
+        hp_grad = optimizer.fp32_groups_gradients[group_idx][param_idx]
+        if lp.grad is None and getattr(lp, "main_grad", None) is not None:  # accumulated by its matmuls already
+            return folded(lp, group_idx, param_idx, hp_grad)
         if lp.grad is None or optimizer.autoep_folding_tp_group is not None:  # expert parallelism: DeepSpeed's own
             return deepspeed_fold(lp, group_idx, param_idx, clear_lp_grads)
-        hp_grad = optimizer.fp32_groups_gradients[group_idx][param_idx]
         hp_grad.add_(lp.grad.view(hp_grad.shape))
         folded(lp, group_idx, param_idx, hp_grad)
 
@@ -184,13 +189,18 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
         if optimizer.immediate_grad_update or optimizer.autoep_folding_tp_group is not None \
                 or not accumulators or not grad_fold.available(accumulators[0].device):
             return deepspeed_update_hp_grads(clear_lp_grads)  # one update_hp_grad (above) per parameter
-        if fold is None or len(accumulators) != len(fold.accumulators) \
-                or any(a is not b for a, b in zip(accumulators, fold.accumulators)):
-            fold = grad_fold.Fold(accumulators)  # made once: DeepSpeed keeps the same accumulators all run
-        params = [(i, j, lp) for i, group in enumerate(optimizer.bf16_groups) for j, lp in enumerate(group)]
-        fold([lp.grad for _, _, lp in params])
-        for (i, j, lp), hp_grad in zip(params, accumulators, strict=True):
-            if lp.grad is not None:
+        params = [(i, j, lp, hp) for (i, j, lp), hp in zip(
+            ((i, j, lp) for i, group in enumerate(optimizer.bf16_groups) for j, lp in enumerate(group)),
+            accumulators, strict=True)]
+        # the weights accumulated by their matmuls (main_grad, no bf16 gradient) are not in the kernel's table
+        to_fold = [p for p in params if p[2].grad is not None or getattr(p[2], "main_grad", None) is None]
+        if to_fold and (fold is None or len(to_fold) != len(fold.accumulators)
+                        or any(hp is not a for (*_, hp), a in zip(to_fold, fold.accumulators))):
+            fold = grad_fold.Fold([hp for *_, hp in to_fold])  # made once: the same accumulators all run
+        if to_fold:
+            fold([lp.grad for _, _, lp, _ in to_fold])
+        for i, j, lp, hp_grad in params:
+            if lp.grad is not None or getattr(lp, "main_grad", None) is not None:
                 folded(lp, i, j, hp_grad)
 
     optimizer.update_hp_grads = update_hp_grads
