@@ -84,8 +84,8 @@ def build_engine(run: config.RunConfig, ds_config: dict):
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         raise UserError(f"--ds_config {run.ds_config_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    fold_bf16_gradients_in_one_kernel(engine.optimizer)
-    weight_grad.attach(engine.optimizer, model)  # the blocks' weight gradients straight into fp32 (bf16 ZeRO-1)
+    if fold_bf16_gradients_in_one_kernel(engine.optimizer):  # then the blocks' weight gradients straight into fp32
+        weight_grad.attach(engine.optimizer, model)
     return engine
 
 

@@ -154,12 +154,16 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
     ds_train.weight_grad) have no bf16 gradient to fold: each backward counts them as having a gradient.
 
     Other optimizers, and a DeepSpeed whose BF16_Optimizer keeps its accumulators elsewhere, are left as they
-    are (the same arithmetic either way)."""
+    are (the same arithmetic either way). -> whether the fold was installed (weight_grad.attach needs it: only
+    this fold counts the weights without a bf16 gradient)."""
     names = ("_update_hp_grad", "update_hp_grads", "fp32_groups_gradients", "fp32_groups_has_gradients",
              "autoep_folding_tp_group", "immediate_grad_update", "bf16_groups")
     if type(optimizer).__name__ != "BF16_Optimizer" or not all(hasattr(optimizer, n) for n in names):
-        return
+        return False
     deepspeed_fold = optimizer._update_hp_grad
+
+    def accumulated_by_matmuls(lp) -> bool:  # ds_train.weight_grad's weights: in fp32 already, no bf16 gradient
+        return lp.grad is None and getattr(lp, "main_grad", None) is not None
 
     def folded(lp, group_idx, param_idx, hp_grad):
         lp._hp_grad = hp_grad  # what DeepSpeed's fold records: the gradient's fp32 home, and that it has one
@@ -169,7 +173,7 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
     @torch.no_grad()
     def update_hp_grad(lp, group_idx, param_idx, clear_lp_grads):
         hp_grad = optimizer.fp32_groups_gradients[group_idx][param_idx]
-        if lp.grad is None and getattr(lp, "main_grad", None) is not None:  # accumulated by its matmuls already
+        if accumulated_by_matmuls(lp):
             return folded(lp, group_idx, param_idx, hp_grad)
         if lp.grad is None or optimizer.autoep_folding_tp_group is not None:  # expert parallelism: DeepSpeed's own
             return deepspeed_fold(lp, group_idx, param_idx, clear_lp_grads)
@@ -189,21 +193,22 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
         if optimizer.immediate_grad_update or optimizer.autoep_folding_tp_group is not None \
                 or not accumulators or not grad_fold.available(accumulators[0].device):
             return deepspeed_update_hp_grads(clear_lp_grads)  # one update_hp_grad (above) per parameter
-        params = [(i, j, lp, hp) for (i, j, lp), hp in zip(
-            ((i, j, lp) for i, group in enumerate(optimizer.bf16_groups) for j, lp in enumerate(group)),
-            accumulators, strict=True)]
-        # the weights accumulated by their matmuls (main_grad, no bf16 gradient) are not in the kernel's table
-        to_fold = [p for p in params if p[2].grad is not None or getattr(p[2], "main_grad", None) is None]
-        if to_fold and (fold is None or len(to_fold) != len(fold.accumulators)
-                        or any(hp is not a for (*_, hp), a in zip(to_fold, fold.accumulators))):
-            fold = grad_fold.Fold([hp for *_, hp in to_fold])  # made once: the same accumulators all run
+        groups = zip(optimizer.bf16_groups, optimizer.fp32_groups_gradients, strict=True)
+        params = [(i, j, lp, hp) for i, (lps, hps) in enumerate(groups)
+                  for j, (lp, hp) in enumerate(zip(lps, hps, strict=True))]
+        to_fold = [(lp, hp) for _, _, lp, hp in params if not accumulated_by_matmuls(lp)]
         if to_fold:
-            fold([lp.grad for _, _, lp, _ in to_fold])
+            targets = [hp for _, hp in to_fold]
+            if fold is None or len(targets) != len(fold.accumulators) \
+                    or any(a is not b for a, b in zip(targets, fold.accumulators)):
+                fold = grad_fold.Fold(targets)  # made once: DeepSpeed keeps the same accumulators all run
+            fold([lp.grad for lp, _ in to_fold])
         for i, j, lp, hp_grad in params:
-            if lp.grad is not None or getattr(lp, "main_grad", None) is not None:
+            if lp.grad is not None or accumulated_by_matmuls(lp):
                 folded(lp, i, j, hp_grad)
 
     optimizer.update_hp_grads = update_hp_grads
+    return True
 
 
 def to_device(x, y, device):

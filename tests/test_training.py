@@ -223,7 +223,14 @@ print("folds identical over", len(ours) - sum(is_direct), "accumulators;", sum(i
 """
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+# the fold's one-launch path (update_hp_grads) on CPU: grad_fold's Fold gives each CPU tensor its own add there
+ONE_LAUNCH_ON_CPU = """
+from ds_train import grad_fold
+grad_fold.available = lambda device: True
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", "cpu, one-launch path", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="the one-launch fold runs on a CUDA GPU"))])
 def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path, device):
     """bf16 at ZeRO-1: ds_train folds each bf16 gradient into its fp32 accumulator with one mixed-precision add
@@ -231,8 +238,10 @@ def test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds(tmp_path, device):
     fp32 first, and then releases it where DeepSpeed keeps it to zero and accumulate into; a real engine's
     accumulators after three micro-steps are bitwise the same either way. The blocks' linear weights have no
     bf16 gradient: their matmuls add into the fp32 accumulators (ds_train.weight_grad), which then differ from
-    DeepSpeed's by its bf16 rounding only."""
-    out = run_on_bf16_engine(tmp_path, FOLD_SCRIPT, gpu=device == "cuda")
+    DeepSpeed's by its bf16 rounding only. On CPU also through the path that a GPU takes, one Fold for all the
+    gradients that need one."""
+    script = (ONE_LAUNCH_ON_CPU if device == "cpu, one-launch path" else "") + FOLD_SCRIPT
+    out = run_on_bf16_engine(tmp_path, script, gpu=device == "cuda")
     assert "folds identical over" in out and "8 accumulated directly" in out
 
 
