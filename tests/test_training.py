@@ -152,6 +152,22 @@ def test_bf16_trains_on_cpu_close_to_fp32(tmp_path):
     assert bf16.losses != fp32.losses  # it really ran in bf16
 
 
+def test_bf16_one_rank_matches_two_ranks_at_the_same_total_batch(tmp_path):
+    """bf16 at ZeRO-1, the GPU's default path (the bf16 gradients folded into fp32 by ds_train, the blocks'
+    weight gradients added into the fp32 accumulators by their matmuls, the accumulators all-reduced across
+    ranks): 2 ranks of one micro-step agree with 1 rank of two. The first step's norm is of the same fp32 sums
+    added in another order; later steps start from bf16 weights that a different rounding of the fp32 master
+    weights may have moved by one bf16 step, hence the looser loss tolerance than fp32's."""
+    ds = tmp_path / "bf16.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
+    two = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="env", ds_config=str(ds)).check()
+    one = train([*COMMON, "-b", 4, "-z", 1, "-m", 4], ranks=1, ds_config=str(ds)).check()
+    assert "bf16 (fp32 master weights)" in one.stdout and "| grad_accum_steps      | 2 " in one.stdout
+    assert len(one.losses) == len(two.losses) == STEPS and one.losses[0] == two.losses[0]
+    assert one.norms[0] == pytest.approx(two.norms[0], rel=1e-4)
+    assert one.losses == pytest.approx(two.losses, abs=5e-4) and one.val_losses == pytest.approx(two.val_losses, abs=5e-4)
+
+
 # a real bf16 ZeRO-1 engine of the tiny model on one rank, built as main.py builds it, for the scripts below
 ENGINE_SCRIPT = """
 import sys, torch
