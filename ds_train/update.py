@@ -189,13 +189,12 @@ def fold_bf16_gradients_in_one_kernel(optimizer):
     @torch.no_grad()
     def update_hp_grads(clear_lp_grads=False):
         nonlocal fold
-        accumulators = [hp for group in optimizer.fp32_groups_gradients for hp in group]
-        if optimizer.immediate_grad_update or optimizer.autoep_folding_tp_group is not None \
-                or not accumulators or not grad_fold.available(accumulators[0].device):
-            return deepspeed_update_hp_grads(clear_lp_grads)  # one update_hp_grad (above) per parameter
         groups = zip(optimizer.bf16_groups, optimizer.fp32_groups_gradients, strict=True)
         params = [(i, j, lp, hp) for i, (lps, hps) in enumerate(groups)
                   for j, (lp, hp) in enumerate(zip(lps, hps, strict=True))]
+        if optimizer.immediate_grad_update or optimizer.autoep_folding_tp_group is not None \
+                or not params or not grad_fold.available(params[0][3].device):
+            return deepspeed_update_hp_grads(clear_lp_grads)  # one update_hp_grad (above) per parameter
         to_fold = [(lp, hp) for _, _, lp, hp in params if not accumulated_by_matmuls(lp)]
         if to_fold:
             targets = [hp for _, hp in to_fold]
