@@ -20,6 +20,7 @@
 #   c2048_stages  gpt3:c2048 B=8 at -r 3 and at ZeRO-3 with offload all
 #   fill   gpt3:c2048 B=8 at ZeRO-2, ZeRO-3, -r 1, -r 2; d24 B=32 at -r 1, -r 2
 #   c4096  gpt3:c4096 (6.7B) -r 3 B=4 with the optimizer offloaded at ZeRO-2, 4 micro-steps
+#   r3     d48 B=16 and d24 B=32 at -r 3, ZeRO-1: the two peaks tests/test_autofit.py holds the estimate to
 # On the lent GPU machine carry .whl (../shared/tools/device-wheels.sh); see bench/README.md.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -101,7 +102,10 @@ for group in "$@"; do
     c4096)
       measure c4096_B4_z2_offopt_r3 3 --ds_config ds_configs/gpt3.json -e gpt3:c4096 -t 2048 -b 4 -d 32768 -z 2 -r 3 \
         --offload optimizer ;;
-    *) echo "unknown group $group (d12 d12_accum d24 d24_offload d48 d48_offload d48_accum c2048 c2560 stages c2048_stages fill c4096)" >&2; exit 2 ;;
+    r3)
+      gpt2 d48_B16_z1_r3 d48 gpt2_1558M.json 16 -z 1 -r 3
+      gpt2 d24_B32_z1_r3 d24 gpt2_350M.json 32 -z 1 -r 3 ;;
+    *) echo "unknown group $group (d12 d12_accum d24 d24_offload d48 d48_offload d48_accum c2048 c2560 stages c2048_stages fill c4096 r3)" >&2; exit 2 ;;
   esac
 done 2>&1 | tee -a "$OUT/runs.txt"
 ls "$OUT"/*.log > /dev/null 2>&1 || exit 2  # no run got as far as a log

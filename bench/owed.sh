@@ -1,0 +1,81 @@
+#!/bin/bash
+# What issue 7 still owes, in one job on one GPU box, most decisive first; a job cut short still leaves every
+# part it finished, each with a PART.done marker in $OUT (default bench_out/owed):
+#   bash bench/owed.sh BASE_TREE [PART...]
+# BASE_TREE is the code before ds_train/weight_grad.py, the last change measured on one size only:
+#   mkdir .base && git archive c0c1451 | tar -x -C .base
+# Parts (all by default, in this order; about 27 minutes on an H200 with the extensions to build):
+#   tests     the GPU tests of the latest changes, never run on a GPU in their present form (the compiled case of
+#             tests/test_weight_grad.py), with the extensions built first
+#   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (bench/ab_trees.sh)
+#   ab_d24    d24 B=64 x 8 likewise, once each
+#   profiles  one step of d48 B=16 x 8 and of d24 B=64 x 8 under torch.profiler (bench/profile_step.py): where
+#             d24's 1.17-1.20x llm.c loses against d12's 1.23-1.27x
+#   r3        the peaks at -r 3 that tests/test_autofit.py holds the estimate to (d48 B=16, d24 B=32, one
+#             micro-step): ds_train/memory.py still counts the blocks' bf16 weight gradients that weight_grad
+#             no longer makes (24 C^2 bytes a block)
+#   zero3     d12 B=64 x 8 at ZeRO-1 and ZeRO-3 alternating three times: ZeRO-3's cost since a step waits for the
+#             GPU once (4.8-19.1% before, on different hosts)
+#   scaling   bench/scaling.sh, where there is more than one GPU
+# Then the results go in bench/results/<gpu>_<date>_<what>/ with a NOTES.md, and the figures in docs/performance.md
+# and the README. On the lent machine: bench/README.md, "A detached job on the lent machine".
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+[ -d "${1:-}" ] || { echo "owed.sh: BASE_TREE: expected the folder of the code to compare with (got '${1:-}')" >&2; exit 2; }
+base=$(cd "$1" && pwd)
+shift
+all_parts="tests ab_d12 ab_d24 profiles r3 zero3 scaling"
+parts=${*:-$all_parts}
+for part in $parts; do
+  [[ " $all_parts " == *" $part "* ]] || { echo "owed.sh: unknown part '$part' (expected some of: $all_parts)" >&2; exit 2; }
+done
+OUT=${OUT:-bench_out/owed}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+source bench/device_env.sh
+random_shards || exit 1
+extensions=$TORCH_EXTENSIONS_DIR
+D12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
+D24=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288)
+D48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072)
+
+for part in $parts; do
+  echo "=== owed.sh: $part ($(date +%T))" >&2
+  case $part in
+    tests)
+      TORCH_EXTENSIONS_DIR=$extensions/new "$PYTHON" -c "
+from deepspeed.ops.op_builder import FusedAdamBuilder; FusedAdamBuilder().load()
+from ds_train import gelu_fusion, loss; gelu_fusion.extension(); loss.softmax_grad_extension()
+print('extensions built')" > "$OUT/prebuild.log" 2>&1
+      TORCH_EXTENSIONS_DIR=$extensions/new timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+        tests/test_weight_grad.py tests/test_grad_fold.py \
+        tests/test_training.py::test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds \
+        tests/test_model.py::test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu \
+        > "$OUT/pytest_gpu.txt" 2>&1 ;;
+    ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 2 16 "${D12[@]}" -z 1 ;;
+    ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 1 12 "${D24[@]}" -z 1 ;;
+    profiles)
+      for run in d48 d24; do
+        flags=("${D48[@]}"); [ $run = d24 ] && flags=("${D24[@]}")
+        TORCH_EXTENSIONS_DIR=$extensions/new timeout 400 "$PYTHON" bench/profile_step.py "${flags[@]}" -z 1 -r 0 \
+          -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" > "$OUT/profile_$run.txt" 2>&1
+      done ;;
+    r3) TORCH_EXTENSIONS_DIR=$extensions/new OUT=$OUT/r3 bash bench/memory.sh r3 ;;
+    zero3)
+      mkdir -p "$OUT/zero3"
+      for i in 1 2 3; do
+        for z in 1 3; do
+          OUT=$OUT/zero3 TORCH_EXTENSIONS_DIR=$extensions/new train_run "d12_zero${z}_$i" 16 "${D12[@]}" -z $z
+        done
+      done
+      "$PYTHON" bench/summarize.py "$OUT"/zero3/d12_zero*.log --first 4 --last 16 | tee "$OUT/zero3/summary.txt" ;;
+    scaling)
+      if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -gt 1 ]; then
+        OUT=$OUT/scaling TORCH_EXTENSIONS_DIR=$extensions/new bash bench/scaling.sh
+      else
+        echo "owed.sh: scaling: one GPU here, left for a machine with several" >&2; continue
+      fi ;;
+  esac
+  touch "$OUT/$part.done"
+done
+touch "$OUT/all.done"
