@@ -16,7 +16,8 @@
 #             no longer makes (24 C^2 bytes a block)
 #   zero3     d12 B=64 x 8 at ZeRO-1 and ZeRO-3 alternating three times: ZeRO-3's cost since a step waits for the
 #             GPU once (4.8-19.1% before, on different hosts)
-#   scaling   bench/scaling.sh, where there is more than one GPU
+#   scaling   bench/scaling.sh, where there is more than one GPU (16 runs on 8 GPUs, about half an hour: on a
+#             machine with several GPUs run `bash bench/owed.sh BASE_TREE scaling` first, the one part only it can do)
 # Then the results go in bench/results/<gpu>_<date>_<what>/ with a NOTES.md, and the figures in docs/performance.md
 # and the README. On the lent machine: bench/README.md, "A detached job on the lent machine".
 set -u -o pipefail
