@@ -11,7 +11,7 @@
 # watches; watch waits until /tmp/res/all.done or SECONDS (keep it under the call's limit), then packs /tmp/res
 # into $OUT/res.tgz (what the call brings back). Anything after start (the job's arguments) runs in /tmp/new.
 set -u -o pipefail
-shopt -s nullglob  # .fa4b may hold no wheel
+shopt -s nullglob  # .fa4a and .fa4b may be absent (no FlashAttention-4: attention on SDPA)
 cd "$(dirname "$0")/.."
 what=${1:-}
 shift || true
@@ -31,16 +31,21 @@ watch() {  # watch SECONDS: report each new .done marker, stop at all.done or SE
 
 case $what in
   park)
-    mkdir -p /tmp/park && cp -r .whl .fa4a /tmp/park/ && ls /tmp/park/.whl /tmp/park/.fa4a ;;
+    [ -d .whl ] || { echo "lent_machine.sh park: no .whl here: carry it (../shared/tools/device-wheels.sh builds it)" >&2; exit 2; }
+    mkdir -p /tmp/park && cp -r .whl /tmp/park/ && { [ ! -d .fa4a ] || cp -r .fa4a /tmp/park/; } && ls -R /tmp/park ;;
   start)
     [ $# -ge 2 ] || { echo "lent_machine.sh start: expected SECONDS and the job's command" >&2; exit 2; }
     seconds=$1; shift
     [ -d /tmp/park/.whl ] || { echo "lent_machine.sh start: /tmp/park is empty: the machine is not the one 'park' ran on" >&2; exit 1; }
-    cat /tmp/park/.fa4a/part_* .fa4b/part_* > /tmp/cu13.tar.xz
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
       /tmp/park/.whl/*.whl .fa4b/*.whl || exit 1
-    tar xJf /tmp/cu13.tar.xz -C /tmp/site  # after pip, which replaces the folders it installs into
-    rm -rf /tmp/new /tmp/base /tmp/res && mkdir -p /tmp/res && cp -r . /tmp/new && cp -r .base /tmp/base
+    cu13=(/tmp/park/.fa4a/part_* .fa4b/part_*)  # FlashAttention-4's CUDA 13 libraries, in two halves (or none: SDPA)
+    [ ${#cu13[@]} -ne 1 ] || { echo "lent_machine.sh start: one half of FlashAttention-4's libraries (${cu13[*]}):" \
+      "park carries .fa4a, start .fa4b" >&2; exit 1; }
+    if [ ${#cu13[@]} -gt 0 ]; then  # after pip, which replaces the folders it installs into
+      cat "${cu13[@]}" | tar xJf - -C /tmp/site || exit 1
+    fi
+    rm -rf /tmp/new /tmp/base /tmp/res && mkdir -p /tmp/res && cp -r . /tmp/new && { [ ! -d .base ] || cp -r .base /tmp/base; }
     cat > /tmp/job.sh <<EOF
 export TORCH_CUDA_ARCH_LIST=9.0 PATH=\$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1 OUT=/tmp/res
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages TORCH_EXTENSIONS_DIR=/tmp/tx
