@@ -83,8 +83,9 @@ def test_the_blocks_weight_gradients_accumulate_in_fp32_and_nothing_else_changes
     """At every recompute level and GELU fusion, eagerly and through the trainer's per-block compile: the block
     linears' weights get no bf16 gradient, their accumulators hold the exact sum to fp32's precision (eagerly;
     compiled or with the GPU's fused GELU, the forward's own bf16 roundings differ a little from the plain model's,
-    so to bf16's), the gaps between them stay zero, and every other parameter's gradient is what it is without
-    the accumulators. On a GPU through cuBLAS's fp32-output matmul, on CPU through an fp32 one."""
+    so as closely as that model's own autograd gradients do), the gaps between them stay zero, and every other
+    parameter's gradient is what it is without the accumulators. On a GPU through cuBLAS's fp32-output matmul, on
+    CPU through an fp32 one."""
     plain = bf16_model(device=device)
     exact = exact_weight_grads(plain)
     bf16_errors = [relative_error(layer.weight.grad, e) for layer, e in zip(linears(plain), exact)]
@@ -97,7 +98,13 @@ def test_the_blocks_weight_gradients_accumulate_in_fp32_and_nothing_else_changes
     assert all(layer.weight.grad is None for layer in linears(model))
     errors = [relative_error(layer.weight.main_grad, e) for layer, e in zip(linears(model), exact)]
     exact_forward = not compiled and (device == "cpu" or gelu_fusion == 0)
-    assert max(errors) < (1e-6 if exact_forward else 2**-7), errors
+    if exact_forward:
+        assert max(errors) < 1e-6, errors
+    else:  # the forward rounds otherwise than the plain model's, by the machine's kernels (0.84% off the exact sum on
+        # one CPU, under 0.78% on others): as close as autograd's gradients of the same settings, give or take their
+        # bf16 rounding; a micro-step added twice or not at all is 50% off
+        own = [relative_error(layer.weight.grad, e) for layer, e in zip(linears(unattached), exact)]
+        assert all(error < own_error + 2**-8 for error, own_error in zip(errors, own)), (errors, own)
     assert flat.count_nonzero() == sum(layer.weight.numel() for layer in linears(model))  # gaps untouched, no zeros
     direct = {id(layer.weight) for layer in linears(model)}
     for (name, p), q in zip(model.named_parameters(), unattached.parameters()):
