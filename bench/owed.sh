@@ -3,7 +3,7 @@
 # part it finished, each with a PART.done marker in $OUT (default bench_out/owed):
 #   bash bench/owed.sh BASE_TREE [PART...]
 # BASE_TREE is the code before ds_train/weight_grad.py, the last change measured on one size only:
-#   mkdir .base && git archive c0c1451 | tar -x -C .base
+#   mkdir .base && git archive c0c1451 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
 # Parts (all by default, in this order; about 27 minutes on an H200 with the extensions to build):
 #   tests     the GPU tests of the latest changes, never run on a GPU in their present form (the compiled case of
 #             tests/test_weight_grad.py), with the extensions built first
