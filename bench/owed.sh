@@ -35,7 +35,10 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 source bench/device_env.sh
 random_shards || exit 1
+# bench/ab_trees.sh builds each tree's extensions in its own folder under the root; this tree's folder serves every
+# part, so the tests part builds them once for the A/B's runs too
 extensions=$TORCH_EXTENSIONS_DIR
+export TORCH_EXTENSIONS_DIR=$extensions/new
 D12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
 D24=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288)
 D48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072)
@@ -44,11 +47,11 @@ for part in $parts; do
   echo "=== owed.sh: $part ($(date +%T))" >&2
   case $part in
     tests)
-      TORCH_EXTENSIONS_DIR=$extensions/new "$PYTHON" -c "
+      "$PYTHON" -c "
 from deepspeed.ops.op_builder import FusedAdamBuilder; FusedAdamBuilder().load()
 from ds_train import gelu_fusion, loss; gelu_fusion.extension(); loss.softmax_grad_extension()
 print('extensions built')" > "$OUT/prebuild.log" 2>&1
-      TORCH_EXTENSIONS_DIR=$extensions/new timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
+      timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
         tests/test_weight_grad.py tests/test_grad_fold.py \
         tests/test_training.py::test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds \
         tests/test_model.py::test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu \
@@ -58,21 +61,21 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
     profiles)
       for run in d48 d24; do
         flags=("${D48[@]}"); [ $run = d24 ] && flags=("${D24[@]}")
-        TORCH_EXTENSIONS_DIR=$extensions/new timeout 400 "$PYTHON" bench/profile_step.py "${flags[@]}" -z 1 -r 0 \
+        timeout 400 "$PYTHON" bench/profile_step.py "${flags[@]}" -z 1 -r 0 \
           -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" > "$OUT/profile_$run.txt" 2>&1
       done ;;
-    r3) TORCH_EXTENSIONS_DIR=$extensions/new OUT=$OUT/r3 bash bench/memory.sh r3 ;;
+    r3) OUT=$OUT/r3 bash bench/memory.sh r3 ;;
     zero3)
       mkdir -p "$OUT/zero3"
       for i in 1 2 3; do
         for z in 1 3; do
-          OUT=$OUT/zero3 TORCH_EXTENSIONS_DIR=$extensions/new train_run "d12_zero${z}_$i" 16 "${D12[@]}" -z $z
+          OUT=$OUT/zero3 train_run "d12_zero${z}_$i" 16 "${D12[@]}" -z $z
         done
       done
       "$PYTHON" bench/summarize.py "$OUT"/zero3/d12_zero*.log --first 4 --last 16 | tee "$OUT/zero3/summary.txt" ;;
     scaling)
       if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -gt 1 ]; then
-        OUT=$OUT/scaling TORCH_EXTENSIONS_DIR=$extensions/new bash bench/scaling.sh
+        OUT=$OUT/scaling bash bench/scaling.sh
       else
         echo "owed.sh: scaling: one GPU here, left for a machine with several" >&2; continue
       fi ;;
