@@ -6,7 +6,7 @@
 #   mkdir .base && git archive c0c1451 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
 # Parts (all by default, in this order; about 27 minutes on an H200 with the extensions to build):
 #   tests     the GPU tests of the latest changes, never run on a GPU in their present form (the compiled case of
-#             tests/test_weight_grad.py), with the extensions built first
+#             tests/test_weight_grad.py, the loss under no_grad), with the extensions built first
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (bench/ab_trees.sh)
 #   ab_d24    d24 B=64 x 8 likewise, once each
 #   profiles  one step of d48 B=16 x 8 and of d24 B=64 x 8 under torch.profiler (bench/profile_step.py): where
@@ -52,7 +52,7 @@ from deepspeed.ops.op_builder import FusedAdamBuilder; FusedAdamBuilder().load()
 from ds_train import gelu_fusion, loss; gelu_fusion.extension(); loss.softmax_grad_extension()
 print('extensions built')" > "$OUT/prebuild.log" 2>&1
       timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
-        tests/test_weight_grad.py tests/test_grad_fold.py \
+        tests/test_weight_grad.py tests/test_grad_fold.py tests/test_loss.py \
         tests/test_training.py::test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds \
         tests/test_model.py::test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu \
         > "$OUT/pytest_gpu.txt" 2>&1 ;;

@@ -53,14 +53,9 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, vocab_size: int, chunk_rows: int, chunk_fns):
-        loss_fn, loss_and_grad_fn = chunk_fns
+        _, loss_and_grad_fn = chunk_fns
         rows = x.shape[0]
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=torch.float32, device=x.device)
-        if not needs_grad:  # evaluation: the chunks' summed losses, in order (the sum a resumed run must repeat)
-            for losses in _chunk_losses(x, weight, targets, vocab_size, loss_fn, chunk_rows):
-                total += losses.sum()
-            return total / rows
         grad_x = torch.empty_like(x)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for start in range(0, rows, chunk_rows):
@@ -231,4 +226,12 @@ def _chunk_losses(rows, weight, targets, vocab_size: int, loss_fn, chunk_rows: i
 
 def linear_cross_entropy(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS, chunk_rows: int = CHUNK_ROWS):
     """x (..., C), weight (padded vocab, C), targets (...) -> the mean cross-entropy, a float32 scalar."""
-    return LinearCrossEntropy.apply(x.flatten(0, -2), weight, targets.flatten(), vocab_size, chunk_rows, chunk_fns)
+    x, targets = x.flatten(0, -2), targets.flatten()
+    # decided here: inside a Function's forward grad mode is always off and needs_input_grad ignores torch.no_grad()
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return LinearCrossEntropy.apply(x, weight, targets, vocab_size, chunk_rows, chunk_fns)
+    # evaluation: no gradient computed; the chunks' summed losses, in order (the sum a resumed run must repeat)
+    total = torch.zeros((), dtype=torch.float32, device=x.device)
+    for losses in _chunk_losses(x, weight, targets, vocab_size, chunk_fns[0], chunk_rows):
+        total += losses.sum()
+    return total / x.shape[0]

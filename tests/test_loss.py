@@ -131,3 +131,20 @@ def test_cuda_kernel_agrees_with_triton_on_the_gpu():
     losses = loss.GPU_CHUNK_FNS[0](logits.clone(), bad, V)
     assert losses[7].isnan() and not losses[torch.arange(5000) != 7].isnan().any()
     assert_gpu_head_agrees(loss.GPU_CHUNK_FNS, loss.TRITON_CHUNK_FNS)
+
+
+def test_evaluation_under_no_grad_takes_no_gradient_path():
+    """Under torch.no_grad() (val loss in training and in ds_train.evaluate) the loss of weights that require grad
+    is the chunks' losses only: the gradient pass, which also failed on fp32 weights under bf16 autocast, never runs."""
+    x, w, t = inputs(96)
+
+    def no_gradient_pass(*args):
+        raise AssertionError("the gradient pass ran under torch.no_grad()")
+    with torch.no_grad():
+        got = loss.linear_cross_entropy(x, w, t, V, loss.EAGER_CHUNK_FNS[:1] + (no_gradient_pass,), chunk_rows=37)
+        assert got.item() == pytest.approx(reference(x, w, t).item(), rel=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights, bf16 matmuls: ds_train.evaluate on a GPU
+            x32, w32 = x.float(), w.float()
+            mixed = loss.linear_cross_entropy(x32, w32, t, V, chunk_rows=37)
+    assert abs(mixed.item() - got.item()) < 0.05
+    assert loss.linear_cross_entropy(x, w, t, V, chunk_rows=37).requires_grad  # with grad enabled, it trains
