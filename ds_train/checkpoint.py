@@ -209,14 +209,17 @@ def _fp32_from_universal(checkpoint_dir: str, cfg: GPTConfig) -> dict:
     from ds_train import reshard
     from ds_train.model import GPT
 
-    with torch.device("meta"):  # names only: no memory, no init
-        names = [name for name, _ in GPT(cfg).named_parameters()]  # the tied head is transformer.wte.weight
+    with torch.device("meta"):  # names and shapes only: no memory, no init
+        shapes = {name: param.shape for name, param in GPT(cfg).named_parameters()}  # the tied head is transformer.wte.weight
+
+    def read(folder):  # ZeRO-3's universal tensors are flat: each takes its parameter's shape
+        return {name: reshard.read_universal(folder, name).reshape(shape) for name, shape in shapes.items()}
     folder = os.path.join(checkpoint_dir, reshard.UNIVERSAL)
     if os.path.isdir(folder):  # converted already by a resume on another layout
-        return {name: reshard.read_universal(folder, name) for name in names}
+        return read(folder)
     with tempfile.TemporaryDirectory() as tmp:  # the checkpoint itself may be read-only
         reshard.convert(checkpoint_dir, os.path.join(tmp, reshard.UNIVERSAL))
-        return {name: reshard.read_universal(os.path.join(tmp, reshard.UNIVERSAL), name) for name in names}
+        return read(os.path.join(tmp, reshard.UNIVERSAL))
 
 
 def load_fp32(path: str):
@@ -229,7 +232,8 @@ def load_fp32(path: str):
         weights = torch.load(os.path.join(checkpoint_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
                              weights_only=False)["module"]
     elif glob.glob(os.path.join(checkpoint_dir, "bf16_zero_pp_rank_*")):
-        # DeepSpeed's BF16_Optimizer (bf16 at ZeRO-1), which zero_to_fp32 does not read: its universal form does
+        # bf16 at any ZeRO stage (DeepSpeed names its files so): zero_to_fp32 does not read BF16_Optimizer's
+        # (ZeRO-1), the universal form reads them all
         weights = _fp32_from_universal(checkpoint_dir, cfg)
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -17,6 +17,7 @@ from ds_train import convert, evaluate, export, plot
 from ds_train.evals import score_endings
 from ds_train.hellaswag import load_rendered
 from ds_train.model import GPT, config_from_descriptor
+from test_training import run_on_bf16_engine
 
 HF_TOLERANCE = 1e-5  # fp32 logits, ours vs transformers' GPT2LMHeadModel
 
@@ -98,6 +99,37 @@ def test_export_from_every_zero_stage_checkpoint(stage, tmp_path, capsys):
     assert evaluate.main(["--model", str(tmp_path / "m.bin"), "-j", VAL_SHARD, "-b", "4", "-t", "32", "-m", "4"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["val_loss"] == pytest.approx(run.val_losses[-1], abs=2e-5)
+
+
+# two steps of a bf16 engine, saved as main.py saves; then every rank gathers each parameter's fp32 master weight
+# through DeepSpeed's own API, which rank 0 keeps as the reference
+BF16_SAVE_SCRIPT = """
+from deepspeed.utils import safe_get_full_fp32_param
+from ds_train import checkpoint
+from ds_train.main import run_state
+from ds_train.outliers import UpdateGuard
+gen = torch.Generator().manual_seed(0)
+for _ in range(2):
+    batch = torch.randint(0, 50257, (run.B, run.T + 1), generator=gen).to(engine.device)
+    engine.backward(engine(batch[:, :-1], batch[:, 1:]))
+    engine.step()
+checkpoint.save(engine, OUT, 2, run_state(run, 2, UpdateGuard(0, 0)), {})
+master = {name: safe_get_full_fp32_param(p).clone() for name, p in engine.module.named_parameters()}
+if place.rank == 0:
+    torch.save(master, OUT + "/master.pt")
+"""
+
+
+@pytest.mark.parametrize("stage", [1, 3])  # ZeRO-1's BF16_Optimizer; ZeRO-3's flat partitions (their export failed)
+def test_bf16_checkpoints_export_the_engines_fp32_master_weights(stage, tmp_path):
+    out = tmp_path / "run"
+    run_on_bf16_engine(tmp_path, f"OUT = {str(out)!r}\n" + BF16_SAVE_SCRIPT, stage=stage, ranks=2)
+    master = torch.load(out / "master.pt")
+    assert export.main([str(out), "--format", "llmc", "--output", str(tmp_path / "m.bin")]) == 0
+    _, weights = convert.read_llmc(str(tmp_path / "m.bin"))
+    assert set(weights) == set(master) | {"lm_head.weight"}
+    for name in master:
+        assert torch.equal(weights[name], master[name]), name
 
 
 def test_import_llmc_hf_and_checkpoints_as_the_starting_point(tmp_path, capsys):
