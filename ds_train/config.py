@@ -227,16 +227,27 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     optimizer = ds.get("optimizer", {"type": "AdamW", "params": {}})
     opt_params = optimizer.get("params", {})
 
-    B = merge("-b", args.micro_batch_size, "train_micro_batch_size_per_gpu", ds.get("train_micro_batch_size_per_gpu"), 4)
+    B = merge("-b", args.micro_batch_size, "train_micro_batch_size_per_gpu", _json_micro_batch(ds, path, world_size), 4)
     T = args.seq_len
     _check(B >= 1, f"-b {B}: the micro-batch must be at least 1")
     _check(1 <= T <= model.block_size, f"-t {T}: the sequence length must be between 1 and the model's {model.block_size} (-e {args.init})")
     tokens_per_micro_step = B * T * world_size
-    total = merge("-d", args.total_batch_size, "train_batch_size x T", _json_total_tokens(ds, path, T, world_size), tokens_per_micro_step)
+    try:
+        json_total = _json_total_tokens(ds, path, T, world_size, B)
+    except UserError:  # its three batch fields disagree at this world size: an error unless -d replaces them
+        if args.total_batch_size is None:
+            raise
+        json_total = ds["train_batch_size"] * T
+    total = merge("-d", args.total_batch_size, "train_batch_size x T", json_total, tokens_per_micro_step)
+    source = f"-d {total}" if args.total_batch_size is not None else f"--ds_config {path}'s batch ({total} tokens at -t {T})"
     _check(total > 0 and total % tokens_per_micro_step == 0,
-           f"-d {total}: the total batch must be a positive multiple of B*T*world = {B}*{T}*{world_size} = "
+           f"{source}: the total batch must be a positive multiple of B*T*world = {B}*{T}*{world_size} = "
            f"{tokens_per_micro_step} tokens, so that gradient accumulation is a whole number of micro-steps")
     grad_accum = total // tokens_per_micro_step
+    json_accum = ds.get("gradient_accumulation_steps")
+    if json_accum is not None and json_accum != grad_accum:
+        merge.notes.append(f"gradient accumulation {grad_accum} (-d / (B*T*world) = {total} / ({B}*{T}*{world_size})) "
+                           f"replaces gradient_accumulation_steps = {json_accum} from the JSON")
 
     zero_stage = merge("-z", args.zero_stage, "zero_optimization.stage", zero.get("stage"), 0)
     _check(zero_stage in (0, 1, 2, 3), f"-z {zero_stage}: the ZeRO stage must be 0, 1, 2 or 3")
@@ -319,20 +330,35 @@ def _check_json_types(ds: dict, path: str):
 
 
 def json_total_tokens(path: str, T: int, world_size: int):
-    """The total batch in tokens that --ds_config `path` gives, or None when it gives none."""
+    """The total batch in tokens that --ds_config `path` fixes whatever the micro-batch, or None."""
     return _json_total_tokens(load_json(path), path, T, world_size)
 
 
-def _json_total_tokens(ds: dict, path: str, T: int, world_size: int):
-    """The JSON's batch size in tokens, or None when it names none. DeepSpeed counts sequences."""
-    micro, accum, total = (ds.get(k) for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"))
+def _json_batch_fields(ds: dict):
+    return (ds.get(k) for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"))
+
+
+def _json_micro_batch(ds: dict, path: str, world_size: int):
+    """The JSON's micro-batch: its own, or DeepSpeed's train_batch_size / (accumulation x world), or None."""
+    micro, accum, total = _json_batch_fields(ds)
+    if micro is not None or total is None or accum is None:
+        return micro
+    _check(total % (accum * world_size) == 0, f"--ds_config {path}: train_batch_size {total} is not a multiple of "
+           f"gradient_accumulation_steps {accum} x world size {world_size}; give train_micro_batch_size_per_gpu or -b")
+    return total // (accum * world_size)
+
+
+def _json_total_tokens(ds: dict, path: str, T: int, world_size: int, B: int = None):
+    """The JSON's batch size in tokens, or None when it names none (DeepSpeed counts sequences). A JSON that gives
+    the accumulation but neither batch size gives B x accumulation x world, B being the run's micro-batch."""
+    micro, accum, total = _json_batch_fields(ds)
     if total is not None and micro is not None and accum is not None and total != micro * accum * world_size:
         raise UserError(f"--ds_config {path}: train_batch_size {total} != train_micro_batch_size_per_gpu {micro} x "
                         f"gradient_accumulation_steps {accum} x world size {world_size}; give two of the three")
     if total is not None:
         return total * T
-    if accum is not None and micro is not None:
-        return micro * accum * world_size * T
+    if accum is not None and (micro or B) is not None:
+        return (micro or B) * accum * world_size * T
     return None
 
 

@@ -93,6 +93,27 @@ def test_json_values_apply_when_no_flag_is_given(tmp_path):
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True} and notes == []
 
 
+@pytest.mark.parametrize("ds_json, argv, B, accum, notes", [
+    # DeepSpeed's readings of two of its three fields, on 2 ranks
+    ({"gradient_accumulation_steps": 4}, [], 4, 4, []),  # with ds_train's default micro-batch
+    ({"gradient_accumulation_steps": 4}, ["-b", "2"], 2, 4, []),
+    ({"train_batch_size": 32, "gradient_accumulation_steps": 2}, [], 8, 2, []),  # micro = 32 / (2 x 2 ranks)
+    ({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 3}, [], 4, 3, []),
+    # a flag changes the accumulation that the JSON gave: said, not silent
+    ({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, ["-b", "8"], 8, 1,
+     ["-b 8 overrides train_micro_batch_size_per_gpu = 4 from the JSON",
+      "gradient accumulation 1 (-d / (B*T*world) = 512 / (8*32*2)) replaces gradient_accumulation_steps = 2 from the JSON"]),
+    # written for 8 ranks, its fields disagree on 2, but -b and -d replace them all
+    ({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1}, ["-b", "4", "-d", "512"], 4, 2,
+     ["-b 4 overrides train_micro_batch_size_per_gpu = 8 from the JSON", "-d 512 overrides train_batch_size x T = 2048 from the JSON",
+      "gradient accumulation 2 (-d / (B*T*world) = 512 / (4*32*2)) replaces gradient_accumulation_steps = 1 from the JSON"]),
+])
+def test_the_jsons_gradient_accumulation_is_kept_or_its_change_said(tmp_path, ds_json, argv, B, accum, notes):
+    run, ds, said = resolve(tmp_path, ["-t", "32", "-z", "1", *argv], ds_json, world=2)
+    assert (run.B, run.grad_accum, run.total_batch_size) == (B, accum, B * accum * 32 * 2)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (B, accum) and said == notes
+
+
 def test_flags_win_over_the_json_and_say_so(tmp_path):
     ds_json = {"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 2},
                "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
@@ -209,6 +230,9 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["-z", "0"], {"bf16": {"enabled": True}}, r"-z 0 with bf16 .*: bf16 needs ZeRO stage 1, 2 or 3"),
     ([], {"train_batch_size": 10, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2},
      r"train_batch_size 10 != train_micro_batch_size_per_gpu 2 x gradient_accumulation_steps 2 x world size 2"),
+    ([], {"train_batch_size": 10, "gradient_accumulation_steps": 2},
+     r"train_batch_size 10 is not a multiple of gradient_accumulation_steps 2 x world size 2; give train_micro_batch_size_per_gpu or -b"),
+    (["-t", "32"], {"train_batch_size": 3}, r"--ds_config \S+'s batch \(96 tokens at -t 32\): the total batch must be a positive multiple of B\*T\*world"),
     (["-z", "0", "--offload", "optimizer"], {}, r"--offload optimizer: offloading needs ZeRO \(-z 1, 2 or 3\)"),
     (["-z", "2", "--offload", "all"], {}, r"--offload all: offloading the parameters needs -z 3 .*got -z 2; use --offload optimizer"),
     (["-z", "2"], {"zero_optimization": {"offload_param": {"device": "cpu"}}}, r"--offload params: offloading the parameters needs -z 3"),
