@@ -93,17 +93,17 @@ def candidates(args, world_size: int, has_gpu: bool, peak_flops: float) -> list:
     return found
 
 
-def host_budget(args, world_size: int) -> tuple:
-    """(bytes the ranks of a node may use in host memory, ranks on a node): --host_memory, or 90% of this
-    machine's; the ranks on this node as the launcher says (LOCAL_WORLD_SIZE), else all of them."""
-    ranks = min(world_size, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+def host_budget(args) -> float:
+    """Bytes the ranks of a node may use in host memory: --host_memory, or 90% of this machine's."""
     if args.host_memory is not None:
-        return args.host_memory * memory.GiB, ranks
-    return BUDGET_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), ranks
+        return args.host_memory * memory.GiB
+    return BUDGET_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def fit(args, world_size: int, has_gpu: bool, gpu_bytes, gpu_name: str, peak_flops, say) -> argparse.Namespace:
-    """-> args with the chosen -b -r -z --offload, after printing the choice and why; UserError if none fits."""
+def fit(args, world_size: int, has_gpu: bool, gpu_bytes, gpu_name: str, peak_flops, say,
+        local_ranks: int = None) -> argparse.Namespace:
+    """-> args with the chosen -b -r -z --offload, after printing the choice and why; UserError if none fits.
+    local_ranks: the ranks on this node, which share its host memory (unknown: all of them)."""
     if args.gpu_memory is not None:
         budget, where = args.gpu_memory * memory.GiB, f"--gpu_memory {args.gpu_memory:g} GiB"
     elif gpu_bytes:
@@ -114,7 +114,7 @@ def fit(args, world_size: int, has_gpu: bool, gpu_bytes, gpu_name: str, peak_flo
     found = candidates(args, world_size, has_gpu, peak_flops or PLANNING_PEAK_FLOPS)
     fixed = " ".join(f"{flag} {getattr(args, name)}" for name, flag in
                      zip(OPEN_FLAGS, ("-b", "-r", "-z", "--offload")) if getattr(args, name) is not None)
-    host, local_ranks = host_budget(args, world_size)
+    host, local_ranks = host_budget(args), min(world_size, local_ranks or world_size)
     host_fits = lambda c: c.run.offload == "none" or local_ranks * memory.host_estimate(c.run) <= host
     fitting = sorted((c for c in found if c.gpu_bytes <= budget and host_fits(c)), key=lambda c: c.step_seconds)
     gib = lambda c: f"{c.gpu_bytes / memory.GiB:.1f} GiB"

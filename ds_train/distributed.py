@@ -22,19 +22,27 @@ class Place:
     local_rank: int
     world_size: int
     launcher: str  # "env" (deepspeed/torchrun), "mpi" or "single"
+    local_world_size: int = None  # the ranks on this node, where the launcher says
+
+
+def _first_int(*names):
+    env = os.environ
+    return next((int(env[name]) for name in names if env.get(name, "").isdigit()), None)
 
 
 @functools.lru_cache(maxsize=1)
 def discover() -> Place:
     env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Place(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]), "env")
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun says LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+        return Place(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]), "env",
+                     _first_int("LOCAL_WORLD_SIZE", "LOCAL_SIZE"))
     if "OMPI_COMM_WORLD_SIZE" in env:  # Open MPI
         return Place(int(env["OMPI_COMM_WORLD_RANK"]), int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)),
-                     int(env["OMPI_COMM_WORLD_SIZE"]), "mpi")
-    if "PMI_SIZE" in env:  # MPICH, Intel MPI
-        return Place(int(env["PMI_RANK"]), int(env.get("MPI_LOCALRANKID", 0)), int(env["PMI_SIZE"]), "mpi")
-    return Place(0, 0, 1, "single")
+                     int(env["OMPI_COMM_WORLD_SIZE"]), "mpi", _first_int("OMPI_COMM_WORLD_LOCAL_SIZE"))
+    if "PMI_SIZE" in env:  # MPICH and Intel MPI (hydra), Cray's PALS
+        return Place(int(env["PMI_RANK"]), _first_int("MPI_LOCALRANKID", "PALS_LOCAL_RANKID") or 0, int(env["PMI_SIZE"]),
+                     "mpi", _first_int("MPI_LOCALNRANKS", "PALS_LOCAL_SIZE"))
+    return Place(0, 0, 1, "single", 1)
 
 
 def check_accelerator_env():

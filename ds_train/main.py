@@ -191,7 +191,8 @@ def auto_fit(args, place, say):
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(place.local_rank % torch.cuda.device_count())
         gpu_bytes, name = properties.total_memory, properties.name
-    return autofit.fit(args, place.world_size, True, gpu_bytes, name, name and metrics.peak_bf16_flops(name), say)
+    return autofit.fit(args, place.world_size, True, gpu_bytes, name, name and metrics.peak_bf16_flops(name), say,
+                       local_ranks=place.local_world_size)
 
 
 def dry_run(args):

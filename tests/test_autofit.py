@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from ds_train import config, main, memory
+from ds_train import autofit, config, main, memory
+from ds_train.errors import UserError
 from conftest import CPU_CONFIG, REPO, TINY, settings_table, train
 
 CHOICE = re.compile(r"^auto_fit: -b (\d+) -r (\d) -z (\d) --offload (\w+) \(estimated ([\d.]+) GiB of ([\d.]+) GiB", re.M)
@@ -136,3 +137,15 @@ def test_a_real_run_trains_with_the_chosen_setting():
     table = settings_table(run.stdout)
     assert (table["micro batch size B"], table["zero_stage"], table["offload"]) == (B, z, offload)
     assert table["recompute"].startswith(r) and int(table["grad_accum_steps"]) * int(B) * 32 == 256
+
+
+def test_the_host_memory_is_shared_by_the_ranks_of_one_node_only():
+    """16 ranks, 8 to a node as the launcher says: the offloaded state of 8 ranks must fit a node's host memory,
+    not that of all 16 (unknown, every rank counts, as the refusal says)."""
+    args = config.parse_args(["--ds_config", GPT2_1558M, "--auto_fit", "1", "-e", "gpt3:c4096", "-t", "2048",
+                              "-d", "524288", "--gpu_memory", "6", "--host_memory", "400"])
+    said = []
+    chosen = autofit.fit(args, 16, True, None, None, None, said.append, local_ranks=8)
+    assert chosen.offload != "none" and "8 rank(s) on this node, 400.0 GiB usable" in "\n".join(said)
+    with pytest.raises(UserError, match=r"and 16 x [\d.]+ GiB of host memory, more than the 400.0 GiB usable"):
+        autofit.fit(args, 16, True, None, None, None, said.append)

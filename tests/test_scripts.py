@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from conftest import REPO, child_env, free_port, run_process, wait_for
+from ds_train import distributed
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "run_*.sh")))
 # llm.c's runs (../shared/REFERENCE.md): steps, tokens per step, micro-batch, sequence length
@@ -164,3 +165,44 @@ def test_srun_task_turns_slurm_task_ids_into_ranks(tmp_path):
     outputs = [task.communicate(timeout=300)[0] for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "| num_processes         | 2 " in outputs[0] and re.search(r"^step +2/2 \|", outputs[0], re.M)
+
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_RANK",
+                 "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_RANK", "PMI_SIZE",
+                 "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "PALS_LOCAL_RANKID", "PALS_LOCAL_SIZE")
+
+
+def srun_task_env(**slurm) -> dict:
+    """What scripts/srun_task.sh exports for a task with these SLURM variables."""
+    env = dict(os.environ, **{k: str(v) for k, v in slurm.items()})
+    out = subprocess.run(["bash", os.path.join(REPO, "scripts", "srun_task.sh"), "env"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    return {k: v for k, v in (line.split("=", 1) for line in out.splitlines() if "=" in line) if k in LAUNCHER_VARS}
+
+
+@pytest.mark.parametrize("launcher, env, place", [
+    ("deepspeed", dict(RANK=11, WORLD_SIZE=16, LOCAL_RANK=3, LOCAL_SIZE=8), (11, 3, 16, 8)),
+    ("torchrun", dict(RANK=5, WORLD_SIZE=8, LOCAL_RANK=1, LOCAL_WORLD_SIZE=4), (5, 1, 8, 4)),
+    ("Open MPI", dict(OMPI_COMM_WORLD_RANK=9, OMPI_COMM_WORLD_SIZE=16, OMPI_COMM_WORLD_LOCAL_RANK=1,
+                      OMPI_COMM_WORLD_LOCAL_SIZE=8), (9, 1, 16, 8)),
+    ("MPICH", dict(PMI_RANK=6, PMI_SIZE=8, MPI_LOCALRANKID=2, MPI_LOCALNRANKS=4), (6, 2, 8, 4)),
+    ("Cray PALS", dict(PMI_RANK=6, PMI_SIZE=8, PALS_LOCAL_RANKID=2, PALS_LOCAL_SIZE=4), (6, 2, 8, 4)),
+    ("srun_task.sh", "8(x2)", (9, 1, 16, 8)),
+    ("srun_task.sh, uneven nodes", "8,4", (9, 1, 16, None)),  # not said: --auto_fit counts every rank
+    ("a plain python", {}, (0, 0, 1, 1)),
+])
+def test_each_launcher_says_where_a_rank_sits(monkeypatch, launcher, env, place):
+    """Rank, local rank (the GPU a rank takes), world size and the ranks on its node (whose host memory
+    --auto_fit shares out), from each launcher's variables."""
+    if isinstance(env, str):
+        env = srun_task_env(SLURM_PROCID=9, SLURM_LOCALID=1, SLURM_NTASKS=16, SLURM_STEP_TASKS_PER_NODE=env)
+    for name in LAUNCHER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    distributed.discover.cache_clear()
+    try:
+        found = distributed.discover()
+    finally:
+        distributed.discover.cache_clear()
+    assert (found.rank, found.local_rank, found.world_size, found.local_world_size) == place
