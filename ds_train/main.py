@@ -185,6 +185,15 @@ def resume_engine(engine, run: config.RunConfig, step: int, saved: dict):
         reshard.load(engine, where, saved["zero_stage"], run.weight_decay, step)
 
 
+def warmup_notes(run: config.RunConfig, num_steps) -> list:
+    """A warmup as long as the run (a reproduction script's -u with a short -x, say) is what llm.c runs too: the
+    rate only rises. Said, since the schedule never decays."""
+    if run.lr_schedule == "constant" or not num_steps or run.warmup_steps < num_steps:
+        return []
+    return [f"-u {run.warmup_steps} is not shorter than the {num_steps} steps: the learning rate only warms up, to "
+            f"{num_steps / run.warmup_steps:.1%} of -l at the last step, and -k {run.lr_schedule} never decays it (as in llm.c)"]
+
+
 def auto_fit(args, place, say):
     """--auto_fit 1: args with the -b -r -z --offload that fit this GPU (or --gpu_memory), chosen and explained."""
     gpu_bytes, name = None, None
@@ -212,6 +221,7 @@ def dry_run(args):
             num_steps = None
             notes.append(f"{e}: the number of steps of one epoch (-x -1) is unknown until the data is prepared")
     val_batches = run.val_max_steps if run.val_max_steps > 0 else "the whole split"
+    notes += warmup_notes(run, num_steps)
     print_setup(print, run, place, num_steps if num_steps else "?", val_batches, "(dry run)", notes, ds_config)
     if run.output_dir and checkpoint.done_steps(run.output_dir):
         print(f"-o {run.output_dir} holds checkpoints up to step {checkpoint.done_steps(run.output_dir)[-1]}: "
@@ -269,8 +279,7 @@ def train(argv=None):
     if num_steps < 1:
         raise UserError(f"{train_flag} {run.train_data}: {train_loader.num_tokens} tokens is less than one step of "
                         f"{run.total_batch_size} tokens (-d); give -x or more data")
-    if run.lr_schedule in ("cosine", "linear") and run.warmup_steps >= num_steps:
-        raise UserError(f"-u {run.warmup_steps}: warmup must be shorter than the {num_steps} training steps for -k {run.lr_schedule}")
+    notes += warmup_notes(run, num_steps)
     val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
     hellaswag_examples = load_rendered(run.hellaswag_data) if run.hellaswag else None
     print0 = distributed.print0

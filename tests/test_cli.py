@@ -98,7 +98,6 @@ def test_bad_shards(tmp_path, capsys):
 
 
 def test_bad_flag_combinations(tmp_path, capsys):
-    assert errors_of(capsys, "-b", 4, "-x", 10, "-u", 10) == "-u 10: warmup must be shorter than the 10 training steps for -k cosine"
     assert errors_of(capsys, "-b", 4, "-t", 2048) == "-t 2048: the sequence length must be between 1 and the model's 1024 (-e gpt2:d2:c64:h2)"
     assert errors_of(capsys, "-b", 4096, "-t", 32, "-i", VAL_SHARD).endswith("use a smaller -b/-t or a longer shard")
     assert errors_of(capsys, "-b", 4, "-y", 1) == "-y 1: resuming needs -o, the run directory to resume"
