@@ -14,6 +14,8 @@
 #   r3        the peaks at -r 3 that tests/test_autofit.py holds the estimate to (d48 B=16, d24 B=32, one
 #             micro-step): ds_train/memory.py still counts the blocks' bf16 weight gradients that weight_grad
 #             no longer makes (24 C^2 bytes a block)
+#   eval      d12 with val loss, HellaSwag and a sample every 5 steps (bench/throughput.sh eval): the val loss no
+#             longer computes the head's gradients (2026-12-05), so its cost again
 #   zero3     d12 B=64 x 8 at ZeRO-1 and ZeRO-3 alternating three times: ZeRO-3's cost since a step waits for the
 #             GPU once (4.8-19.1% before, on different hosts)
 #   scaling   bench/scaling.sh, where there is more than one GPU (16 runs on 8 GPUs, about half an hour: on a
@@ -25,7 +27,7 @@ cd "$(dirname "$0")/.."
 [ -d "${1:-}" ] || { echo "owed.sh: BASE_TREE: expected the folder of the code to compare with (got '${1:-}')" >&2; exit 2; }
 base=$(cd "$1" && pwd)
 shift
-all_parts="tests ab_d12 ab_d24 profiles r3 zero3 scaling"
+all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 scaling"
 parts=${*:-$all_parts}
 for part in $parts; do
   [[ " $all_parts " == *" $part "* ]] || { echo "owed.sh: unknown part '$part' (expected some of: $all_parts)" >&2; exit 2; }
@@ -65,6 +67,7 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
           -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" > "$OUT/profile_$run.txt" 2>&1
       done ;;
     r3) OUT=$OUT/r3 bash bench/memory.sh r3 ;;
+    eval) OUT=$OUT/eval bash bench/throughput.sh eval ;;
     zero3)
       mkdir -p "$OUT/zero3"
       for i in 1 2 3; do
