@@ -489,7 +489,10 @@ def _effective_ds_config(ds: dict, path: str, run: RunConfig, optimizer: dict, h
         # any step whose norm is not finite, which a single inf or NaN makes it: the scan finds nothing more
         ds["bf16"].setdefault("check_grad_overflow", False)
     if run.recompute == 3:
-        ds["activation_checkpointing"] = {**ACTIVATION_CHECKPOINTING_DEFAULTS, **ds.get("activation_checkpointing", {})}
+        ac = ds["activation_checkpointing"] = {**ACTIVATION_CHECKPOINTING_DEFAULTS, **ds.get("activation_checkpointing", {})}
+        # DeepSpeed moves the partitioned activations to CPU memory; without partitions it hands the block an empty tensor
+        _check(not ac["cpu_checkpointing"] or ac["partition_activations"], f"--ds_config {path}: activation_checkpointing."
+               "cpu_checkpointing needs partition_activations: true too (DeepSpeed offloads the partitioned activations)")
     else:
         ds.pop("activation_checkpointing", None)
     return ds

@@ -163,6 +163,11 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x, self.mlp(self.ln_2(x))
 
+    def forward_summed(self, x):
+        """The block on a stream already summed, through the module's hooks and compiled forward (-r 3's
+        checkpoint: with partition_activations or cpu_checkpointing DeepSpeed takes each argument for a tensor)."""
+        return self(x, None)
+
 
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig, recompute: int = 0, seed: int = 42):
@@ -246,7 +251,7 @@ class GPT(nn.Module):
         if self.recompute == 3 and torch.is_grad_enabled():
             import deepspeed  # configured by the caller from the JSON's activation_checkpointing section
             # the checkpoint keeps its inputs: the pair summed here, one tensor per block rather than two
-            return deepspeed.checkpointing.checkpoint(block, x + delta, None)
+            return deepspeed.checkpointing.checkpoint(block.forward_summed, x + delta)
         return block(x, delta)
 
     def forward(self, idx, targets=None, reduction: str = "mean"):

@@ -247,6 +247,8 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["--auto_fit", "2"], {}, r"--auto_fit 2: expected 0 or 1"),
     (["-ge", "3"], {}, r"-ge 3: expected -1 \(default\), 0, 1 or 2"),
     (["-fa", "2"], {}, r"-fa 2: expected -1 \(default\), 0 or 1"),
+    ([], {"activation_checkpointing": {"cpu_checkpointing": True}},
+     r"activation_checkpointing.cpu_checkpointing needs partition_activations: true too"),
     ([], {"bf16": True}, r"\"bf16\" must be an object, got True"),
     ([], {"zero_optimization": 2}, r"\"zero_optimization\" must be an object, got 2"),
     ([], {"train_micro_batch_size_per_gpu": "16"}, r"train_micro_batch_size_per_gpu must be a positive integer, got '16'"),

@@ -133,7 +133,9 @@ def test_torch_compile_gives_the_same_losses():
 
 def test_json_activation_checkpointing_section_is_applied(tmp_path):
     ds = tmp_path / "ds.json"
-    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "activation_checkpointing": {"cpu_checkpointing": False}}))
+    # the options that keep the checkpoints elsewhere: partitioned across ranks, in CPU memory
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3},
+                              "activation_checkpointing": {"partition_activations": True, "cpu_checkpointing": True}}))
     run = train([*COMMON, "-b", 4, "-o", tmp_path / "out"], ranks=2, launcher="env", ds_config=str(ds)).check()
     saved = json.loads((tmp_path / "out" / "run_config.json").read_text())
     assert saved["recompute"] == 3 and "whole blocks" in run.stdout
