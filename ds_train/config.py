@@ -324,9 +324,16 @@ def _check_json_types(ds: dict, path: str):
                f"--ds_config {path}: {key} must be a positive integer, got {value!r}")
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     _check(stage in (0, 1, 2, 3) and not isinstance(stage, bool), f"--ds_config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    is_number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+    params = ds.get("optimizer", {}).get("params", {})
     for key in ("lr", "weight_decay"):
-        value = ds.get("optimizer", {}).get("params", {}).get(key, 0.0)
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"--ds_config {path}: optimizer.params.{key} must be a number, got {value!r}")
+        value = params.get(key, 0.0)
+        _check(is_number(value), f"--ds_config {path}: optimizer.params.{key} must be a number, got {value!r}")
+    betas, eps, clip = params.get("betas", [0.9, 0.95]), params.get("eps", 1e-8), ds.get("gradient_clipping", 1.0)
+    _check(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
+           f"--ds_config {path}: optimizer.params.betas must be two numbers in [0, 1), got {betas!r}")
+    _check(is_number(eps) and eps > 0, f"--ds_config {path}: optimizer.params.eps must be a number > 0, got {eps!r}")
+    _check(is_number(clip) and clip >= 0, f"--ds_config {path}: gradient_clipping must be a number >= 0 (0: no clipping), got {clip!r}")
 
 
 def json_total_tokens(path: str, T: int, world_size: int):

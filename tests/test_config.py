@@ -254,6 +254,9 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     ([], {"train_micro_batch_size_per_gpu": "16"}, r"train_micro_batch_size_per_gpu must be a positive integer, got '16'"),
     ([], {"zero_optimization": {"stage": "3"}}, r"zero_optimization.stage must be 0, 1, 2 or 3, got '3'"),
     ([], {"optimizer": {"type": "AdamW", "params": {"lr": "1e-3"}}}, r"optimizer.params.lr must be a number, got '1e-3'"),
+    ([], {"optimizer": {"type": "AdamW", "params": {"betas": [0.9]}}}, r"optimizer.params.betas must be two numbers in \[0, 1\), got \[0.9\]"),
+    ([], {"optimizer": {"type": "AdamW", "params": {"eps": 0}}}, r"optimizer.params.eps must be a number > 0, got 0"),
+    ([], {"gradient_clipping": "x"}, r"gradient_clipping must be a number >= 0 \(0: no clipping\), got 'x'"),
 ])
 def test_bad_settings_get_one_line_errors(tmp_path, argv, ds, message):
     with pytest.raises(UserError, match=message) as err:
