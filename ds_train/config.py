@@ -69,7 +69,7 @@ FLAGS = [
         ("-s", "--sample_every", int, 20, "N", "print a sample every N steps and at the end (0 = never)"),
         ("-g", "--gen_tokens", int, 64, "N", "tokens to sample"),
         ("-h", "--hellaswag", int, 0, "0|1", "1 = HellaSwag eval every -v steps and at the end"),
-        (None, "--hellaswag_data", str, DEFAULT_HELLASWAG, "PATH", "HellaSwag val: jsonl(.gz) or llm.c's eval .bin "
+        (None, "--hellaswag_data", str, None, "PATH", "HellaSwag val: jsonl(.gz) or llm.c's eval .bin "
                                                                     "(default: the copy shipped with ds_train)"),
     ]),
     ("Memory and speed", [
@@ -291,8 +291,17 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
             _check(gib > 0, f"{flag} {gib:g}: expected GiB > 0")
             _check(args.auto_fit, f"{flag} {gib:g}: only --auto_fit 1 plans with it")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
-    _check(not args.hellaswag or os.path.isfile(args.hellaswag_data),
-           f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
+    _check(args.hellaswag or args.hellaswag_data is None, f"--hellaswag_data {args.hellaswag_data}: only -h 1 reads it")
+    hellaswag_data = args.hellaswag_data or DEFAULT_HELLASWAG
+    _check(not args.hellaswag or os.path.isfile(hellaswag_data),
+           f"--hellaswag_data {hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
+    _check(args.resume or not args.resume_new_batch, "--resume_new_batch 1: only -y 1 uses it (a resumed run's new -d)")
+    # flags set to what this run never reads (llm.c ignores them unsaid)
+    if args.lr_schedule == "constant" and (unread := [f"{flag} {value:g}" for flag, value, default in (
+            ("-u", args.warmup_steps, 0), ("-q", args.final_lr_frac, 1.0)) if value != default]):
+        merge.notes.append(f"{' and '.join(unread)} unused: -k constant has no warmup and no decay")
+    if args.sample_every == 0 and args.gen_tokens != 64:
+        merge.notes.append(f"-g {args.gen_tokens} unused: -s 0 samples no text")
 
     gelu_fusion = _resolve_gelu_fusion(args.gelu_fusion, has_gpu and bf16, model, merge.notes)
     flash = _resolve_flash_attention(args.flash_attention, has_gpu and bf16, model, merge.notes)
@@ -304,7 +313,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         shuffle=bool(args.shuffle) and not overfit, overfit_single_batch=overfit, lr_schedule=args.lr_schedule,
         learning_rate=lr, warmup_steps=args.warmup_steps, final_lr_frac=args.final_lr_frac,
         weight_decay=weight_decay, val_every=args.val_every, val_max_steps=args.val_max_steps,
-        hellaswag=bool(args.hellaswag), hellaswag_data=args.hellaswag_data, checkpoint_every=args.checkpoint_every,
+        hellaswag=bool(args.hellaswag), hellaswag_data=hellaswag_data, checkpoint_every=args.checkpoint_every,
         checkpoints_keep=args.checkpoints_keep, major_checkpoint_every=args.major_checkpoint_every, resume=bool(args.resume),
         resume_new_batch=bool(args.resume_new_batch), skip_loss_z=args.skip_loss_z, skip_grad_z=args.skip_grad_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,

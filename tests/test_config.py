@@ -114,6 +114,17 @@ def test_the_jsons_gradient_accumulation_is_kept_or_its_change_said(tmp_path, ds
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (B, accum) and said == notes
 
 
+@pytest.mark.parametrize("argv, note", [
+    (["-k", "constant", "-u", "5", "-q", "0.1"], "-u 5 and -q 0.1 unused: -k constant has no warmup and no decay"),
+    (["-k", "constant", "-q", "0.1"], "-q 0.1 unused: -k constant has no warmup and no decay"),
+    (["-s", "0", "-g", "10"], "-g 10 unused: -s 0 samples no text"),
+    (["-k", "cosine", "-u", "5", "-q", "0.1", "-s", "5", "-g", "10"], None),
+])
+def test_flags_the_run_never_reads_are_said(tmp_path, argv, note):
+    _, _, notes = resolve(tmp_path, argv)
+    assert notes == ([note] if note else [])
+
+
 def test_flags_win_over_the_json_and_say_so(tmp_path):
     ds_json = {"train_micro_batch_size_per_gpu": 16, "zero_optimization": {"stage": 2},
                "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
@@ -256,6 +267,8 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     ([], {"optimizer": {"type": "AdamW", "params": {"lr": "1e-3"}}}, r"optimizer.params.lr must be a number, got '1e-3'"),
     ([], {"optimizer": {"type": "AdamW", "params": {"betas": [0.9]}}}, r"optimizer.params.betas must be two numbers in \[0, 1\), got \[0.9\]"),
     ([], {"optimizer": {"type": "AdamW", "params": {"eps": 0}}}, r"optimizer.params.eps must be a number > 0, got 0"),
+    (["--hellaswag_data", "hs.jsonl"], {}, r"--hellaswag_data hs.jsonl: only -h 1 reads it"),
+    (["--resume_new_batch", "1"], {}, r"--resume_new_batch 1: only -y 1 uses it"),
     ([], {"gradient_clipping": "x"}, r"gradient_clipping must be a number >= 0 \(0: no clipping\), got 'x'"),
 ])
 def test_bad_settings_get_one_line_errors(tmp_path, argv, ds, message):
