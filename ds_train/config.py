@@ -8,6 +8,7 @@ DeepSpeed config that the engine gets; nothing else reads the raw flags or the r
 
 import argparse
 import copy
+import difflib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -322,8 +323,18 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     return run, _effective_ds_config(ds, path, run, optimizer, has_gpu), merge.notes
 
 
+# the top-level keys ds_train reads; DeepSpeed passes over a key it does not know, so a misspelt one would be lost
+READ_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping",
+             "zero_optimization", "optimizer", "scheduler", "bf16", "fp16", "activation_checkpointing", "data_types",
+             "steps_per_print", "timers")
+
+
 def _check_json_types(ds: dict, path: str):
     """The sections and numbers ds_train reads must have the right JSON type before anything reads them."""
+    for key in ds:
+        # (no DeepSpeed top-level key is this close to one of these; its elasticity section's max_/min_ batch keys are nested)
+        near = difflib.get_close_matches(key, READ_KEYS, n=1, cutoff=0.8) if key not in READ_KEYS else []
+        _check(not near, f"--ds_config {path}: unknown key \"{key}\"; did you mean \"{near[0] if near else ''}\"?")
     for key in ("zero_optimization", "optimizer", "bf16", "fp16", "activation_checkpointing", "data_types"):
         _check(isinstance(ds.get(key, {}), dict), f"--ds_config {path}: \"{key}\" must be an object, got {ds.get(key)!r}")
     _check(isinstance(ds.get("optimizer", {}).get("params", {}), dict), f"--ds_config {path}: optimizer.params must be an object")

@@ -269,6 +269,8 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     ([], {"optimizer": {"type": "AdamW", "params": {"eps": 0}}}, r"optimizer.params.eps must be a number > 0, got 0"),
     (["--hellaswag_data", "hs.jsonl"], {}, r"--hellaswag_data hs.jsonl: only -h 1 reads it"),
     (["--resume_new_batch", "1"], {}, r"--resume_new_batch 1: only -y 1 uses it"),
+    ([], {"train_micro_batch_size_per_gpus": 8}, r"unknown key \"train_micro_batch_size_per_gpus\"; did you mean \"train_micro_batch_size_per_gpu\"\?"),
+    ([], {"zero_optimisation": {"stage": 2}}, r"unknown key \"zero_optimisation\"; did you mean \"zero_optimization\"\?"),
     ([], {"gradient_clipping": "x"}, r"gradient_clipping must be a number >= 0 \(0: no clipping\), got 'x'"),
 ])
 def test_bad_settings_get_one_line_errors(tmp_path, argv, ds, message):
