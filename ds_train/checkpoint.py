@@ -8,8 +8,9 @@ client state under the key "ds_train".
 
 A checkpoint counts only with its DONE marker, so a save killed at any moment leaves the previous one in
 charge. The marker also lists every file of the checkpoint with its size and sha256 (llm.c's markers are
-empty; an empty marker is accepted), so a checkpoint truncated or corrupted after the fact is noticed and
-passed over. The ranks share the hashing out, at save and at resume.
+empty; an empty marker is accepted, and then each of the step's torch files must at least open as the zip
+archive torch.save writes), so a checkpoint truncated or corrupted after the fact is noticed and passed over.
+The ranks share the hashing out, at save and at resume.
 """
 
 import glob
@@ -20,6 +21,7 @@ import random
 import re
 import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 import torch
@@ -118,16 +120,19 @@ def verify(out_dir: str, step: int, share=(0, 1)):
     where = step_dir(out_dir, step)
     if not os.path.isdir(where):
         return f"{where} is missing"
+    marker = os.path.join(out_dir, DONE % step)
     try:
-        with open(os.path.join(out_dir, DONE % step)) as f:
+        with open(marker) as f:
             text = f.read()
         manifest = json.loads(text) if text.strip() else None
     except (OSError, ValueError):
-        return f"{os.path.join(out_dir, DONE % step)} is unreadable"
-    if manifest is None:
-        return None  # an llm.c-style empty marker: nothing to check against
-    files = {name: saved if isinstance(saved, dict) else {"bytes": saved}  # markers of ds_train before checksums
-             for name, saved in manifest["files"].items()}
+        return f"{marker} is unreadable"
+    if manifest is None:  # an llm.c-style empty marker: no sizes or checksums to check against
+        return unreadable_files(where)
+    files = _manifest_files(manifest, step)
+    if files is None:
+        return (f"{marker} is unreadable: not the JSON that ds_train writes there "
+                f'({{"step": {step}, "files": {{name: {{"bytes": ..., "sha256": ...}}}}}})')
     for name, saved in files.items():
         path = os.path.join(where, name)
         if not os.path.isfile(path):
@@ -141,11 +146,45 @@ def verify(out_dir: str, step: int, share=(0, 1)):
     return None
 
 
+def _manifest_files(manifest, step: int):
+    """A DONE marker's {file name: {"bytes": size, "sha256": digest}}, or None when it is not what save()
+    writes for `step` (a marker written by hand, or by another program)."""
+    if not (isinstance(manifest, dict) and manifest.get("step") == step and isinstance(manifest.get("files"), dict)
+            and manifest["files"]):
+        return None
+    files = {}
+    for name, saved in manifest["files"].items():
+        if type(saved) is int:  # markers of ds_train before checksums
+            saved = {"bytes": saved}
+        if not (isinstance(saved, dict) and type(saved.get("bytes")) is int and isinstance(saved.get("sha256", ""), str)):
+            return None
+        files[name] = saved
+    return files
+
+
+def unreadable_files(where: str):
+    """None when step folder `where` has the files a resume or an export reads first and every torch file in
+    it opens as the zip archive torch.save writes, else what is wrong. What a checkpoint with no manifest (an
+    llm.c-style empty marker, or none) can be checked against: a truncated file has lost its zip directory."""
+    if not glob.glob(os.path.join(where, "*model_states.pt")):
+        return f"{where} has no *model_states.pt file"
+    if not os.path.isfile(os.path.join(where, RANK_STATE % 0)):
+        return f"{os.path.join(where, RANK_STATE % 0)} is missing"
+    for path in sorted(glob.glob(os.path.join(where, "*.pt"))):
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (OSError, zipfile.BadZipFile):
+            return f"{path} is not a whole torch file (truncated or corrupted)"
+    return None
+
+
 def newest_whole(out_dir: str, say=print, distributed: bool = False):
     """The newest checkpoint step in `out_dir` that verifies (None if there is none); says what it passes over.
     `distributed`: every rank checks a share of the checksums, and all agree on the answer."""
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-    for step in reversed(done_steps(out_dir)):
+    steps = done_steps(out_dir)
+    for step in reversed(steps):
         problem = verify(out_dir, step, (rank, world))
         if distributed:
             problems = [None] * world
@@ -153,7 +192,8 @@ def newest_whole(out_dir: str, say=print, distributed: bool = False):
             problem = next((p for p in problems if p), None)
         if problem is None:
             return step
-        say(f"warning: checkpoint step {step} is damaged ({problem}); falling back to the one before it")
+        fallback = "falling back to the one before it" if step != steps[0] else "no checkpoint before it"
+        say(f"warning: checkpoint step {step} is damaged ({problem}); {fallback}")
     return None
 
 
@@ -173,8 +213,12 @@ def rank_states(out_dir: str, step: int, saved_world: int, rank: int):
     stream (data.ReplayLoader) saves the whole stream on every rank. A rank that the saved run did not have
     takes the RNG states of rank (rank mod saved world).
     """
-    files = [torch.load(os.path.join(step_dir(out_dir, step), RANK_STATE % r), map_location="cpu", weights_only=False)
-             for r in range(saved_world)]
+    paths = [os.path.join(step_dir(out_dir, step), RANK_STATE % r) for r in range(saved_world)]
+    for path in paths:  # a checkpoint under an llm.c-style empty marker lists no files to verify
+        if not os.path.isfile(path):
+            raise UserError(f"-y 1: {path} is missing: the checkpoint of step {step} in -o {out_dir} is incomplete "
+                            "(its run had one such file per rank); remove its DONE marker to resume from the one before it")
+    files = [torch.load(path, map_location="cpu", weights_only=False) for path in paths]
     first = files[0]["train_loader"]
     streams = first["loaders"] if "loaders" in first else [f["train_loader"] for f in files]
     return streams, files[rank % saved_world]["rng"]
@@ -193,8 +237,17 @@ def locate(path: str):
         if step is None:
             raise UserError(f"{path}: no complete checkpoint (no DONE_* marker, or its checkpoint is damaged)")
         return os.path.join(path, CHECKPOINTS), tag(step)
-    if re.fullmatch(r"step_\d{8}", os.path.basename(os.path.normpath(path))) and glob.glob(os.path.join(path, "*model_states.pt")):
-        return os.path.dirname(os.path.normpath(path)), os.path.basename(os.path.normpath(path))
+    root, name = os.path.split(os.path.normpath(path))
+    if re.fullmatch(r"step_\d{8}", name) and glob.glob(os.path.join(path, "*model_states.pt")):
+        # given directly, a step folder is checked all the same: against its run directory's DONE marker when
+        # there is one, else as far as its files themselves tell
+        run_dir, step = os.path.dirname(root), int(name[5:])
+        has_marker = os.path.basename(root) == CHECKPOINTS and os.path.exists(os.path.join(run_dir, DONE % step))
+        problem = verify(run_dir, step) if has_marker else unreadable_files(path)
+        if problem:
+            raise UserError(f"{path}: this checkpoint is damaged or incomplete ({problem}); use another step_* "
+                            "directory, or the run directory for its newest intact checkpoint")
+        return root, name
     raise UserError(f"{path}: not a ds_train checkpoint (expected a run directory with {CHECKPOINTS}/ and DONE_* "
                     "markers, or one of its step_* directories)")
 

@@ -125,6 +125,61 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, dama
     assert main_log(out) == main_log(ref.output_dir)
 
 
+@pytest.mark.parametrize("marker,damage", [
+    ("{}", None), ("[1]", None), ('{"step": 8, "files": {}}', None),  # JSON that ds_train does not write
+    ("", "truncated"), ("", "no rank state"),  # llm.c's empty marker: only the files themselves can tell
+])
+def test_a_marker_that_cannot_vouch_for_its_checkpoint_counts_as_damaged(tmp_path, marker, damage):
+    from ds_train import checkpoint
+
+    out = str(tmp_path / "run")
+    shutil.copytree(reference().output_dir, out)
+    where = os.path.join(out, "checkpoints", "step_00000008")
+    with open(os.path.join(out, "DONE_00000008"), "w") as f:
+        f.write(marker)
+    if damage == "truncated":
+        os.truncate(os.path.join(where, "mp_rank_00_model_states.pt"), 100)
+    elif damage == "no rank state":
+        os.remove(os.path.join(where, "ds_train_rank_00000.pt"))
+    warnings = []
+    assert checkpoint.newest_whole(out, say=warnings.append) == 6
+    problem = {None: f"{out}/DONE_00000008 is unreadable: not the JSON that ds_train writes there",
+               "truncated": f"{where}/mp_rank_00_model_states.pt is not a whole torch file (truncated or corrupted)",
+               "no rank state": f"{where}/ds_train_rank_00000.pt is missing"}[damage]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: checkpoint step 8 is damaged ({problem}")
+    assert warnings[0].endswith("; falling back to the one before it")
+
+
+def test_a_damaged_step_directory_given_directly_is_refused(tmp_path, capsys):
+    """-e, evaluate --model and export read a step_* directory itself: it is checked against its DONE marker,
+    or without one as far as its files tell."""
+    from ds_train import evaluate, export
+
+    out = copy_checkpoint(reference().output_dir, 8, str(tmp_path / "run"))
+    where = os.path.join(out, "checkpoints", "step_00000008")
+    model_states = os.path.join(where, "mp_rank_00_model_states.pt")
+    size = os.path.getsize(model_states)
+    os.truncate(model_states, 100)
+
+    def error(module, argv) -> str:
+        assert module.main([*map(str, argv)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err.strip().split("error: ", 1)[1]
+    for with_marker, problem in ((True, f"{model_states} has 100 bytes, {size} when saved"),
+                                 (False, f"{model_states} is not a whole torch file (truncated or corrupted)")):
+        if not with_marker:
+            os.remove(os.path.join(out, "DONE_00000008"))
+        expected = (f"{where}: this checkpoint is damaged or incomplete ({problem}); use another step_* directory, "
+                    "or the run directory for its newest intact checkpoint")
+        assert error(evaluate, ["--model", where]) == expected
+        assert error(export, [where, "--format", "llmc", "--output", tmp_path / "m.bin"]) == expected
+        run = train([*RESUMABLE, "-e", where])
+        assert run.returncode == 2
+        assert f"ds_train: error: {expected}" in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "m.bin")
+
+
 def test_settings_that_cannot_carry_over_are_refused(tmp_path):
     ref = reference()
     out = str(tmp_path / "run")
