@@ -146,6 +146,40 @@ def check_resumable(saved: dict, run: config.RunConfig, where: str):
                         "to go on with the new total batch")
 
 
+def check_resume_step(run: config.RunConfig, resume_step, num_steps: int):
+    """-y 1 starts from step 0 only where no run has left a DONE marker: over markers whose checkpoints are all
+    damaged it would write its own steps into the old run's directory. A checkpoint past -x has nothing to train."""
+    marked = checkpoint.done_steps(run.output_dir)
+    if resume_step is None and marked:
+        steps = f"step {marked[0]}" if len(marked) == 1 else f"steps {marked[0]} to {marked[-1]}"
+        raise UserError(f"-y 1: -o {run.output_dir} has DONE markers ({steps}) but no checkpoint there verifies "
+                        "(each is missing or damaged: see the warnings above); resume from another -o, "
+                        "or remove its DONE_* markers and checkpoints/ to start over")
+    if resume_step is not None and resume_step > num_steps:
+        steps = f"-x {num_steps}" if run.max_steps > 0 else f"the {num_steps} steps of one epoch (-x -1)"
+        raise UserError(f"-y 1: {checkpoint.step_dir(run.output_dir, resume_step)} is at step {resume_step}, past "
+                        f"{steps}: there is nothing to train; resume with an -x above {resume_step}")
+
+
+def check_same_data(run: config.RunConfig, streams: list, where: str):
+    """The saved data position is a place in a permutation of particular shards: it continues only the same
+    shuffle of the same files."""
+    saved_shuffle, shuffle = bool(streams[0]["layout"][4]), run.shuffle
+    if saved_shuffle != shuffle:
+        raise UserError(f"-y 1: {where} was trained with --shuffle {int(saved_shuffle)}, this run asks for --shuffle "
+                        f"{int(shuffle)}; resume with --shuffle {int(saved_shuffle)} (or start a new run in another -o)")
+    flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
+    saved_files = streams[0]["files"]
+    files = [os.path.basename(path) for path in find_shards(run.train_data, flag)]
+    if saved_files != files:
+        raise UserError(f"-y 1: {where} was trained on {shard_names(saved_files)}, this run's {flag} {run.train_data} "
+                        f"gives {shard_names(files)}; resume with the same shards (or start a new run in another -o)")
+
+
+def shard_names(names: list) -> str:
+    return ", ".join(names) if len(names) <= 3 else f"{len(names)} shards, {names[0]} ... {names[-1]}"
+
+
 def resumed_loader(run: config.RunConfig, place, streams: list):
     """The train loader that continues a checkpoint's data stream: llm.c's own loader when this run has the
     stream's layout (ranks x -b), else a replay of the stream (data.ReplayLoader)."""
@@ -171,6 +205,7 @@ def resume_data(run: config.RunConfig, place, step: int, guard: UpdateGuard):
     check_resumable(saved, run, checkpoint.step_dir(run.output_dir, step))
     guard.load_state_dict(saved["update_guard"])
     streams, rng = checkpoint.rank_states(run.output_dir, step, saved["world_size"], place.rank)
+    check_same_data(run, streams, checkpoint.step_dir(run.output_dir, step))
     return saved, resumed_loader(run, place, streams), rng
 
 
@@ -292,6 +327,8 @@ def train(argv=None):
 
     distributed.init_process_group(place)
     resume_step = checkpoint.newest_whole(run.output_dir, say=print0, distributed=True) if run.resume else None
+    if run.resume:
+        check_resume_step(run, resume_step, num_steps)
     guard = UpdateGuard(run.skip_loss_z, run.skip_grad_z)
     if resume_step is not None:
         saved, train_loader, rng = resume_data(run, place, resume_step, guard)
@@ -306,6 +343,8 @@ def train(argv=None):
     print_setup(print0, run, place, num_steps, val_batches, device, notes, ds_config)
     if resume_step is not None:
         print0(f"resumed from {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(resume_step)} at step {resume_step}")
+        if resume_step == num_steps:  # a finished run started again, as llm.c's resume loop may
+            print0(f"step {resume_step} is the last step (-x {num_steps}): nothing left to train")
     elif run.resume:
         print0(f"-y 1: no complete checkpoint in {run.output_dir}, starting from step 0")
     if run.output_dir and place.rank == 0:

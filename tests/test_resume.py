@@ -14,7 +14,8 @@ import time
 import psutil
 import pytest
 
-from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, cached_train, child_env, free_port, parse, train, wait_for
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse,
+                      train, wait_for)
 
 STEPS = 8
 # shuffled data, warmup then decay, val every 4 steps; checkpoints every 2 steps
@@ -150,6 +151,48 @@ def test_a_marker_that_cannot_vouch_for_its_checkpoint_counts_as_damaged(tmp_pat
     assert warnings[0].endswith("; falling back to the one before it")
 
 
+def test_an_empty_marker_over_a_truncated_file_falls_back_and_a_finished_run_says_so(tmp_path):
+    """llm.c's empty DONE marker over a cut-short model file: -y 1 falls back to step 6, which with -x 6 is the
+    last step, so the run says there is nothing left to train and exits 0."""
+    out = str(tmp_path / "run")
+    shutil.copytree(reference().output_dir, out)
+    with open(os.path.join(out, "DONE_00000008"), "w"):
+        pass
+    os.truncate(os.path.join(out, "checkpoints", "step_00000008", "mp_rank_00_model_states.pt"), 100)
+    run = train([*RESUMABLE, "-o", out, "-y", 1, "-x", 6], ranks=2, launcher="env").check()
+    assert "warning: checkpoint step 8 is damaged" in run.stdout
+    assert f"resumed from {out}/checkpoints/step_00000006 at step 6" in run.stdout
+    assert "step 6 is the last step (-x 6): nothing left to train" in run.stdout
+    assert run.losses == []
+
+
+def test_resume_where_no_marked_checkpoint_verifies_is_refused(tmp_path):
+    """Starting from step 0 there would cut main.log back and save over the old run's step folders: refused,
+    like -y 0 over checkpoints. So is llm.c's own output directory (DONE markers, no checkpoints/)."""
+    ref = reference()
+    out = str(tmp_path / "run")
+    shutil.copytree(ref.output_dir, out)
+    for step in (6, 8):
+        os.truncate(os.path.join(out, "checkpoints", f"step_{step:08d}", "mp_rank_00_model_states.pt"), 100)
+    run = train([*RESUMABLE, "-o", out, "-y", 1])
+    assert run.returncode == 2
+    assert (f"ds_train: error: -y 1: -o {out} has DONE markers (steps 6 to 8) but no checkpoint there verifies (each "
+            "is missing or damaged: see the warnings above); resume from another -o, or remove its DONE_* markers and "
+            "checkpoints/ to start over") in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "warning: checkpoint step 6 is damaged" in run.stdout and "; no checkpoint before it" in run.stdout
+    assert main_log(out) == main_log(ref.output_dir)  # nothing was lost
+    assert checkpoints_in(out) == ([6, 8], [6, 8])
+    llmc = tmp_path / "llmc"
+    llmc.mkdir()
+    (llmc / "DONE_00000005").write_text("")
+    (llmc / "main.log").write_text("s:0 trl:11.0\n")
+    run = train([*RESUMABLE, "-o", llmc, "-y", 1])
+    assert run.returncode == 2
+    assert f"ds_train: error: -y 1: -o {llmc} has DONE markers (step 5) but no checkpoint there verifies" in run.stderr
+    assert sorted(os.listdir(llmc)) == ["DONE_00000005", "main.log"]
+    assert (llmc / "main.log").read_text() == "s:0 trl:11.0\n"
+
+
 def test_a_damaged_step_directory_given_directly_is_refused(tmp_path, capsys):
     """-e, evaluate --model and export read a step_* directory itself: it is checked against its DONE marker,
     or without one as far as its files tell."""
@@ -193,11 +236,16 @@ def test_settings_that_cannot_carry_over_are_refused(tmp_path):
         (["-d", 384, "-b", 2, "--resume_new_batch", 1],
          "-d 384: the checkpoint's data stream moves in micro-steps of 2 ranks x 4 rows x 32 tokens; resume with a "
          "multiple of 256 tokens"),
+        (["--shuffle", 0], f"-y 1: {where} was trained with --shuffle 1, this run asks for --shuffle 0; resume with "
+                           "--shuffle 1 (or start a new run in another -o)"),
+        (["-i", VAL_SHARD], f"-y 1: {where} was trained on tiny_shakespeare_train.bin, this run's -i {VAL_SHARD} gives "
+                            "tiny_shakespeare_val.bin; resume with the same shards (or start a new run in another -o)"),
+        (["-x", 4], f"-y 1: {where} is at step 8, past -x 4: there is nothing to train; resume with an -x above 8"),
     ]
     for extra, message in cases:  # refused before the engine is built; one rank is enough to see it
         run = train([*RESUMABLE, "-o", out, "-y", 1, *extra])
-        assert run.returncode != 0
-        assert message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+        assert run.returncode == 2
+        assert f"ds_train: error: {message}" in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
     started_over = train([*RESUMABLE, "-o", out, "-y", 0])
     assert started_over.returncode == 2
     assert started_over.stderr.strip() == (f"ds_train: error: -y 0: -o {out} already holds checkpoints of a run; "
