@@ -38,9 +38,14 @@ def read_shard_header(path: str) -> int:
         raise UserError(f"{path}: bad magic {magic}, expected {SHARD_MAGIC} (not an llm.c token shard)")
     if version != SHARD_VERSION:
         raise UserError(f"{path}: unsupported shard version {version}, expected {SHARD_VERSION}")
+    if ntok < 0:
+        raise UserError(f"{path}: header says {ntok} tokens, expected a count of 0 or more (corrupt header)")
     expected = HEADER_BYTES + TOKEN_BYTES * ntok
-    if ntok <= 0 or size != expected:
+    if size != expected:
         raise UserError(f"{path}: header says {ntok} tokens ({expected} bytes) but the file has {size} bytes (truncated or corrupt)")
+    if ntok == 0:
+        raise UserError(f"{path}: the shard holds no tokens (its header counts 0 and the file is the {HEADER_BYTES}-byte "
+                        "header alone)")
     return ntok
 
 

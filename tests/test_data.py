@@ -142,6 +142,8 @@ def _corrupt(tmp_path, name, header=None, ntok=100, drop=0):
     (dict(header={1: 7}), r"unsupported shard version 7, expected 1"),
     (dict(drop=10), r"header says 100 tokens \(1224 bytes\) but the file has 1214 bytes"),
     (dict(header={2: 500}), r"header says 500 tokens"),
+    (dict(header={2: -5}), r"header says -5 tokens, expected a count of 0 or more \(corrupt header\)$"),
+    (dict(ntok=0), r"the shard holds no tokens \(its header counts 0 and the file is the 1024-byte header alone\)$"),
 ])
 def test_bad_shards_get_one_line_errors_naming_the_file(tmp_path, kwargs, message):
     path = _corrupt(tmp_path, "bad.bin", **kwargs)
