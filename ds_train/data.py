@@ -49,6 +49,16 @@ def read_shard_header(path: str) -> int:
     return ntok
 
 
+def check_token_ids(window: np.ndarray, vocab_size: int, path: str, offset: int):
+    """Refuse token ids that the model has no embedding for (a shard tokenized for another vocabulary, or
+    corrupt): `window` holds the shard's tokens from index `offset` on. One max over the window a batch is cut
+    from, so it costs nothing next to the step that reads it."""
+    if vocab_size is not None and window.size and int(window.max()) >= vocab_size:
+        at = int(np.argmax(window >= vocab_size))
+        raise UserError(f"{path}: the token at index {offset + at} is {int(window[at])}, expected ids below the "
+                        f"model's vocab_size {vocab_size} (a shard tokenized for another vocabulary, or corrupt)")
+
+
 def read_shard(path: str) -> np.ndarray:
     """The shard's tokens as a read-only uint16 memory map (header validated first)."""
     ntok = read_shard_header(path)
@@ -110,12 +120,15 @@ class ShardLoader:
     """Serves (inputs, targets) micro-batches of shape (B, T) for one rank.
 
     Its position (shard, sample, both permutations and the RNG) is `state_dict()`: a few KB of plain
-    Python values that a checkpoint can store and `load_state_dict()` restores exactly.
+    Python values that a checkpoint can store and `load_state_dict()` restores exactly. With `vocab_size`,
+    each batch's token ids are checked as it is cut (check_token_ids).
     """
 
-    def __init__(self, pattern: str, B: int, T: int, rank: int, world: int, shuffle: bool, flag: str = "-i"):
+    def __init__(self, pattern: str, B: int, T: int, rank: int, world: int, shuffle: bool, flag: str = "-i",
+                 vocab_size: int = None):
         self.files = find_shards(pattern, flag)
         self.B, self.T, self.rank, self.world, self.shuffle = B, T, rank, world, shuffle
+        self.vocab_size = vocab_size
         self.sample_tokens = B * T * world  # a step's sample; +1 for the last target
         self.shard_tokens = []
         for path in self.files:
@@ -154,7 +167,7 @@ class ShardLoader:
             random_permutation(self.sample_order, self.rng)
 
     def next_window(self):
-        """(shard tokens, start) of this rank's next B*T+1 tokens, and move past them."""
+        """(shard path, shard tokens, start) of this rank's next B*T+1 tokens, and move past them."""
         if self.sample_pos >= len(self.sample_order):
             if self.shard_pos == len(self.files) - 1:
                 self.reset()
@@ -163,11 +176,13 @@ class ShardLoader:
                 self._open_shard()
         start = self.sample_order[self.sample_pos] * self.sample_tokens + self.rank * self.B * self.T
         self.sample_pos += 1
-        return self.tokens, start
+        return self.files[self.shard_order[self.shard_pos]], self.tokens, start
 
     def next_batch(self):
-        tokens, start = self.next_window()
-        buf = torch.from_numpy(tokens[start:start + self.B * self.T + 1].astype(np.int64))
+        path, tokens, start = self.next_window()
+        window = tokens[start:start + self.B * self.T + 1]
+        check_token_ids(window, self.vocab_size, path, start)
+        buf = torch.from_numpy(window.astype(np.int64))
         return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
 
     def state_dict(self) -> dict:
@@ -208,13 +223,14 @@ class ReplayLoader:
     """
 
     def __init__(self, pattern: str, B: int, T: int, rank: int, world: int, grad_accum: int, shuffle: bool,
-                 stream_B: int, stream_world: int, flag: str = "-i"):
+                 stream_B: int, stream_world: int, flag: str = "-i", vocab_size: int = None):
         rows_per_step = B * world * grad_accum
         if rows_per_step % (stream_B * stream_world):
             raise UserError(f"{flag} {pattern}: a step of {rows_per_step} rows on this layout is not a whole number of "
                             f"the data stream's micro-steps of {stream_B}x{stream_world} rows")
         self.loaders = [ShardLoader(pattern, stream_B, T, r, stream_world, shuffle, flag) for r in range(stream_world)]
         self.B, self.T, self.rank, self.world, self.grad_accum = B, T, rank, world, grad_accum
+        self.vocab_size = vocab_size
         self.stream_B, self.stream_world = stream_B, stream_world
         self.stream_accum = rows_per_step // (stream_B * stream_world)
         self.num_tokens = self.loaders[0].num_tokens
@@ -231,9 +247,11 @@ class ReplayLoader:
         first = (self.micro_step * self.world + self.rank) * self.B
         rows = []
         for row in range(first, first + self.B):
-            tokens, start = self.windows[row // self.stream_B]
+            path, tokens, start = self.windows[row // self.stream_B]
             start += (row % self.stream_B) * self.T
-            rows.append(tokens[start:start + self.T + 1].astype(np.int64))
+            window = tokens[start:start + self.T + 1]
+            check_token_ids(window, self.vocab_size, path, start)
+            rows.append(window.astype(np.int64))
         self.micro_step = (self.micro_step + 1) % self.grad_accum
         buf = torch.from_numpy(np.stack(rows))
         return buf[:, :-1], buf[:, 1:]

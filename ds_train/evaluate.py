@@ -65,7 +65,7 @@ def evaluate(args) -> dict:
     val_loader = None
     if args.val_data:
         val_loader = ShardLoader(args.val_data, args.micro_batch_size, args.seq_len, place.rank, place.world_size,
-                                 shuffle=False, flag="-j")
+                                 shuffle=False, flag="-j", vocab_size=cfg.vocab_size)
     examples = load_rendered(args.hellaswag_data) if args.hellaswag else None
     if examples and args.limit:
         examples = examples[:args.limit]

@@ -308,8 +308,11 @@ def train(argv=None):
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
     run = settle_kernels(args, run, notes)
     train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
-    train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag)
-    val_loader = ShardLoader(run.val_data, run.B, run.T, place.rank, place.world_size, shuffle=False, flag="-j")
+    vocab_size = run.model.vocab_size  # the loaders refuse token ids the model has no embedding for
+    train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag,
+                               vocab_size=vocab_size)
+    val_loader = ShardLoader(run.val_data, run.B, run.T, place.rank, place.world_size, shuffle=False, flag="-j",
+                             vocab_size=vocab_size)
     num_steps = run.max_steps if run.max_steps > 0 else train_loader.num_tokens // run.total_batch_size
     if num_steps < 1:
         raise UserError(f"{train_flag} {run.train_data}: {train_loader.num_tokens} tokens is less than one step of "

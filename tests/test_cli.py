@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BIN, CPU_CONFIG, MAIN, TINY, VAL_SHARD, child_env, free_port, run_process
+from conftest import BIN, CPU_CONFIG, MAIN, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table, train
 from ds_train.data import write_shard
 from ds_train.main import main
 
@@ -108,3 +108,17 @@ def test_bad_flag_combinations(tmp_path, capsys):
     assert errors_of(capsys, "-b", 4, "-x", 1, "-o", afile) == f"-o {afile}: is a file, expected a directory"
     assert errors_of(capsys, "-b", 4, "-x", 1, "-o", afile / "sub").startswith(f"-o {afile / 'sub'}: cannot write there")
     assert errors_of(capsys, "--bogus") == "unrecognized arguments: --bogus (see --help)"
+
+
+@pytest.mark.parametrize("flag", ["-i", "-j"])
+def test_token_ids_outside_the_vocabulary_are_named_not_a_torch_traceback(tmp_path, flag):
+    """A valid shard whose ids are beyond GPT-2's 50257 (another tokenizer's): refused at the first batch cut from
+    it (train step or val loss), naming the shard and the id's index in it."""
+    oov = tmp_path / "oov.bin"
+    write_shard(str(oov), np.full(5000, 60000))
+    proc = run_main("--ds_config", CPU_CONFIG, *TINY, "-b", 4, "-x", 1, "-m", 1, flag, oov)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"ds_train: error: {oov}: the token at index ")
+    assert proc.stderr.strip().endswith(" is 60000, expected ids below the model's vocab_size 50257 (a shard tokenized "
+                                        "for another vocabulary, or corrupt)")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stdout + proc.stderr

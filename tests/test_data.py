@@ -168,3 +168,37 @@ def test_shard_shorter_than_one_sample(tmp_path):
     path = _corrupt(tmp_path, "short.bin", ntok=200)
     with pytest.raises(UserError, match=r"200 tokens is shorter than one sample of B\*T\*world\+1 = 257 tokens"):
         ShardLoader(path, 4, 32, 0, 2, shuffle=False)
+
+
+def _shard_with_a_bad_id(tmp_path, at=700, bad=60000):
+    tokens = np.arange(1000) % 50257
+    tokens[at] = bad
+    path = str(tmp_path / "oov.bin")
+    write_shard(path, tokens)
+    return path
+
+
+OOV_MESSAGE = ("{}: the token at index 700 is 60000, expected ids below the model's vocab_size 50257 (a shard "
+               "tokenized for another vocabulary, or corrupt)")
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_as_the_batch_is_cut(tmp_path):
+    """The batch that holds the bad id is refused, naming the file and where the id is; the ones before it are
+    served (each batch's ids are checked as it is cut, not the whole shard up front)."""
+    path = _shard_with_a_bad_id(tmp_path)
+    loader = ShardLoader(path, 2, 64, 0, 1, shuffle=False, vocab_size=50257)
+    for _ in range(5):  # samples of 128 tokens (+1): index 700 is in the sixth, tokens 640-768
+        loader.next_batch()
+    with pytest.raises(UserError) as err:
+        loader.next_batch()
+    assert str(err.value) == OOV_MESSAGE.format(path)
+
+
+def test_replay_refuses_token_ids_outside_the_vocabulary(tmp_path):
+    path = _shard_with_a_bad_id(tmp_path)
+    replay = ReplayLoader(path, 4, 64, 0, 1, 1, False, stream_B=2, stream_world=2, vocab_size=50257)
+    for _ in range(2):  # steps of 256 tokens: index 700 is in the third
+        replay.next_batch()
+    with pytest.raises(UserError) as err:
+        replay.next_batch()
+    assert str(err.value) == OOV_MESSAGE.format(path)
