@@ -26,7 +26,7 @@ from ds_train import config, convert, distributed
 from ds_train.data import ShardLoader
 from ds_train.errors import UserError, usage_error
 from ds_train.evals import hellaswag, sample_text, val_loss
-from ds_train.hellaswag import load_rendered
+from ds_train.hellaswag import check_fits, load_rendered
 from ds_train.model import GPT
 
 
@@ -69,6 +69,8 @@ def evaluate(args) -> dict:
     examples = load_rendered(args.hellaswag_data) if args.hellaswag else None
     if examples and args.limit:
         examples = examples[:args.limit]
+    if examples:
+        check_fits(examples, args.hellaswag_data, cfg, f"--model {args.model}")
 
     if place.world_size > 1:
         distributed.init_process_group(place)

@@ -8,6 +8,7 @@ context length, context tokens, and for each ending its length and tokens.
 
 import json
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,8 @@ def load_examples(path: str) -> list:
                 examples.append(_parse(line, f"{path}:{number}"))
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except (EOFError, zlib.error) as e:  # gzip's own: the .gz stops early (a cut download) or is damaged
+        raise UserError(f"{path}: the gzip data is truncated or damaged ({e}); expected a whole .gz file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
     if not examples:
@@ -98,25 +101,59 @@ def load_rendered(path: str) -> list:
 
 
 def read_eval_file(path: str) -> list:
-    """The examples of an llm.c eval .bin as Rendered, in file order (checked as llm.c's loader checks)."""
-    data = np.fromfile(path, dtype="<u2")
-    header = data[:512].view("<i4")
-    if len(data) < 512 or header[0] != EVAL_MAGIC or header[1] != EVAL_VERSION:
+    """The examples of an llm.c eval .bin as Rendered, in file order: each one checked as llm.c's loader checks
+    it, and against the end of the file (a truncated file is named, not read past)."""
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    data = np.frombuffer(raw[:len(raw) // 2 * 2], dtype="<u2")
+    header = data[:512].view("<i4") if len(data) >= 512 else None
+    if header is None or header[0] != EVAL_MAGIC or header[1] != EVAL_VERSION:
         raise UserError(f"{path}: not an llm.c eval file (magic {EVAL_MAGIC}, version {EVAL_VERSION})")
+    count = int(header[2])
+    if count < 1:
+        raise UserError(f"{path}: header lists {count} examples, expected 1 or more")
     out, pos = [], 512
-    for index in range(int(header[2])):
+    for index in range(count):
+        if pos + 5 > len(data) or pos + int(data[pos + 1]) // 2 > len(data):
+            raise UserError(f"{path}: the file ends inside example {index} of the {count} its header lists "
+                            f"({len(raw)} bytes: truncated?)")
         if data[pos] != START_EXAMPLE or data[pos + 2] != index:
             raise UserError(f"{path}: example {index} is malformed")
         end = pos + int(data[pos + 1]) // 2
-        label, count, pos = int(data[pos + 3]), int(data[pos + 4]), pos + 5
-        ctx_len = int(data[pos])
-        ctx, pos = data[pos + 1:pos + 1 + ctx_len].tolist(), pos + 1 + ctx_len
-        endings = []
-        for _ in range(count):
-            n = int(data[pos])
-            endings.append(data[pos + 1:pos + 1 + n].tolist())
-            pos += 1 + n
-        if pos != end:
+        label, endings = int(data[pos + 3]), int(data[pos + 4])
+        if endings != 4 or label >= 4:
+            raise UserError(f"{path}: example {index} has {endings} endings and label {label}, expected 4 endings "
+                            "and a label 0-3")
+        body, at, parts = data[pos + 5:end], 0, []
+        for _ in range(5):  # the context, then the four endings: each its length, then its tokens
+            if at >= len(body) or at + 1 + int(body[at]) > len(body):
+                raise UserError(f"{path}: example {index} has the wrong byte count")
+            parts.append(body[at + 1:at + 1 + int(body[at])].tolist())
+            at += 1 + int(body[at])
+        if at != len(body):
             raise UserError(f"{path}: example {index} has the wrong byte count")
-        out.append(Rendered(label, ctx, endings))
+        out.append(Rendered(label, parts[0], parts[1:]))
+        pos = end
+    if 2 * pos != len(raw):
+        raise UserError(f"{path}: {len(raw) - 2 * pos} bytes follow the {count} examples its header lists, "
+                        "expected none (corrupt header?)")
     return out
+
+
+def check_fits(examples: list, path: str, model, model_flag: str):
+    """Every example must fit `model` (a GPTConfig): its context and longest ending in block_size + 1 tokens
+    (the forward sees all of them but the last, which is only predicted), its ids below vocab_size (an eval
+    .bin holds any uint16)."""
+    for index, example in enumerate(examples):
+        where = f"{path}: example {index}" if path.endswith(".bin") else f"{path}:{index + 1}"
+        rows = [example.ctx_tokens + ending for ending in example.ending_tokens]
+        longest = max(map(len, rows))
+        if longest > model.block_size + 1:
+            raise UserError(f"{where}: context and ending are {longest} tokens, more than the {model.block_size + 1} "
+                            f"that the model ({model_flag}) can score with its context of {model.block_size} tokens")
+        top = max(max(row, default=0) for row in rows)
+        if top >= model.vocab_size:
+            raise UserError(f"{where}: token id {top}, expected ids below the model's vocab_size {model.vocab_size} "
+                            f"({model_flag})")

@@ -33,7 +33,7 @@ from ds_train import (autofit, build_locks, checkpoint, config, convert, distrib
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss
-from ds_train.hellaswag import load_rendered
+from ds_train.hellaswag import check_fits, load_rendered
 from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
 from ds_train.outliers import UpdateGuard
 from ds_train.schedule import learning_rate
@@ -320,6 +320,8 @@ def train(argv=None):
     notes += warmup_notes(run, num_steps)
     val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
     hellaswag_examples = load_rendered(run.hellaswag_data) if run.hellaswag else None
+    if hellaswag_examples:
+        check_fits(hellaswag_examples, run.hellaswag_data, run.model, f"-e {run.init}")
     print0 = distributed.print0
     if run.output_dir:
         if place.rank == 0:

@@ -1,5 +1,6 @@
 """Bad input from the command line: one line on stderr naming the flag or file, exit status 2, no traceback."""
 
+import json
 import os
 import sys
 import time
@@ -9,8 +10,11 @@ import pytest
 import torch
 
 from conftest import BIN, CPU_CONFIG, MAIN, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table, train
+from ds_train import convert
 from ds_train.data import write_shard
+from ds_train.hellaswag import Example, render
 from ds_train.main import main
+from ds_train.model import GPT, GPTConfig
 
 
 def run_main(*args, launcher=None, extra_env=None):
@@ -122,3 +126,16 @@ def test_token_ids_outside_the_vocabulary_are_named_not_a_torch_traceback(tmp_pa
     assert proc.stderr.strip().endswith(" is 60000, expected ids below the model's vocab_size 50257 (a shard tokenized "
                                         "for another vocabulary, or corrupt)")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_hellaswag_examples_longer_than_the_model_context(tmp_path, capsys):
+    cfg = GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16)
+    model = tmp_path / "ctx16.bin"
+    convert.write_llmc(str(model), cfg, GPT(cfg).state_dict())
+    example = Example("a " * 20, ("one.", "two.", "three.", "four."), 0)
+    longest = len(render(example).ctx_tokens) + max(map(len, render(example).ending_tokens))
+    hs = tmp_path / "hs.jsonl"
+    hs.write_text(json.dumps({"ctx": example.ctx, "endings": list(example.endings), "label": 0}) + "\n")
+    assert errors_of(capsys, "-e", model, "-t", 16, "-b", 4, "-h", 1, "--hellaswag_data", hs) == (
+        f"{hs}:1: context and ending are {longest} tokens, more than the 17 that the model (-e {model}) can score "
+        "with its context of 16 tokens")

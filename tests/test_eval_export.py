@@ -1,6 +1,8 @@
 """Evaluation, export and import: HellaSwag against transformers, exact round trips, every ZeRO stage, one-line errors."""
 
 import csv
+import dataclasses
+import gzip
 import json
 import os
 import re
@@ -15,7 +17,7 @@ from conftest import (BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child
                       train, zero_run)
 from ds_train import convert, evaluate, export, plot
 from ds_train.evals import score_endings
-from ds_train.hellaswag import load_rendered
+from ds_train.hellaswag import Example, load_rendered, render, write_eval_file
 from ds_train.model import GPT, config_from_descriptor
 from test_training import run_on_bf16_engine
 
@@ -274,3 +276,52 @@ def test_bad_model_files_and_paths(tmp_path, capsys):
                           env=child_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == \
         f"ds_train: error: -t 2048: the sequence length must be between 1 and the model's 1024 (-e {good})"
+
+
+def _error(capsys, module, argv) -> str:
+    assert module.main([*map(str, argv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip().split("error: ", 1)[1]
+
+
+HS_EXAMPLES = [Example(f"Example {i} starts here, goes on for a while and then", ("goes on.", "stops.", "turns back.",
+                                                                                  "waits."), i % 4) for i in range(5)]
+
+
+def test_bad_hellaswag_files_get_one_line_errors(tmp_path, capsys):
+    """Truncated or damaged HellaSwag files, and examples that do not fit the model, are named with what was
+    expected, in evaluate and in training alike (both read them through ds_train.hellaswag)."""
+    cfg, model = trained_like_state()
+    good = tmp_path / "m.bin"
+    convert.write_llmc(str(good), cfg, model.state_dict())
+    evaluate_hellaswag = lambda data: _error(capsys, evaluate, ["--model", good, "--hellaswag", "--hellaswag_data", data])
+    write_eval_file(str(tmp_path / "hs.bin"), HS_EXAMPLES)
+    data = (tmp_path / "hs.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:-7])
+    assert evaluate_hellaswag(tmp_path / "cut.bin") == (f"{tmp_path / 'cut.bin'}: the file ends inside example 4 of the 5 "
+                                                        f"its header lists ({len(data) - 7} bytes: truncated?)")
+    (tmp_path / "long.bin").write_bytes(data + bytes(4))
+    assert evaluate_hellaswag(tmp_path / "long.bin") == \
+        f"{tmp_path / 'long.bin'}: 4 bytes follow the 5 examples its header lists, expected none (corrupt header?)"
+    stream = np.frombuffer(data, dtype="<u2").copy()
+    stream[512 + 6] = 60000  # the first context token of example 0
+    (tmp_path / "oov.bin").write_bytes(stream.tobytes())
+    assert evaluate_hellaswag(tmp_path / "oov.bin") == \
+        f"{tmp_path / 'oov.bin'}: example 0: token id 60000, expected ids below the model's vocab_size 50257 (--model {good})"
+
+    jsonl = "".join(json.dumps({"ctx": e.ctx, "endings": list(e.endings), "label": e.label}) + "\n" for e in HS_EXAMPLES)
+    gz = gzip.compress(jsonl.encode() * 50)
+    (tmp_path / "cut.jsonl.gz").write_bytes(gz[:len(gz) // 2])
+    assert evaluate_hellaswag(tmp_path / "cut.jsonl.gz") == (
+        f"{tmp_path / 'cut.jsonl.gz'}: the gzip data is truncated or damaged (Compressed file ended before the "
+        "end-of-stream marker was reached); expected a whole .gz file")
+
+    short_cfg = dataclasses.replace(cfg, block_size=8)
+    short = tmp_path / "ctx8.bin"
+    convert.write_llmc(str(short), short_cfg, GPT(short_cfg).state_dict())
+    (tmp_path / "hs.jsonl").write_text(jsonl)
+    longest = len(render(HS_EXAMPLES[0]).ctx_tokens) + max(map(len, render(HS_EXAMPLES[0]).ending_tokens))
+    assert _error(capsys, evaluate, ["--model", short, "-t", 8, "--hellaswag", "--hellaswag_data", tmp_path / "hs.jsonl"]) == (
+        f"{tmp_path / 'hs.jsonl'}:1: context and ending are {longest} tokens, more than the 9 that the model (--model "
+        f"{short}) can score with its context of 8 tokens")
