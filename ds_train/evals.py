@@ -40,6 +40,18 @@ def val_loss(model, loader, num_batches: int) -> float:
     return summed / ranks
 
 
+def val_num_batches(loader, val_max_steps: int, pattern: str) -> tuple:
+    """(batches, note): -m's val batches, at most the split's (as llm.c's loaders capped val_max_steps), since
+    more would read batches twice and weigh them twice; -1 is all of them. The note says when -m was capped."""
+    split = loader.samples_per_epoch
+    if 0 < val_max_steps <= split:
+        return val_max_steps, None
+    if val_max_steps < 0:
+        return split, None
+    return split, (f"-m {val_max_steps}: the val split (-j {pattern}) holds {split} batches of "
+                   f"B*T*world = {loader.sample_tokens} tokens; the val loss reads those {split}")
+
+
 @dataclass
 class HellaSwagResult:
     correct_norm: int  # lowest mean loss over the ending tokens: acc_norm, the reported figure

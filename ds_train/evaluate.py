@@ -25,7 +25,7 @@ import torch
 from ds_train import config, convert, distributed
 from ds_train.data import ShardLoader
 from ds_train.errors import UserError, usage_error
-from ds_train.evals import hellaswag, sample_text, val_loss
+from ds_train.evals import hellaswag, sample_text, val_loss, val_num_batches
 from ds_train.hellaswag import check_fits, load_rendered
 from ds_train.model import GPT
 
@@ -66,6 +66,7 @@ def evaluate(args) -> dict:
     if args.val_data:
         val_loader = ShardLoader(args.val_data, args.micro_batch_size, args.seq_len, place.rank, place.world_size,
                                  shuffle=False, flag="-j", vocab_size=cfg.vocab_size)
+        val_batches, val_note = val_num_batches(val_loader, args.val_max_steps, args.val_data)
     examples = load_rendered(args.hellaswag_data) if args.hellaswag else None
     if examples and args.limit:
         examples = examples[:args.limit]
@@ -87,9 +88,10 @@ def evaluate(args) -> dict:
     result = {"model": args.model, "val_loss": None, "hellaswag_acc": None, "hellaswag_acc_norm": None, "examples": 0}
     with autocast:
         if val_loader:
-            batches = args.val_max_steps if args.val_max_steps > 0 else val_loader.samples_per_epoch
-            result["val_loss"] = val_loss(model, val_loader, batches)
-            print0(f"val loss {result['val_loss']:.6f} ({batches} batches of {args.micro_batch_size}x{args.seq_len} per process)")
+            if val_note:
+                print0(f"note: {val_note}")
+            result["val_loss"] = val_loss(model, val_loader, val_batches)
+            print0(f"val loss {result['val_loss']:.6f} ({val_batches} batches of {args.micro_batch_size}x{args.seq_len} per process)")
         if examples:
             start = time.perf_counter()
             scores = hellaswag(model, examples, token_budget=args.micro_batch_size * args.seq_len)

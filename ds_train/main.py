@@ -32,7 +32,7 @@ from ds_train import (autofit, build_locks, checkpoint, config, convert, distrib
                       loss, memory, metrics, reshard, weight_grad)
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
-from ds_train.evals import hellaswag, sample_text, val_loss
+from ds_train.evals import hellaswag, sample_text, val_loss, val_num_batches
 from ds_train.hellaswag import check_fits, load_rendered
 from ds_train.model import GPT, RECOMPUTE_LEVELS, Block
 from ds_train.outliers import UpdateGuard
@@ -318,7 +318,8 @@ def train(argv=None):
         raise UserError(f"{train_flag} {run.train_data}: {train_loader.num_tokens} tokens is less than one step of "
                         f"{run.total_batch_size} tokens (-d); give -x or more data")
     notes += warmup_notes(run, num_steps)
-    val_batches = run.val_max_steps if run.val_max_steps > 0 else val_loader.samples_per_epoch
+    val_batches, val_note = val_num_batches(val_loader, run.val_max_steps, run.val_data)
+    notes += [val_note] if val_note else []
     hellaswag_examples = load_rendered(run.hellaswag_data) if run.hellaswag else None
     if hellaswag_examples:
         check_fits(hellaswag_examples, run.hellaswag_data, run.model, f"-e {run.init}")

@@ -11,7 +11,7 @@ import torch
 
 from conftest import BIN, CPU_CONFIG, MAIN, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table, train
 from ds_train import convert
-from ds_train.data import write_shard
+from ds_train.data import read_shard, write_shard
 from ds_train.hellaswag import Example, render
 from ds_train.main import main
 from ds_train.model import GPT, GPTConfig
@@ -139,3 +139,14 @@ def test_hellaswag_examples_longer_than_the_model_context(tmp_path, capsys):
     assert errors_of(capsys, "-e", model, "-t", 16, "-b", 4, "-h", 1, "--hellaswag_data", hs) == (
         f"{hs}:1: context and ending are {longest} tokens, more than the 17 that the model (-e {model}) can score "
         "with its context of 16 tokens")
+
+
+def test_val_batches_beyond_the_split_are_capped_with_a_note(tmp_path):
+    """-m larger than the val split reads the split once (as llm.c's loaders capped it), not its batches again."""
+    val = tmp_path / "val.bin"
+    write_shard(str(val), np.asarray(read_shard(VAL_SHARD))[:1000])
+    run = train([*TINY, "-b", 4, "-x", 1, "-m", 100, "-j", val]).check()
+    settings = settings_table(run.stdout)
+    assert (settings["val_max_steps"], settings["val_num_batches"]) == ("100", "7")  # (1000 - 1) // (4*32)
+    assert (f"note: -m 100: the val split (-j {val}) holds 7 batches of B*T*world = 128 tokens; the val loss "
+            "reads those 7") in run.stdout.splitlines()

@@ -17,6 +17,7 @@ from conftest import (BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child
                       train, zero_run)
 from ds_train import convert, evaluate, export, plot
 from ds_train.evals import score_endings
+from ds_train.data import read_shard, write_shard
 from ds_train.hellaswag import Example, load_rendered, render, write_eval_file
 from ds_train.model import GPT, config_from_descriptor
 from test_training import run_on_bf16_engine
@@ -325,3 +326,20 @@ def test_bad_hellaswag_files_get_one_line_errors(tmp_path, capsys):
     assert _error(capsys, evaluate, ["--model", short, "-t", 8, "--hellaswag", "--hellaswag_data", tmp_path / "hs.jsonl"]) == (
         f"{tmp_path / 'hs.jsonl'}:1: context and ending are {longest} tokens, more than the 9 that the model (--model "
         f"{short}) can score with its context of 8 tokens")
+
+
+def test_evaluate_val_shards_out_of_vocabulary_and_shorter_than_m(tmp_path, capsys):
+    cfg, model = trained_like_state()
+    good = tmp_path / "m.bin"
+    convert.write_llmc(str(good), cfg, model.state_dict())
+    oov = tmp_path / "oov.bin"
+    write_shard(str(oov), np.full(1000, 60000))
+    assert _error(capsys, evaluate, ["--model", good, "-j", oov, "-b", 4, "-t", 32]) == (
+        f"{oov}: the token at index 0 is 60000, expected ids below the model's vocab_size 50257 (a shard tokenized "
+        "for another vocabulary, or corrupt)")
+    val = tmp_path / "val.bin"
+    write_shard(str(val), np.asarray(read_shard(VAL_SHARD))[:1000])
+    assert evaluate.main(["--model", str(good), "-j", str(val), "-b", "4", "-t", "32", "-m", "100"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"note: -m 100: the val split (-j {val}) holds 7 batches of B*T*world = 128 tokens; the val loss reads those 7" in out
+    assert any(line.startswith("val loss ") and line.endswith(" (7 batches of 4x32 per process)") for line in out)
