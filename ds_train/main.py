@@ -243,6 +243,8 @@ def dry_run(args):
     """--dry_run N: the run as N ranks would run it, resolved and checked, with a memory estimate per GPU.
     Nothing is launched; the train shards' headers are read only to count the steps of -x -1."""
     world = args.dry_run
+    if world < 1:  # before anything divides by it
+        raise UserError(f"--dry_run {world}: expected a positive number of ranks to plan for")
     place = distributed.Place(0, 0, world, "dry run")
     if args.auto_fit:
         args = auto_fit(args, place, print)

@@ -150,3 +150,7 @@ def test_val_batches_beyond_the_split_are_capped_with_a_note(tmp_path):
     assert (settings["val_max_steps"], settings["val_num_batches"]) == ("100", "7")  # (1000 - 1) // (4*32)
     assert (f"note: -m 100: the val split (-j {val}) holds 7 batches of B*T*world = 128 tokens; the val loss "
             "reads those 7") in run.stdout.splitlines()
+
+
+def test_dry_run_ranks_are_checked_first(capsys):
+    assert errors_of(capsys, "-b", 4, "--dry_run", -1) == "--dry_run -1: expected a positive number of ranks to plan for"
