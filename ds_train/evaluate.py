@@ -2,7 +2,7 @@
 
     python -m ds_train.evaluate --model runs/gpt2_124M -j "data/fineweb10B/fineweb_val_*.bin" --hellaswag
     python -m ds_train.evaluate --model gpt2_124M.bin --hellaswag --limit 500      # an llm.c model file
-    python -m ds_train.evaluate --model hf_export/ -m -1                            # a Hugging Face GPT-2 folder
+    python -m ds_train.evaluate --model hf_export/ --hellaswag -g 64               # a Hugging Face GPT-2 folder
     deepspeed --num_gpus 8 ds_train/evaluate.py --model ... --hellaswag            # split across GPUs
 
 --model is a ds_train checkpoint (a run's -o directory, its newest complete checkpoint, or one step_*
@@ -36,11 +36,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, metavar="PATH",
                         help="a ds_train checkpoint (run dir or step_* dir), an llm.c model .bin, or a Hugging Face GPT-2 folder")
     parser.add_argument("-j", "--val_data", metavar="GLOB", help="val shards for the val loss (default: none)")
-    parser.add_argument("-m", "--val_max_steps", type=int, default=-1, metavar="N", help="val batches; -1 = the whole split")
+    parser.add_argument("-m", "--val_max_steps", type=int, metavar="N",
+                        help="val batches, at most the split's (default -1: the whole split)")
     parser.add_argument("-b", "--micro_batch_size", type=int, default=8, metavar="B", help="batch for val loss; B*T tokens per HellaSwag forward")
     parser.add_argument("-t", "--seq_len", type=int, default=1024, metavar="T", help="sequence length (at most the model's)")
     parser.add_argument("--hellaswag", action="store_true", help="score HellaSwag val")
-    parser.add_argument("--hellaswag_data", default=config.DEFAULT_HELLASWAG, metavar="PATH",
+    parser.add_argument("--hellaswag_data", metavar="PATH",
                         help="HellaSwag val: jsonl(.gz) or llm.c's eval .bin (default: the shipped copy)")
     parser.add_argument("--limit", type=int, default=0, metavar="N", help="score only the first N HellaSwag examples")
     parser.add_argument("-g", "--gen_tokens", type=int, default=0, metavar="N", help="print a sample of N tokens (0 = none)")
@@ -48,6 +49,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     parser.error = usage_error
     args = parser.parse_args(argv)
+    # flags for a part that does not run are mistakes, not settings to ignore
+    if args.val_max_steps is not None and not args.val_data:
+        raise UserError(f"-m {args.val_max_steps}: val batches need -j, the val shards to read them from")
+    for flag, value in (("--hellaswag_data", args.hellaswag_data), ("--limit", args.limit)):
+        if value and not args.hellaswag:
+            raise UserError(f"{flag} {value}: applies to HellaSwag, which runs only with --hellaswag")
+    args.val_max_steps = -1 if args.val_max_steps is None else args.val_max_steps
+    args.hellaswag_data = args.hellaswag_data or config.DEFAULT_HELLASWAG
     if args.val_max_steps == 0 or args.val_max_steps < -1:
         raise UserError(f"-m {args.val_max_steps}: expected -1 (all) or a number of batches")
     if args.limit < 0 or args.micro_batch_size < 1 or args.gen_tokens < 0:
@@ -60,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def evaluate(args) -> dict:
     place = distributed.discover()
     cfg, weights = convert.load_weights(args.model, "--model")
+    if not (args.val_data or args.hellaswag or args.gen_tokens):  # after loading: --model alone checks the model
+        raise UserError(f"--model {args.model}: loads, but there is nothing to evaluate: give -j (val loss), "
+                        "--hellaswag or -g (a sample)")
     if not 1 <= args.seq_len <= cfg.block_size:
         raise UserError(f"-t {args.seq_len}: the sequence length must be between 1 and the model's {cfg.block_size}")
     val_loader = None

@@ -328,6 +328,21 @@ def test_bad_hellaswag_files_get_one_line_errors(tmp_path, capsys):
         f"{short}) can score with its context of 8 tokens")
 
 
+def test_evaluate_refuses_flags_that_would_be_ignored(tmp_path, capsys):
+    cfg, model = trained_like_state()
+    good = tmp_path / "m.bin"
+    convert.write_llmc(str(good), cfg, model.state_dict())
+    hs = tmp_path / "hs.jsonl"
+    assert _error(capsys, evaluate, ["--model", good, "--hellaswag_data", hs, "-g", 4]) == \
+        f"--hellaswag_data {hs}: applies to HellaSwag, which runs only with --hellaswag"
+    assert _error(capsys, evaluate, ["--model", good, "--limit", 5, "-g", 4]) == \
+        "--limit 5: applies to HellaSwag, which runs only with --hellaswag"
+    assert _error(capsys, evaluate, ["--model", good, "-m", 5, "--hellaswag"]) == \
+        "-m 5: val batches need -j, the val shards to read them from"
+    assert _error(capsys, evaluate, ["--model", good]) == \
+        f"--model {good}: loads, but there is nothing to evaluate: give -j (val loss), --hellaswag or -g (a sample)"
+
+
 def test_evaluate_val_shards_out_of_vocabulary_and_shorter_than_m(tmp_path, capsys):
     cfg, model = trained_like_state()
     good = tmp_path / "m.bin"
