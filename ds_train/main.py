@@ -185,7 +185,8 @@ def resumed_loader(run: config.RunConfig, place, streams: list):
     stream's layout (ranks x -b), else a replay of the stream (data.ReplayLoader)."""
     stream_B, stream_world = streams[0]["layout"][0], len(streams)
     if (stream_B, stream_world) == (run.B, run.world_size):
-        loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle)
+        loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle,
+                             vocab_size=run.model.vocab_size)
         loader.load_state_dict(streams[place.rank])
         return loader
     if (run.B * run.world_size * run.grad_accum) % (stream_B * stream_world):
@@ -193,7 +194,7 @@ def resumed_loader(run: config.RunConfig, place, streams: list):
                         f"{stream_world} ranks x {stream_B} rows x {run.T} tokens; resume with a multiple of "
                         f"{stream_world * stream_B * run.T} tokens")
     loader = ReplayLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.grad_accum, run.shuffle,
-                          stream_B, stream_world)
+                          stream_B, stream_world, vocab_size=run.model.vocab_size)
     loader.load_state_dict({"loaders": streams})
     return loader
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import psutil
 import pytest
 
@@ -357,3 +358,18 @@ def test_main_log_is_cut_back_to_the_resumed_step(tmp_path):
     MainLog(str(tmp_path), enabled=True, resume_step=4).file.close()
     assert [re.match(r"s:\d+ \w+", line).group() for line in main_log(tmp_path).splitlines()] == [
         "s:0 tel", "s:0 eval", "s:0 trl", "s:1 trl", "s:2 tel", "s:2 eval", "s:2 trl", "s:3 trl", "s:4 tel", "s:4 eval"]
+
+
+@pytest.mark.parametrize("B", [4, 2])  # the checkpoint's own layout (llm.c's loader), another (the replay loader)
+def test_a_resumed_run_refuses_token_ids_outside_the_vocabulary_too(tmp_path, B):
+    """The shard's first two steps are text, the third another tokenizer's ids: the run that saved step 2 never
+    read them; its resumption does, and names the shard instead of failing in torch's embedding."""
+    from ds_train.data import read_shard, write_shard
+    shard = tmp_path / "half.bin"
+    write_shard(str(shard), np.concatenate([read_shard(VAL_SHARD)[:2 * 128 + 1], np.full(400, 60000)]))
+    flags = [*TINY, "-b", 4, "-d", 128, "--shuffle", 0, "-v", 100, "-m", 1, "-i", shard, "-n", 2, "-o", tmp_path / "run"]
+    train([*flags, "-x", 2]).check()
+    resumed = train([*flags, "-x", 3, "-y", 1, "-b", B])
+    assert resumed.returncode == 2 and "resumed from" in resumed.stdout
+    assert resumed.stderr.strip().startswith(f"ds_train: error: {shard}: the token at index 2") and \
+        " is 60000, expected ids below the model's vocab_size 50257" in resumed.stderr
