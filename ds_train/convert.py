@@ -23,6 +23,9 @@ LAYER_TENSORS = ["ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.
                  "mlp.c_proj.weight", "mlp.c_proj.bias"]
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 ASSETS = os.path.join(os.path.dirname(__file__), "assets", "gpt2_tokenizer")
+HF_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+# the weights files transformers looks for, in the order it prefers them
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def llmc_order(cfg: GPTConfig) -> list:
@@ -120,11 +123,49 @@ def read_hf_config(path: str) -> GPTConfig:
             hf = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a Hugging Face model folder (config.json: {e})") from None
-    if hf.get("model_type") != "gpt2" or hf.get("activation_function", "gelu_new") != "gelu_new":
+    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2" or hf.get("activation_function", "gelu_new") != "gelu_new":
         raise UserError(f"{path}: expected a GPT-2 model with tanh GELU (model_type gpt2, gelu_new)")
+    bad = [key for key in HF_SHAPE_KEYS if not (type(hf.get(key)) is int and hf[key] > 0)]
+    if bad:
+        raise UserError(f"{os.path.join(path, 'config.json')}: expected positive integers {', '.join(HF_SHAPE_KEYS)}; "
+                        f"{', '.join(f'{key} is {hf[key]!r}' if key in hf else f'no {key}' for key in bad)}")
+    if hf["n_embd"] % hf["n_head"]:
+        raise UserError(f"{os.path.join(path, 'config.json')}: n_embd {hf['n_embd']} is not a multiple of n_head {hf['n_head']}")
     V = hf["vocab_size"]
     return GPTConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], block_size=hf["n_positions"],
                      vocab_size=V, padded_vocab_size=max(PADDED_VOCAB_SIZE, -(-V // 128) * 128))
+
+
+def check_hf_weights(path: str, cfg: GPTConfig):
+    """The folder has weights; a model.safetensors is whole and holds every tensor in the shape config.json
+    gives (transformers would stop on a wrong shape with a long report, and fill a missing tensor with random
+    values, saying so only in a log line)."""
+    present = [name for name in HF_WEIGHT_FILES if os.path.exists(os.path.join(path, name))]
+    if not present:
+        raise UserError(f"{path}: no model.safetensors (nor pytorch_model.bin) beside its config.json")
+    if present[0] != "model.safetensors":
+        return  # sharded, or PyTorch's pickle: transformers reads those and checks them itself
+    from safetensors import SafetensorError, safe_open
+
+    file = os.path.join(path, "model.safetensors")
+    try:
+        with safe_open(file, framework="pt") as f:
+            # the Hub's GPT-2 files name the tensors without the "transformer." prefix
+            stored = {name.removeprefix("transformer."): (name, tuple(f.get_slice(name).get_shape())) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{file}: not a readable safetensors file ({e})") from None
+    config = (f"config.json (n_layer {cfg.n_layer}, n_embd {cfg.n_embd}, n_positions {cfg.block_size}, "
+              f"vocab_size {cfg.vocab_size})")
+    for name, shape in llmc_order(cfg):
+        if name == "transformer.wte.weight":
+            shape = (cfg.vocab_size, cfg.n_embd)  # Hugging Face keeps only the real vocabulary
+        elif name.endswith(HF_TRANSPOSED):
+            shape = shape[::-1]
+        if name.removeprefix("transformer.") not in stored:
+            raise UserError(f"{file}: no tensor {name}, which {config} calls for")
+        stored_name, stored_shape = stored[name.removeprefix("transformer.")]
+        if stored_shape != shape:
+            raise UserError(f"{file}: {stored_name} has shape {list(stored_shape)}, but {config} means {list(shape)}")
 
 
 def read_hf(path: str):
@@ -132,6 +173,7 @@ def read_hf(path: str):
     from transformers import GPT2LMHeadModel
 
     cfg = read_hf_config(path)
+    check_hf_weights(path, cfg)
     V = cfg.vocab_size
     hf_state = GPT2LMHeadModel.from_pretrained(path, torch_dtype=torch.float32).state_dict()
     state = {}
@@ -159,7 +201,9 @@ def read_config(path: str, flag: str) -> GPTConfig:
     if path.endswith(".bin"):
         return read_llmc_config(path)[0]
     if is_hf_folder(path):
-        return read_hf_config(path)
+        cfg = read_hf_config(path)
+        check_hf_weights(path, cfg)  # here, before a run sets anything up, as read_llmc_config checks the size
+        return cfg
     if os.path.isdir(path):
         from ds_train import checkpoint
 

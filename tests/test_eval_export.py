@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -358,3 +359,40 @@ def test_evaluate_val_shards_out_of_vocabulary_and_shorter_than_m(tmp_path, caps
     out = capsys.readouterr().out.splitlines()
     assert f"note: -m 100: the val split (-j {val}) holds 7 batches of B*T*world = 128 tokens; the val loss reads those 7" in out
     assert any(line.startswith("val loss ") and line.endswith(" (7 batches of 4x32 per process)") for line in out)
+
+
+def test_damaged_hugging_face_folders_get_one_line_errors(tmp_path, capsys):
+    """-e, --model and export's source: each damage named with its file, before transformers sees it."""
+    cfg, model = trained_like_state()
+    convert.write_hf(str(tmp_path / "good"), cfg, model.state_dict())
+    capsys.readouterr()  # transformers' progress bar
+
+    def damaged(name, damage):
+        folder = tmp_path / name
+        shutil.copytree(tmp_path / "good", folder)
+        damage(folder)
+        return folder
+
+    def edit_config(folder, **changes):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(changes)
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    no_layers = damaged("no_layers", lambda f: edit_config(f, n_layer=None))
+    no_weights = damaged("no_weights", lambda f: (f / "model.safetensors").unlink())
+    truncated = damaged("truncated", lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-1000]))
+    wider = damaged("wider", lambda f: edit_config(f, n_embd=128))
+    expected = {
+        no_layers: f"{no_layers / 'config.json'}: expected positive integers n_layer, n_head, n_embd, n_positions, vocab_size; no n_layer",
+        no_weights: f"{no_weights}: no model.safetensors (nor pytorch_model.bin) beside its config.json",
+        truncated: f"{truncated / 'model.safetensors'}: not a readable safetensors file (Error while deserializing header: "
+                   "incomplete metadata, file not fully covered)",
+        wider: f"{wider / 'model.safetensors'}: transformer.wte.weight has shape [50257, 64], but config.json (n_layer 2, "
+               "n_embd 128, n_positions 1024, vocab_size 50257) means [50257, 128]"}
+    for folder, message in expected.items():
+        assert export.main([str(folder), "--format", "llmc", "--output", str(tmp_path / "m.bin")]) == 2
+        assert evaluate.main(["--model", str(folder)]) == 2
+        assert capsys.readouterr().err == f"ds_train.export: error: {message}\nds_train.evaluate: error: {message}\n"
+    assert not os.path.exists(tmp_path / "m.bin")
+    proc = subprocess.run([sys.executable, MAIN, "--ds_config", CPU_CONFIG, "-e", str(truncated), "-t", "32", "-b", "4",
+                           "-x", "1", "-s", "0"], cwd=REPO, env=child_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == f"ds_train: error: {expected[truncated]}\n"
