@@ -8,6 +8,7 @@ Conv1D is (in, out)) and only the 50257 real vocabulary rows.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import torch
@@ -46,13 +47,18 @@ def write_llmc(path: str, cfg: GPTConfig, state: dict, dtype: torch.dtype = torc
     header = np.zeros(256, dtype="<i4")
     header[:8] = (LLMC_MAGIC, version, cfg.block_size, cfg.vocab_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
                   cfg.padded_vocab_size)
-    with open(path + ".tmp", "wb") as f:
-        f.write(header.tobytes())
-        for name, shape in llmc_order(cfg):
-            tensor = state[name].detach().to("cpu", dtype).contiguous()
-            assert tuple(tensor.shape) == shape, (name, tensor.shape, shape)
-            f.write(tensor.view(torch.int16 if dtype == torch.bfloat16 else torch.float32).numpy().tobytes())
-    os.replace(path + ".tmp", path)
+    try:
+        with open(path + ".tmp", "wb") as f:
+            f.write(header.tobytes())
+            for name, shape in llmc_order(cfg):
+                tensor = state[name].detach().to("cpu", dtype).contiguous()
+                assert tuple(tensor.shape) == shape, (name, tensor.shape, shape)
+                f.write(tensor.view(torch.int16 if dtype == torch.bfloat16 else torch.float32).numpy().tobytes())
+        os.replace(path + ".tmp", path)
+    except OSError as e:  # no permission (which os.access cannot tell for root), a full disk, a read-only mount
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise UserError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def read_llmc_config(path: str):
@@ -113,8 +119,20 @@ def write_hf(path: str, cfg: GPTConfig, state: dict):
     model = GPT2LMHeadModel(hf_config)
     missing, unexpected = model.load_state_dict(hf_state, strict=False)
     assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight")) for k in missing), missing
-    model.save_pretrained(path, safe_serialization=True)
-    GPT2Tokenizer(os.path.join(ASSETS, "encoder.json"), os.path.join(ASSETS, "vocab.bpe")).save_pretrained(path)
+    # written beside it and moved in whole: a failed write leaves no half folder, and a replaced folder keeps
+    # no file of the old model (a stale pytorch_model.bin or shard index would be loaded instead of ours)
+    target = os.path.normpath(path)
+    tmp = target + ".tmp"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted export
+        model.save_pretrained(tmp, safe_serialization=True)
+        GPT2Tokenizer(os.path.join(ASSETS, "encoder.json"), os.path.join(ASSETS, "vocab.bpe")).save_pretrained(tmp)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def read_hf_config(path: str) -> GPTConfig:

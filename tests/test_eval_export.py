@@ -396,3 +396,52 @@ def test_damaged_hugging_face_folders_get_one_line_errors(tmp_path, capsys):
     proc = subprocess.run([sys.executable, MAIN, "--ds_config", CPU_CONFIG, "-e", str(truncated), "-t", "32", "-b", "4",
                            "-x", "1", "-s", "0"], cwd=REPO, env=child_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr == f"ds_train: error: {expected[truncated]}\n"
+
+
+def test_export_replaces_an_earlier_export_only_with_overwrite(tmp_path, capsys):
+    cfg, model = trained_like_state()
+    source = tmp_path / "m.bin"
+    convert.write_llmc(str(source), cfg, model.state_dict())
+    (tmp_path / "keep.bin").write_bytes(b"earlier work")
+
+    def export_error(argv) -> str:
+        assert export.main([*map(str, argv)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("ds_train.export: error: "), err
+        return err.strip()[len("ds_train.export: error: "):]
+    assert export_error([source, "--format", "llmc", "--output", tmp_path / "keep.bin"]) == \
+        f"--output {tmp_path / 'keep.bin'}: already exists; add --overwrite to replace it, or choose another --output"
+    assert (tmp_path / "keep.bin").read_bytes() == b"earlier work"
+    assert export.main([str(source), "--format", "llmc-bf16", "--output", str(tmp_path / "keep.bin"), "--overwrite"]) == 0
+    assert capsys.readouterr().out.startswith(f"replaced {tmp_path / 'keep.bin'} (llmc-bf16: 2 layers")
+    assert convert.read_llmc_config(str(tmp_path / "keep.bin")) == (cfg, torch.bfloat16)
+
+    # a Hugging Face folder: refused, then replaced whole (no file of the old one stays beside the new one)
+    hf = tmp_path / "hf"
+    assert export.main([str(source), "--format", "hf", "--output", str(hf)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {hf} (hf: ")
+    (hf / "pytorch_model.bin").write_bytes(b"an older model")
+    assert export_error([source, "--format", "hf", "--output", hf]) == \
+        f"--output {hf}: already holds a Hugging Face model; add --overwrite to replace that folder, or choose another --output"
+    assert export.main([str(source), "--format", "hf", "--output", str(hf), "--overwrite"]) == 0
+    assert capsys.readouterr().out.startswith(f"replaced {hf} (hf: ")
+    assert export.main([str(source), "--format", "hf", "--output", str(tmp_path / "fresh")]) == 0
+    assert sorted(os.listdir(hf)) == sorted(os.listdir(tmp_path / "fresh")) and not os.path.exists(f"{hf}.tmp")
+    capsys.readouterr()
+    # a folder of other files is never replaced, --overwrite or not
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert export_error([source, "--format", "hf", "--output", tmp_path / "notes", "--overwrite"]) == \
+        f"--output {tmp_path / 'notes'}: a folder of other files (no config.json); the hf format writes a new or empty folder"
+    assert os.listdir(tmp_path / "notes") == ["todo.txt"]
+
+
+def test_export_to_a_place_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """As root, os.access says /sys can be written; the write itself then fails, and says so in one line."""
+    cfg, model = trained_like_state()
+    convert.write_llmc(str(tmp_path / "m.bin"), cfg, model.state_dict())
+    for fmt, output in (("llmc", "/sys/x.bin"), ("hf", "/sys/x_hf")):
+        assert export.main([str(tmp_path / "m.bin"), "--format", fmt, "--output", output]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("ds_train.export: error: ") and output in err, err
+        assert not os.path.exists(output) and not os.path.exists(output + ".tmp")
