@@ -243,6 +243,25 @@ def test_plot_draws_runs_into_a_png(tmp_path, capsys):
     assert [len(r.train) for r in runs] == [200, 200] and [len(r.hellaswag) for r in runs] == [4, 4]
 
 
+def test_plot_skips_nan_losses_and_says_what_it_wrote(tmp_path, capsys):
+    """ds_train logs trl:nan for a skipped step: the smoothed curve goes on past it to the last step."""
+    lines = [f"s:{s} trl:{'nan' if s == 30 else 'inf' if s == 31 else f'{8 * 0.99 ** s:.4f}'} lr:0.000600 norm:1.00"
+             for s in range(301)]
+    (tmp_path / "main.log").write_text("\n".join(lines + ["s:0 tel:8.1000", "s:300 tel:nan"]) + "\n")
+    steps, losses, smoothed = plot.train_curve(plot.read_log(str(tmp_path)))
+    assert steps[-1] == 300 and len(steps) == 299 and 30 not in steps and 31 not in steps
+    assert all(np.isfinite(smoothed)) and smoothed[-1] < smoothed[28]
+    # no extension: .png is added, and the path printed is the file written; an existing folder gets main.png
+    (tmp_path / "plots").mkdir()
+    for output, written in ((tmp_path / "plotfile", tmp_path / "plotfile.png"), (tmp_path / "plots", tmp_path / "plots" / "main.png"),
+                            (tmp_path / "p.svg", tmp_path / "p.svg")):
+        assert plot.main([str(tmp_path), "--output", str(output)]) == 0
+        assert capsys.readouterr().out == f"note: {tmp_path}: nan/inf loss at 3 step(s) (30, 31, 300), left out of the curves\n" \
+                                          f"wrote {written}\n"
+        assert written.stat().st_size > 10000
+    assert b"<svg" in (tmp_path / "p.svg").read_bytes()[:1000]
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 def test_bad_model_files_and_paths(tmp_path, capsys):
@@ -273,6 +292,14 @@ def test_bad_model_files_and_paths(tmp_path, capsys):
     assert error(evaluate, ["--model", good, "--hellaswag", "--hellaswag_data", tmp_path / "none.jsonl"]) == \
         f"--hellaswag_data {tmp_path / 'none.jsonl'}: no such file (prepare it with python -m ds_train.prepare hellaswag)"
     assert error(plot, [tmp_path / "nolog"]) == f"{tmp_path / 'nolog'}: cannot read: No such file or directory"
+    assert error(plot, [good]) == f"{good}: not a text file (not UTF-8: invalid continuation byte); expected a main.log"
+    (tmp_path / "diverged.log").write_text("s:0 trl:nan lr:0.1 norm:1\ns:1 trl:inf lr:0.1 norm:1\n")
+    assert error(plot, [tmp_path / "diverged.log"]) == f"{tmp_path / 'diverged.log'}: every loss in it is nan or inf; there is nothing to plot"
+    (tmp_path / "main.log").write_text("s:0 trl:10.9 lr:0.1 norm:1\ns:1 trl:10.5 lr:0.1 norm:1\n")
+    assert error(plot, [tmp_path, "--output", tmp_path / "no" / "p.png"]) == f"--output {tmp_path / 'no' / 'p.png'}: no such folder {tmp_path / 'no'}"
+    assert re.fullmatch(rf"--output {tmp_path / 'p.xyz'}: unsupported format \.xyz; expected one of .*\bpdf, .*\bpng, .*\bsvg\b.*",
+                        error(plot, [tmp_path, "--output", tmp_path / "p.xyz"]))
+    assert error(plot, [tmp_path, "--output", "/sys/p.png"]) == "--output /sys/p.png: cannot write: Permission denied"
     # a model file whose shape does not fit the flags: the trainer refuses it before starting
     proc = subprocess.run([sys.executable, MAIN, "--ds_config", CPU_CONFIG, "-e", str(good), "-t", "2048"], cwd=REPO,
                           env=child_env(), capture_output=True, text=True)
