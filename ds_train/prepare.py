@@ -33,6 +33,7 @@ from ds_train.tokenizer import encode_document
 
 DATASETS = ("fineweb", "edu_fineweb", "tinyshakespeare", "tinystories", "hellaswag")
 TINYSHAKESPEARE_VAL_TOKENS = 32768  # llm.c: the first 32768 tokens are val
+SHARD_RECORD = {"file": str, "tokens": int, "next_doc": int, "next_token": int}  # NAME.prepare.json's entry per shard
 
 
 class Tokenizer:
@@ -89,6 +90,20 @@ class Progress:
                 f"({self.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
 
 
+def state_problem(state) -> str:
+    """What is wrong with a loaded NAME.prepare.json, or None: its shape is checked before resuming from it."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    if not isinstance(state.get("shards"), list):
+        return 'no "shards" list'
+    if not isinstance(state.get("complete"), bool):
+        return 'no "complete" true/false'
+    for i, shard in enumerate(state["shards"]):
+        if not (isinstance(shard, dict) and all(type(shard.get(key)) is kind for key, kind in SHARD_RECORD.items())):
+            return f"shard entry {i} is not {{{', '.join(f'{key!r}: {kind.__name__}' for key, kind in SHARD_RECORD.items())}}}"
+    return None
+
+
 class ShardedOutput:
     """llm.c's FineWeb layout: shards of exactly shard_size tokens (the last one shorter), the first named val
     and the rest train, a document that does not fit continuing at the start of the next shard.
@@ -110,8 +125,15 @@ class ShardedOutput:
     def _load(self, fresh: dict) -> dict:
         if not os.path.exists(self.state_path):
             return fresh
-        with open(self.state_path) as f:
-            state = json.load(f)
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                state = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise self._damaged(f"not JSON: {e}") from None
+        except OSError as e:
+            raise UserError(f"{self.state_path}: cannot read: {e.strerror}") from None
+        if problem := state_problem(state):
+            raise self._damaged(problem)
         for key in ("source", "shard_size"):
             if state.get(key) != fresh[key]:
                 raise UserError(f"--output_dir {self.out_dir}: holds a {self.name} prep with {key} {state.get(key)!r}, "
@@ -122,6 +144,10 @@ class ShardedOutput:
                 state["shards"], state["complete"] = state["shards"][:i], False
                 break
         return state
+
+    def _damaged(self, what: str) -> UserError:
+        return UserError(f"{self.state_path}: damaged ({what}); delete it to start this prep over "
+                         f"(its shards are then written again)")
 
     @staticmethod
     def _intact(path: str, tokens: int) -> bool:

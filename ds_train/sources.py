@@ -6,11 +6,15 @@ Everything here yields plain text documents; tokenizing and sharding them is pre
 
 import glob
 import gzip
+import io
 import itertools
 import json
+import logging
 import os
 import shutil
+import tarfile
 import urllib.request
+import zlib
 
 from tqdm import tqdm
 
@@ -27,9 +31,26 @@ FINEWEB_SAMPLES = {"10B": "sample-10BT", "100B": "sample-100BT"}
 TEXT_KINDS = (".txt", ".jsonl", ".parquet")
 
 
+class GzipReader(gzip.GzipFile):
+    """A gzip file that reports being cut short as the OSError it raises for other damage (BadGzipFile), not
+    as EOFError, so that every reader here, which says "cannot read" for an OSError, says it for that too."""
+
+    def read(self, size=-1):
+        try:
+            return super().read(size)
+        except EOFError as e:
+            raise gzip.BadGzipFile(f"truncated gzip file: {e}") from None
+
+    def read1(self, size=-1):  # what a text wrapper reads a line at a time with
+        try:
+            return super().read1(size)
+        except EOFError as e:
+            raise gzip.BadGzipFile(f"truncated gzip file: {e}") from None
+
+
 def open_text(path: str):
     """A text file, gzip-compressed or not, decoded strictly as UTF-8."""
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+    return io.TextIOWrapper(GzipReader(path), encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
 
 
 def read_text(path: str) -> str:
@@ -80,6 +101,10 @@ def hf_documents(load_args: dict, field: str, what: str):
     import datasets
 
     datasets.disable_progress_bars()
+    # the json loader logs each error just before raising it; the raise is reported below, in one line
+    json_log = logging.getLogger("datasets.packaged_modules.json.json")
+    json_level = json_log.level
+    json_log.setLevel(logging.CRITICAL)
     try:
         rows = datasets.load_dataset(**load_args, split="train", streaming=True)
         for row in rows:
@@ -92,6 +117,8 @@ def hf_documents(load_args: dict, field: str, what: str):
         raise UserError(f"{what}: not UTF-8 text ({e.reason})") from None
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as e:  # unreadable, malformed
         raise UserError(f"{what}: cannot read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        json_log.setLevel(json_level)
 
 
 def input_files(path: str, kinds=TEXT_KINDS) -> list:
@@ -145,16 +172,29 @@ def tinystories_shards(input_path: str, work_dir: str) -> list:
             raise UserError(f"cannot download {TINYSTORIES_FILE} from {TINYSTORIES_REPO} ({type(e).__name__}); "
                             f"pass --input with the archive or its data*.json files") from None
     if input_path.endswith((".tar.gz", ".tgz")):
-        import tarfile
-
         folder = os.path.join(work_dir, "TinyStories_all_data")
         if not os.path.isdir(folder):
-            print(f"unpacking {input_path} to {folder}")
-            with tarfile.open(input_path) as tar:
-                tar.extractall(folder + ".tmp", filter="data")
-            os.replace(folder + ".tmp", folder)
+            unpack(input_path, folder)
         input_path = folder
     return input_files(input_path, kinds=(".json",) + TEXT_KINDS)
+
+
+def unpack(archive: str, folder: str):
+    """Extract a .tar.gz into `folder`, which appears only when the whole archive is out."""
+    if not os.path.isfile(archive):
+        raise UserError(f"--input {archive}: no such file")
+    print(f"unpacking {archive} to {folder}")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(folder + ".tmp", filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:  # not a tar.gz, cut short, damaged
+        shutil.rmtree(folder + ".tmp", ignore_errors=True)
+        reason = str(e).splitlines()[0].rstrip(":") or type(e).__name__
+        raise UserError(f"{archive}: not a readable .tar.gz ({reason}); expected TinyStories_all_data.tar.gz") from None
+    except OSError as e:
+        shutil.rmtree(folder + ".tmp", ignore_errors=True)
+        raise UserError(f"{folder}: cannot unpack {archive} there: {e.strerror or e}") from None
+    os.replace(folder + ".tmp", folder)
 
 
 def tinystories_stories(path: str) -> list:

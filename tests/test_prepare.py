@@ -261,3 +261,55 @@ def test_a_prep_with_other_settings_is_not_mixed_into_an_output_dir(tmp_path, ca
 def test_help():
     proc = subprocess.run([sys.executable, "-m", "ds_train.prepare", "--help"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "--shard_size TOKENS" in proc.stdout and "tinystories" in proc.stdout
+
+
+def test_damaged_archives_gzip_files_and_prep_records_get_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "doc.txt").write_text("hello world " * 100)
+    fineweb = ["fineweb", "--input", tmp_path / "doc.txt", "--output_dir", out, "--shard_size", 1000]
+    run_prepare(capsys, *fineweb)
+    record = out / "fineweb.prepare.json"
+    good_record = json.loads(record.read_text())
+    record.write_text('{"name": "fineweb", "sour')  # cut short
+    assert prepare_error(capsys, *fineweb) == (f"{record}: damaged (not JSON: Unterminated string starting at: line 1 "
+                                               "column 21 (char 20)); delete it to start this prep over (its shards are then written again)")
+    record.write_text(json.dumps({k: v for k, v in good_record.items() if k != "shards"}))
+    assert prepare_error(capsys, *fineweb) == \
+        f"{record}: damaged (no \"shards\" list); delete it to start this prep over (its shards are then written again)"
+    record.unlink()
+    assert run_prepare(capsys, *fineweb).startswith("done:")
+
+    # a .tar.gz that is not one, and a real one cut short: nothing half-unpacked stays behind
+    (tmp_path / "fake.tar.gz").write_text("not an archive")
+    assert prepare_error(capsys, "tinystories", "--input", tmp_path / "fake.tar.gz", "--output_dir", out / "a") == \
+        f"{tmp_path / 'fake.tar.gz'}: not a readable .tar.gz (not a gzip file); expected TinyStories_all_data.tar.gz"
+    (tmp_path / "shards").mkdir()
+    rng = random.Random(0)
+    for i in range(2):
+        json.dump([{"story": " ".join(str(rng.random()) for _ in range(50))} for _ in range(300)],
+                  open(tmp_path / "shards" / f"data{i:02d}.json", "w"))
+    subprocess.run(["tar", "czf", str(tmp_path / "all.tar.gz"), "-C", str(tmp_path / "shards"), "."], check=True)
+    (tmp_path / "cut.tar.gz").write_bytes((tmp_path / "all.tar.gz").read_bytes()[:100000])
+    assert prepare_error(capsys, "tinystories", "--input", tmp_path / "cut.tar.gz", "--output_dir", out / "b") == \
+        (f"{tmp_path / 'cut.tar.gz'}: not a readable .tar.gz (Compressed file ended before the end-of-stream marker was "
+         "reached); expected TinyStories_all_data.tar.gz")
+    assert os.listdir(out / "a") == os.listdir(out / "b") == []
+
+    # gzipped text cut short: the play, and HellaSwag's jsonl (its whole gzip stream is read line by line)
+    play = open(sources.TINYSHAKESPEARE_SHIPPED, "rb").read()
+    (tmp_path / "play.txt.gz").write_bytes(play[:len(play) // 2])
+    assert prepare_error(capsys, "tinyshakespeare", "--input", tmp_path / "play.txt.gz", "--output_dir", out / "c") == \
+        f"{tmp_path / 'play.txt.gz'}: cannot read: truncated gzip file: Compressed file ended before the end-of-stream marker was reached"
+    hellaswag = open(sources.HELLASWAG_SHIPPED, "rb").read()
+    (tmp_path / "hs.jsonl.gz").write_bytes(hellaswag[:len(hellaswag) // 2])
+    assert prepare_error(capsys, "hellaswag", "--input", tmp_path / "hs.jsonl.gz", "--output_dir", out / "d") == \
+        f"{tmp_path / 'hs.jsonl.gz'}: cannot read: truncated gzip file: Compressed file ended before the end-of-stream marker was reached"
+
+
+def test_a_broken_jsonl_is_one_line_on_stderr(tmp_path):
+    """The datasets library logs its own error line before raising; ds_train's line is the only one."""
+    (tmp_path / "broken.jsonl").write_text("this is not json\n")
+    proc = subprocess.run([sys.executable, "-m", "ds_train.prepare", "fineweb", "--input", str(tmp_path / "broken.jsonl"),
+                           "--output_dir", str(tmp_path / "out"), "--workers", "1"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == \
+        f"ds_train.prepare: error: {tmp_path / 'broken.jsonl'}: cannot read: ArrowInvalid: JSON parse error: Invalid value. in row 0\n"
