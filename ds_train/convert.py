@@ -101,7 +101,8 @@ def read_llmc(path: str):
 
 
 def write_hf(path: str, cfg: GPTConfig, state: dict):
-    """A Hugging Face GPT-2 folder: config.json, model.safetensors and the GPT-2 tokenizer files."""
+    """A Hugging Face GPT-2 folder: config.json, model.safetensors and the GPT-2 tokenizer files. An existing
+    folder at `path` is replaced whole (export asks for --overwrite, and takes only a model folder, first)."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
     hf_config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,

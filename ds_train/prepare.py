@@ -90,7 +90,7 @@ class Progress:
                 f"({self.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
 
 
-def state_problem(state) -> str:
+def state_problem(state) -> str | None:
     """What is wrong with a loaded NAME.prepare.json, or None: its shape is checked before resuming from it."""
     if not isinstance(state, dict):
         return "not a JSON object"

@@ -31,7 +31,7 @@ FINEWEB_SAMPLES = {"10B": "sample-10BT", "100B": "sample-100BT"}
 TEXT_KINDS = (".txt", ".jsonl", ".parquet")
 
 
-class GzipReader(gzip.GzipFile):
+class StrictGzipFile(gzip.GzipFile):
     """A gzip file that reports being cut short as the OSError it raises for other damage (BadGzipFile), not
     as EOFError, so that every reader here, which says "cannot read" for an OSError, says it for that too."""
 
@@ -50,7 +50,7 @@ class GzipReader(gzip.GzipFile):
 
 def open_text(path: str):
     """A text file, gzip-compressed or not, decoded strictly as UTF-8."""
-    return io.TextIOWrapper(GzipReader(path), encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+    return io.TextIOWrapper(StrictGzipFile(path), encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
 
 
 def read_text(path: str) -> str:
@@ -184,6 +184,7 @@ def unpack(archive: str, folder: str):
     if not os.path.isfile(archive):
         raise UserError(f"--input {archive}: no such file")
     print(f"unpacking {archive} to {folder}")
+    shutil.rmtree(folder + ".tmp", ignore_errors=True)  # left by an interrupted unpacking
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(folder + ".tmp", filter="data")
