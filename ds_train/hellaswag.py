@@ -45,8 +45,8 @@ def load_examples(path: str) -> list:
                 examples.append(_parse(line, f"{path}:{number}"))
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
-    except (EOFError, zlib.error) as e:  # gzip's own: the .gz stops early (a cut download) or is damaged
-        raise UserError(f"{path}: the gzip data is truncated or damaged ({e}); expected a whole .gz file") from None
+    except zlib.error as e:  # damaged deflate data (a .gz cut short is an OSError from sources.open_text)
+        raise UserError(f"{path}: the gzip data is damaged ({e}); expected a whole .gz file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
     if not examples:
