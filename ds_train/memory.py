@@ -8,10 +8,10 @@ Model states, bytes per parameter (N parameters, W ranks):
   AdamW's two moments 8 (ZeRO 1-3: /W). Under ZeRO-1 the module's bf16 gradients, 2, exist only from a
   backward to their fold into the fp32 ones (update.fold_bf16_gradients_in_one_kernel): they fill up as the
   activations are freed, so they count only where they outgrow the activations and the loss's working memory,
-  which happens late in backward at -r 3 (its block inputs then counted whole, an upper bound). Since
-  ds_train.weight_grad the blocks' linear weights get no bf16 gradient (their matmuls add into the fp32 ones),
-  which should take 24 C^2 bytes a block off that (d48: 2.7 GiB); the -r 3 peaks the tests compare with were
-  measured before it, so the estimate still counts them until they are measured again.
+  which happens late in backward at -r 3 (its block inputs then counted whole, an upper bound). The blocks'
+  linear weights get none (ds_train.weight_grad: their matmuls add into the fp32 ones), 24 C^2 bytes a block
+  fewer (d48: 2.7 GiB). Counted, they had put d48's -r 3 estimate 2.3 GiB above the H200's peaks, 30.02 GiB before
+  weight_grad (2026-12-03) and 29.83 after (2026-12-05): the peak came before all of them were held even then.
   fp32 runs: weights 4, gradients 4, AdamW 8, and under ZeRO a separate fp32 partition, 4/W. ZeRO-3 adds
   its gather and reduce buffers (ZERO3_BUFFERS, measured).
   --offload optimizer moves the master weights, the moments and the fp32 gradients to the host (offloaded()),
@@ -64,8 +64,10 @@ def estimate(run: RunConfig) -> list:
     loss = chunk + 4 * m.padded_vocab_size * m.n_embd + tokens * m.n_embd * value
     parts = [("weights", weights), ("gradients", grads), ("optimizer (fp32 master + AdamW)", optimizer),
              ("activations", layers), ("loss (chunked logits)", loss)]
-    if run.bf16 and stage == 1 and not offload_optimizer:  # BF16_Optimizer's module gradients late in backward
-        beyond = 2 * N + (layers if run.recompute == 3 else 0) - layers - loss
+    if run.bf16 and stage == 1 and not offload_optimizer:  # BF16_Optimizer's module gradients late in backward,
+        # but for the blocks' four linear weights (12 C^2 parameters a block), whose matmuls write the fp32 ones
+        bf16_grads = 2 * (N - 12 * m.n_layer * m.n_embd ** 2)
+        beyond = bf16_grads + (layers if run.recompute == 3 else 0) - layers - loss
         if beyond > 0:
             parts.append(("bf16 gradients beyond the activations", beyond))
     if stage == 3:  # its gather, prefetch and reduce buffers: 1.3 GiB more than the rest at d12 on an H100

@@ -44,14 +44,14 @@ def test_the_estimate_of_recompute_level_1_saves_what_the_h200_measured():
 @pytest.mark.parametrize("argv, measured_gib", [
     (["-e", "d12", "-b", 8, "-d", 524288, "-r", 0], 5.36),  # 64 micro-steps: the bf16 gradients released each
     (["-e", "d48", "-b", 16, "-d", 131072, "-r", 0], 64.98),
-    (["-e", "d48", "-b", 16, "-d", 16384, "-r", 3], 32.1),  # -r 3: the bf16 gradients outgrow the activations
-    (["-e", "d24", "-b", 32, "-d", 32768, "-r", 3], 8.9),
+    (["-e", "d48", "-b", 16, "-d", 16384, "-r", 3], 29.83),  # -r 3: the bf16 gradients outgrow the activations
+    (["-e", "d24", "-b", 32, "-d", 32768, "-r", 3], 8.79),
 ])
-def test_the_zero1_estimate_is_close_to_the_h100_peaks(argv, measured_gib):
-    """bf16 ZeRO-1 peaks measured on the H100 with the bf16 gradients released after their fold
-    (bench/results/h100_2026-11-25_release/, and h100_2026-11-25_memory/ for -r 3, whose one micro-step per step
-    held no more before): the estimate at most 0.75 GiB below them (auto_fit keeps 10% of the GPU free) and
-    0.5 GiB above."""
+def test_the_zero1_estimate_is_close_to_the_measured_peaks(argv, measured_gib):
+    """bf16 ZeRO-1 peaks with the bf16 gradients released after their fold, measured on the H100
+    (bench/results/h100_2026-11-25_release/) and, for -r 3, on an H200 with the code of now
+    (bench/results/h200_2026-12-05_lease6/r3/; the H100's 32.1 and 8.9 GiB were of the code of 2026-11-25): the
+    estimate at most 0.75 GiB below them (auto_fit keeps 10% of the GPU free) and 0.5 GiB above."""
     estimate = estimate_gib(["--ds_config", GPT2_1558M, "-t", 1024, "-z", 1, *argv])
     assert measured_gib - 0.75 <= estimate <= measured_gib + 0.5
 
