@@ -7,8 +7,8 @@
 #   bash bench/scaling.sh [GPU counts, default: 1 2 4 8 up to the GPUs present]
 # (from the repo root; on the lent GPU machine carry .whl, as for bench/throughput.sh). MODELS (default "d12 d48")
 # and STAGES (default "1 3") pick the runs, MASTER_PORT the launcher's port (default 29500). MODELS=tiny is the
-# quickstart's 4-layer model (B=8, T=64): it takes the whole script through its launches in a minute, in fp32 on CPU
-# ranks where there is no GPU (tests/test_bench.py runs it on 1 and 2 ranks).
+# tests' 2-layer model (B=8, T=32): it takes the whole script through its launches in well under a minute, in fp32 on
+# CPU ranks where there is no GPU (tests/test_bench.py runs it on 1 and 2 ranks).
 # The launcher hands its environment to the ranks: on the lent machines NVLink multicast stays off
 # (NCCL_NVLS_ENABLE=0 and the like are set there; leave them so).
 set -u -o pipefail
@@ -27,7 +27,7 @@ for n in $counts; do
     case $model in
       d12) B=64 T=1024 steps=15 json=gpt2_124M arch=d12 ;;
       d48) B=16 T=1024 steps=10 json=gpt2_1558M arch=d48 ;;
-      tiny) B=8 T=64 steps=8 json=quickstart arch=gpt2:d4:c128:h4 ;;
+      tiny) B=8 T=32 steps=8 json=quickstart arch=gpt2:d2:c64:h2 ;;
       *) echo "scaling.sh: MODELS: unknown model $model (d12, d48, tiny)" >&2; exit 2 ;;
     esac
     for z in ${STAGES:-1 3}; do

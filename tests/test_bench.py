@@ -81,7 +81,7 @@ def test_the_scaling_script_launches_each_rank_count_at_the_same_per_rank_batch(
         settings = settings_table(log)
         assert (settings["num_processes"], settings["micro batch size B"], settings["grad_accum_steps"]) == \
             (str(n), "8", "1")
-        assert settings["total batch size"] == str(8 * 64 * n)
+        assert settings["total batch size"] == str(8 * 32 * n)
     one, two = (tokens_per_second(logs[n], 4, 8) for n in (1, 2))
     assert_one_and_two_rank_rows(scaling_rows(script.stdout), "tiny_z1", one, two)
     assert host_facts((out / "host.txt").read_text())["cpu_cores"] == str(os.cpu_count())  # bench/device_env.sh's
