@@ -164,7 +164,8 @@ def check_resume_step(run: config.RunConfig, resume_step, num_steps: int):
 def check_same_data(run: config.RunConfig, streams: list, where: str):
     """The saved data position is a place in a permutation of particular shards: it continues only the same
     shuffle of the same files."""
-    saved_shuffle, shuffle = bool(streams[0]["layout"][4]), run.shuffle
+    _, _, _, _, saved_shuffle = streams[0]["layout"]  # B, T, rank, world, shuffle (data.ShardLoader.state_dict)
+    saved_shuffle, shuffle = bool(saved_shuffle), run.shuffle
     if saved_shuffle != shuffle:
         raise UserError(f"-y 1: {where} was trained with --shuffle {int(saved_shuffle)}, this run asks for --shuffle "
                         f"{int(shuffle)}; resume with --shuffle {int(saved_shuffle)} (or start a new run in another -o)")
