@@ -17,7 +17,9 @@
 #   eval      d12 with val loss, HellaSwag and a sample every 5 steps (bench/throughput.sh eval): the val loss no
 #             longer computes the head's gradients (2026-12-05), so its cost again
 #   zero3     d12 B=64 x 8 at ZeRO-1 and ZeRO-3 alternating three times: ZeRO-3's cost since a step waits for the
-#             GPU once (4.8-19.1% before, on different hosts)
+#             GPU once (4.8-19.1% before, on different hosts; +26-30% on 2026-12-05)
+#   zero3_profile  one step of d12 B=64 x 8 at ZeRO-3 under torch.profiler and under cProfile (bench/profile_step.py
+#             --python_profile): where the host's time goes on a host where ZeRO-3 costs +26-30%
 #   scaling   bench/scaling.sh, where there is more than one GPU (16 runs on 8 GPUs, about half an hour: on a
 #             machine with several GPUs run `bash bench/owed.sh BASE_TREE scaling` first, the one part only it can do)
 # Then the results go in bench/results/<gpu>_<date>_<what>/ with a NOTES.md, and the figures in docs/performance.md
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 [ -d "${1:-}" ] || { echo "owed.sh: BASE_TREE: expected the folder of the code to compare with (got '${1:-}')" >&2; exit 2; }
 base=$(cd "$1" && pwd)
 shift
-all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 scaling"
+all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 zero3_profile scaling"
 parts=${*:-$all_parts}
 for part in $parts; do
   [[ " $all_parts " == *" $part "* ]] || { echo "owed.sh: unknown part '$part' (expected some of: $all_parts)" >&2; exit 2; }
@@ -76,6 +78,12 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
         done
       done
       "$PYTHON" bench/summarize.py "$OUT"/zero3/d12_zero*.log --first 4 --last 16 | tee "$OUT/zero3/summary.txt" ;;
+    zero3_profile)
+      for how in kernels python; do
+        extra=(); [ $how = python ] && extra=(--python_profile 25)
+        timeout 300 "$PYTHON" bench/profile_step.py "${D12[@]}" -z 3 -r 0 "${extra[@]}" \
+          -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" > "$OUT/profile_d12_z3_$how.txt" 2>&1
+      done ;;
     scaling)
       if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -gt 1 ]; then
         OUT=$OUT/scaling bash bench/scaling.sh
