@@ -222,6 +222,10 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
 
     path = args.ds_config
     ds = copy.deepcopy(load_json(path))
+    if "bfloat16" in ds:  # DeepSpeed's old name for "bf16", which it still reads (after "bf16", were both there)
+        _check("bf16" not in ds, f"--ds_config {path}: both \"bf16\" and \"bfloat16\" (its old name); keep one")
+        _check(isinstance(ds["bfloat16"], dict), f"--ds_config {path}: \"bfloat16\" must be an object, got {ds['bfloat16']!r}")
+        ds["bf16"] = ds.pop("bfloat16")
     _check_json_types(ds, path)
     merge = _Merge()
     zero = ds.get("zero_optimization", {})

@@ -156,6 +156,9 @@ def test_precision(tmp_path):
     run, ds, _ = resolve(tmp_path, ["-z", "1"], {"bf16": {"enabled": True}})
     assert run.bf16 and ds["bf16"]["enabled"] is True and ds["data_types"] == {"grad_accum_dtype": "fp32"}
     assert resolve(tmp_path, [], {"bf16": {"enabled": False}}, gpu=True)[0].bf16 is False
+    # DeepSpeed's old name for the section is read as "bf16", not passed over for the GPU default
+    run, ds, _ = resolve(tmp_path, ["-z", "1"], {"bfloat16": {"enabled": False}}, gpu=True)
+    assert run.bf16 is False and ds["bf16"]["enabled"] is False and "bfloat16" not in ds
 
 
 def test_deepspeed_s_bf16_overflow_scan_is_off_unless_the_json_asks(tmp_path):
@@ -261,6 +264,8 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     ([], {"activation_checkpointing": {"cpu_checkpointing": True}},
      r"activation_checkpointing.cpu_checkpointing needs partition_activations: true too"),
     ([], {"bf16": True}, r"\"bf16\" must be an object, got True"),
+    ([], {"bf16": {"enabled": True}, "bfloat16": {"enabled": False}}, r"both \"bf16\" and \"bfloat16\" \(its old name\); keep one"),
+    ([], {"bfloat16": True}, r"\"bfloat16\" must be an object, got True"),
     ([], {"zero_optimization": 2}, r"\"zero_optimization\" must be an object, got 2"),
     ([], {"train_micro_batch_size_per_gpu": "16"}, r"train_micro_batch_size_per_gpu must be a positive integer, got '16'"),
     ([], {"zero_optimization": {"stage": "3"}}, r"zero_optimization.stage must be 0, 1, 2 or 3, got '3'"),
