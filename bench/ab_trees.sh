@@ -7,7 +7,8 @@
 # (on the lent GPU machine carry it, and .whl). Each tree JIT-builds its extensions into its own folder, even
 # when both have the same ds_train/csrc: torch's build files name each source by its path, so one folder shared by
 # two trees rebuilt ds_train's extensions at every switch (a minute a run, 2026-12-04).
-# Logs in $OUT/NAME (default bench_out/ab).
+# Logs in $OUT/NAME (default bench_out/ab). FIRST=new runs this tree first in each round (a second call in the other
+# order, where a single round per call is all the device time allows).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 base=$(cd "$1" && pwd) name=$2 rounds=$3 steps=$4
@@ -20,8 +21,10 @@ random_shards || exit 1
 [[ $PYTHON == */* ]] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")  # the runs start in either tree
 extensions=${TORCH_EXTENSIONS_DIR}
 
+order="base new"
+[ "${FIRST:-base}" = new ] && order="new base"
 for i in $(seq "$rounds"); do
-  for side in base new; do
+  for side in $order; do
     tree=$([ $side = base ] && echo "$base" || pwd)
     (cd "$tree" && TORCH_EXTENSIONS_DIR="$extensions/$side" train_run "${side}_$i" "$steps" "$@")
   done
