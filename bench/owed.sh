@@ -18,9 +18,9 @@
 #   eval      d12 with val loss, HellaSwag and a sample every 5 steps (bench/throughput.sh eval): the val loss no
 #             longer computes the head's gradients (2026-12-05), so its cost again
 #   zero3     d12 B=64 x 8 at ZeRO-1 and ZeRO-3 alternating three times: ZeRO-3's cost since a step waits for the
-#             GPU once (4.8-19.1% before, on different hosts; +26-30% on 2026-12-05)
+#             GPU once (4.8-19.1% before, on different hosts; +26-30% and +6.9-8.4% on two hosts on 2026-12-05)
 #   zero3_profile  one step of d12 B=64 x 8 at ZeRO-3 under torch.profiler and under cProfile (bench/profile_step.py
-#             --python_profile): where the host's time goes on a host where ZeRO-3 costs +26-30%
+#             --python_profile): where the host's time goes (2026-12-05: the host 98% busy, the GPU waiting for it)
 #   scaling   bench/scaling.sh, where there is more than one GPU (16 runs on 8 GPUs, about half an hour: on a
 #             machine with several GPUs run `bash bench/owed.sh BASE_TREE scaling` first, the one part only it can do)
 # Then the results go in bench/results/<gpu>_<date>_<what>/ with a NOTES.md, and the figures in docs/performance.md
