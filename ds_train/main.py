@@ -161,20 +161,25 @@ def check_resume_step(run: config.RunConfig, resume_step, num_steps: int):
                         f"{steps}: there is nothing to train; resume with an -x above {resume_step}")
 
 
-def check_same_data(run: config.RunConfig, streams: list, where: str):
+def train_flag(run: config.RunConfig) -> str:
+    """The flag that names the train shards in messages: -a 1 trains on -j's."""
+    return "-j (with -a 1)" if run.overfit_single_batch else "-i"
+
+
+def check_same_data(run: config.RunConfig, streams: list, where: str, train_files: list):
     """The saved data position is a place in a permutation of particular shards: it continues only the same
-    shuffle of the same files."""
+    shuffle of the same files (`train_files`, this run's)."""
     _, _, _, _, saved_shuffle = streams[0]["layout"]  # B, T, rank, world, shuffle (data.ShardLoader.state_dict)
     saved_shuffle, shuffle = bool(saved_shuffle), run.shuffle
     if saved_shuffle != shuffle:
         raise UserError(f"-y 1: {where} was trained with --shuffle {int(saved_shuffle)}, this run asks for --shuffle "
                         f"{int(shuffle)}; resume with --shuffle {int(saved_shuffle)} (or start a new run in another -o)")
-    flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
     saved_files = streams[0]["files"]
-    files = [os.path.basename(path) for path in find_shards(run.train_data, flag)]
+    files = [os.path.basename(path) for path in train_files]
     if saved_files != files:
-        raise UserError(f"-y 1: {where} was trained on {shard_names(saved_files)}, this run's {flag} {run.train_data} "
-                        f"gives {shard_names(files)}; resume with the same shards (or start a new run in another -o)")
+        raise UserError(f"-y 1: {where} was trained on {shard_names(saved_files)}, this run's {train_flag(run)} "
+                        f"{run.train_data} gives {shard_names(files)}; resume with the same shards (or start a new run "
+                        "in another -o)")
 
 
 def shard_names(names: list) -> str:
@@ -187,7 +192,7 @@ def resumed_loader(run: config.RunConfig, place, streams: list):
     stream_B, stream_world = streams[0]["layout"][0], len(streams)
     if (stream_B, stream_world) == (run.B, run.world_size):
         loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle,
-                             vocab_size=run.model.vocab_size)
+                             flag=train_flag(run), vocab_size=run.model.vocab_size)
         loader.load_state_dict(streams[place.rank])
         return loader
     if (run.B * run.world_size * run.grad_accum) % (stream_B * stream_world):
@@ -195,19 +200,20 @@ def resumed_loader(run: config.RunConfig, place, streams: list):
                         f"{stream_world} ranks x {stream_B} rows x {run.T} tokens; resume with a multiple of "
                         f"{stream_world * stream_B * run.T} tokens")
     loader = ReplayLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.grad_accum, run.shuffle,
-                          stream_B, stream_world, vocab_size=run.model.vocab_size)
+                          stream_B, stream_world, flag=train_flag(run), vocab_size=run.model.vocab_size)
     loader.load_state_dict({"loaders": streams})
     return loader
 
 
-def resume_data(run: config.RunConfig, place, step: int, guard: UpdateGuard):
-    """Before the engine is built: check that checkpoint `step` of -o can continue this run -> (its run state,
-    the train loader that continues its data stream, this rank's RNG states)."""
+def resume_data(run: config.RunConfig, place, step: int, guard: UpdateGuard, train_files: list):
+    """Before the engine is built: check that checkpoint `step` of -o can continue this run, whose train shards
+    are `train_files` -> (its run state, the train loader that continues its data stream, this rank's RNG states)."""
     saved = checkpoint.client_state(os.path.join(run.output_dir, checkpoint.CHECKPOINTS), checkpoint.tag(step))
-    check_resumable(saved, run, checkpoint.step_dir(run.output_dir, step))
+    where = checkpoint.step_dir(run.output_dir, step)
+    check_resumable(saved, run, where)
     guard.load_state_dict(saved["update_guard"])
     streams, rng = checkpoint.rank_states(run.output_dir, step, saved["world_size"], place.rank)
-    check_same_data(run, streams, checkpoint.step_dir(run.output_dir, step))
+    check_same_data(run, streams, where, train_files)
     return saved, resumed_loader(run, place, streams), rng
 
 
@@ -254,7 +260,7 @@ def dry_run(args):
     num_steps = run.max_steps
     if num_steps < 1:
         try:
-            tokens = sum(read_shard_header(path) for path in find_shards(run.train_data, "-i"))
+            tokens = sum(read_shard_header(path) for path in find_shards(run.train_data, train_flag(run)))
             num_steps = tokens // run.total_batch_size
         except UserError as e:
             num_steps = None
@@ -311,15 +317,15 @@ def train(argv=None):
         args = auto_fit(args, place, distributed.print0)
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
     run = settle_kernels(args, run, notes)
-    train_flag = "-j (with -a 1)" if run.overfit_single_batch else "-i"
+    flag = train_flag(run)
     vocab_size = run.model.vocab_size  # the loaders refuse token ids the model has no embedding for
-    train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=train_flag,
+    train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=flag,
                                vocab_size=vocab_size)
     val_loader = ShardLoader(run.val_data, run.B, run.T, place.rank, place.world_size, shuffle=False, flag="-j",
                              vocab_size=vocab_size)
     num_steps = run.max_steps if run.max_steps > 0 else train_loader.num_tokens // run.total_batch_size
     if num_steps < 1:
-        raise UserError(f"{train_flag} {run.train_data}: {train_loader.num_tokens} tokens is less than one step of "
+        raise UserError(f"{flag} {run.train_data}: {train_loader.num_tokens} tokens is less than one step of "
                         f"{run.total_batch_size} tokens (-d); give -x or more data")
     notes += warmup_notes(run, num_steps)
     val_batches, val_note = val_num_batches(val_loader, run.val_max_steps, run.val_data)
@@ -341,7 +347,7 @@ def train(argv=None):
         check_resume_step(run, resume_step, num_steps)
     guard = UpdateGuard(run.skip_loss_z, run.skip_grad_z)
     if resume_step is not None:
-        saved, train_loader, rng = resume_data(run, place, resume_step, guard)
+        saved, train_loader, rng = resume_data(run, place, resume_step, guard, train_loader.files)
     engine = build_engine(run, ds_config)
     start_step = 0
     if resume_step is not None:
