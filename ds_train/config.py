@@ -204,6 +204,14 @@ class _Merge:
         return json_value if json_value is not None else default
 
 
+def hellaswag_file(path) -> str:
+    """--hellaswag_data's file, the shipped HellaSwag val where the flag is not given (main.py's -h 1 and
+    ds_train.evaluate's --hellaswag read the same default)."""
+    path = path or DEFAULT_HELLASWAG
+    _check(os.path.isfile(path), f"--hellaswag_data {path}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
+    return path
+
+
 def _check(condition: bool, message: str):
     if not condition:
         raise UserError(message)
@@ -297,9 +305,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
             _check(args.auto_fit, f"{flag} {gib:g}: only --auto_fit 1 plans with it")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
     _check(args.hellaswag or args.hellaswag_data is None, f"--hellaswag_data {args.hellaswag_data}: only -h 1 reads it")
-    hellaswag_data = args.hellaswag_data or DEFAULT_HELLASWAG
-    _check(not args.hellaswag or os.path.isfile(hellaswag_data),
-           f"--hellaswag_data {hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
+    hellaswag_data = hellaswag_file(args.hellaswag_data) if args.hellaswag else DEFAULT_HELLASWAG
     _check(args.resume or not args.resume_new_batch, "--resume_new_batch 1: only -y 1 uses it (a resumed run's new -d)")
     # flags set to what this run never reads (llm.c ignores them unsaid)
     if args.lr_schedule == "constant" and (unread := [f"{flag} {value:g}" for flag, value, default in (

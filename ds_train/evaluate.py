@@ -56,13 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         if value and not args.hellaswag:
             raise UserError(f"{flag} {value}: applies to HellaSwag, which runs only with --hellaswag")
     args.val_max_steps = -1 if args.val_max_steps is None else args.val_max_steps
-    args.hellaswag_data = args.hellaswag_data or config.DEFAULT_HELLASWAG
     if args.val_max_steps == 0 or args.val_max_steps < -1:
         raise UserError(f"-m {args.val_max_steps}: expected -1 (all) or a number of batches")
     if args.limit < 0 or args.micro_batch_size < 1 or args.gen_tokens < 0:
         raise UserError("--limit, -b and -g must be positive (or 0 for --limit and -g)")
-    if args.hellaswag and not os.path.isfile(args.hellaswag_data):
-        raise UserError(f"--hellaswag_data {args.hellaswag_data}: no such file (prepare it with python -m ds_train.prepare hellaswag)")
+    if args.hellaswag:
+        args.hellaswag_data = config.hellaswag_file(args.hellaswag_data)
     return args
 
 
