@@ -18,6 +18,8 @@ JIT-built by torch's C++ extension tools on first use) or a Triton kernel, each 
 logits with their gradient. The CUDA kernel reads the logits once where the Triton one reads them twice (d12's
 chunk: 0.28 against 0.39 ms on an H200, bench/softmax_onepass.py); it takes bf16 rows that fit twice in an SM's
 shared memory (H100 and H200: GPT-2's 50304 columns do; A100: they do not), and the Triton kernel takes the rest.
+A bf16 run on a CPU without fast bf16 matmuls (an AVX2 one: bf16 there is for tests) multiplies the head's bf16
+values in float32 and rounds the products to bf16, as a GPU's bf16 matmul does (_matmul).
 """
 
 import functools
@@ -48,6 +50,25 @@ def chunk_loss_and_grad(logits, targets, vocab_size: int, scale: float):
     return loss_sum, grad.mul_(scale).to(logits.dtype)
 
 
+@functools.cache
+def cpu_multiplies_bf16() -> bool:
+    """Whether torch hands this CPU's bf16 matmuls to oneDNN (AVX-512 or AMX, or Arm's bf16 extension). Elsewhere
+    its fallback kernels are slow: on an AVX2 CPU the head's input gradient for the tests' 256 rows took 1.3 s in
+    bf16 against 24 ms in float32, one thread each."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private check: a torch without it takes the float32 way below
+        return False
+
+
+def _matmul(a, b):
+    """a @ b. Where the CPU has no fast bf16 matmul, bf16 factors are multiplied in float32, where their products
+    are exact, and the result is rounded to bf16: what a bf16 matmul that accumulates in float32 gives."""
+    if a.dtype == torch.bfloat16 and a.device.type == "cpu" and not cpu_multiplies_bf16():
+        return (a.float() @ b.float()).to(a.dtype)
+    return a @ b
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """mean over rows of cross_entropy(x @ weight.T restricted to vocab_size columns, targets)."""
 
@@ -60,9 +81,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for start in range(0, rows, chunk_rows):
             x_chunk, t_chunk = x[start:start + chunk_rows], targets[start:start + chunk_rows]
-            loss_sum, grad_logits = loss_and_grad_fn(x_chunk @ weight.t(), t_chunk, vocab_size, 1.0 / rows)
+            loss_sum, grad_logits = loss_and_grad_fn(_matmul(x_chunk, weight.t()), t_chunk, vocab_size, 1.0 / rows)
             total += loss_sum
-            grad_x[start:start + chunk_rows] = grad_logits @ weight
+            grad_x[start:start + chunk_rows] = _matmul(grad_logits, weight)
             _accumulate(grad_weight, grad_logits, x_chunk)
         ctx.save_for_backward(grad_x, grad_weight.to(weight.dtype))
         return total / rows
@@ -79,8 +100,8 @@ def _accumulate(grad_weight, grad_logits, x_chunk):
         grad_weight.addmm_(grad_logits.t(), x_chunk)
     elif x_chunk.is_cuda:  # cuBLAS accumulates bf16 inputs into the float32 buffer in place
         torch.addmm(grad_weight, grad_logits.t(), x_chunk, out_dtype=torch.float32, out=grad_weight)
-    else:
-        grad_weight += (grad_logits.t() @ x_chunk).float()
+    else:  # on a CPU in float32 as well, as cuBLAS does (and without a bf16 product: see _matmul)
+        grad_weight.addmm_(grad_logits.t().float(), x_chunk.float())
 
 
 EAGER_CHUNK_FNS = (chunk_loss, chunk_loss_and_grad)
@@ -221,7 +242,7 @@ def token_losses(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS,
 def _chunk_losses(rows, weight, targets, vocab_size: int, loss_fn, chunk_rows: int):
     """Each chunk's per-row losses, rows (N, C) and targets (N,), one chunk of logits at a time."""
     for start in range(0, rows.shape[0], chunk_rows):
-        yield loss_fn(rows[start:start + chunk_rows] @ weight.t(), targets[start:start + chunk_rows], vocab_size)
+        yield loss_fn(_matmul(rows[start:start + chunk_rows], weight.t()), targets[start:start + chunk_rows], vocab_size)
 
 
 def linear_cross_entropy(x, weight, targets, vocab_size: int, chunk_fns=EAGER_CHUNK_FNS, chunk_rows: int = CHUNK_ROWS):

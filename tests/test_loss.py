@@ -57,6 +57,23 @@ def test_bf16_chunks_are_as_accurate_as_one_matmul():
     assert error(many_w) < 1.05 * error(one_w)  # error (about 2e-3) from bf16 inputs, not from the chunking
 
 
+def test_cpu_bf16_head_products_are_rounded_once_and_weight_gradients_not_at_all():
+    """On a CPU the head's bf16 products (computed in float32 where torch has no fast bf16 matmul) are the exact
+    products rounded once to bf16, as a bf16 matmul accumulating in float32 gives; the weight gradient adds each
+    chunk's product into its float32 buffer without a bf16 rounding, as cuBLAS does on the GPU."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, grad_logits = (torch.randn(*shape, generator=gen).bfloat16() for shape in ((64, 512), (300, 512), (64, 300)))
+    exact = x.double() @ w.double().t()
+    logits = loss._matmul(x, w.t())
+    assert logits.dtype == torch.bfloat16
+    assert bool(((logits.double() - exact).abs() <= 2.0 ** -8 * exact.abs() + 1e-5).all())  # half a bf16 step
+    torch.testing.assert_close(logits, x @ w.t(), rtol=2 ** -7, atol=1e-5)  # torch's own bf16 matmul, to a step
+    grad_weight = torch.zeros(300, 512)
+    for rows in (slice(0, 40), slice(40, 64)):  # two chunks of rows
+        loss._accumulate(grad_weight, grad_logits[rows], x[rows])
+    torch.testing.assert_close(grad_weight.double(), grad_logits.double().t() @ x.double(), rtol=1e-5, atol=1e-4)
+
+
 def test_token_losses_are_each_positions_cross_entropy():
     x, w, t = inputs(24)
     x, t = x.detach().view(4, 6, C), t.view(4, 6)
