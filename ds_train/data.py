@@ -113,6 +113,9 @@ def find_shards(pattern: str, flag: str) -> list:
     files = sorted(glob.glob(pattern))
     if not files:
         raise UserError(f"{flag} {pattern}: no file matches this pattern")
+    if folders := [path for path in files if os.path.isdir(path)]:  # a data folder given for its shards
+        raise UserError(f"{flag} {pattern}: {folders[0]} is a directory; expected token shard files, a glob such as "
+                        f"{flag.split()[0]} '{os.path.join(folders[0], '*.bin')}'")  # -j, not "-j (with -a 1)"
     return files
 
 

@@ -164,6 +164,14 @@ def test_no_file_matches(tmp_path):
         ShardLoader(str(tmp_path / "nothing_*.bin"), 1, 8, 0, 1, shuffle=False, flag="-j")
 
 
+def test_a_folder_for_its_shards_is_refused_with_the_glob_to_give(tmp_path):
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(UserError) as err:
+        ShardLoader(str(tmp_path / "shards"), 1, 8, 0, 1, shuffle=False)
+    assert str(err.value) == (f"-i {tmp_path / 'shards'}: {tmp_path / 'shards'} is a directory; expected token shard "
+                              f"files, a glob such as -i '{tmp_path / 'shards' / '*.bin'}'")
+
+
 def test_shard_shorter_than_one_sample(tmp_path):
     path = _corrupt(tmp_path, "short.bin", ntok=200)
     with pytest.raises(UserError, match=r"200 tokens is shorter than one sample of B\*T\*world\+1 = 257 tokens"):
