@@ -316,7 +316,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UserError(f"--shard_size {args.shard_size}: must be at least 1 token")
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be at least 1")
+    if args.input and args.dataset in ONE_FILE_INPUTS and not os.path.isfile(args.input):  # before --output_dir is made
+        what = "is a folder" if os.path.isdir(args.input) else "no such file"
+        raise UserError(f"--input {args.input}: {what}; {args.dataset} reads one file, {ONE_FILE_INPUTS[args.dataset]}")
     return args
+
+
+ONE_FILE_INPUTS = {"tinyshakespeare": "its text (input.txt)", "hellaswag": "its val .jsonl (or .jsonl.gz)"}
 
 
 def default_output_dir(args) -> str:

@@ -249,6 +249,12 @@ def test_bad_input_gets_one_line_errors(tmp_path, capsys):
     (tmp_path / "one").mkdir()
     json.dump([{"story": "x"}], open(tmp_path / "one" / "data00.json", "w"))
     assert "needs at least two files" in prepare_error(capsys, "tinystories", "--input", tmp_path / "one", "--output_dir", out / "h")
+    # the one-file datasets: a folder or a missing file is said before --output_dir is made
+    for dataset, reads in (("tinyshakespeare", "its text (input.txt)"), ("hellaswag", "its val .jsonl (or .jsonl.gz)")):
+        for given, what in ((tmp_path / "emptydir", "is a folder"), (tmp_path / "nowhere", "no such file")):
+            assert prepare_error(capsys, dataset, "--input", given, "--output_dir", out / "i") == \
+                f"--input {given}: {what}; {dataset} reads one file, {reads}"
+    assert not (out / "i").exists()
 
 
 def test_a_prep_with_other_settings_is_not_mixed_into_an_output_dir(tmp_path, capsys):
