@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from ds_train import config, convert, distributed
+from ds_train import config, convert, distributed, host_memory
 from ds_train.data import ShardLoader
 from ds_train.errors import UserError, usage_error
 from ds_train.evals import hellaswag, sample_text, val_loss, val_num_batches
@@ -87,6 +87,8 @@ def evaluate(args) -> dict:
     if place.world_size > 1:
         distributed.init_process_group(place)
     device = torch.device(f"cuda:{place.local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        host_memory.keep_freed_memory()
     bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
     model = GPT(cfg)
     model.load_state_dict(weights)

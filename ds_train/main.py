@@ -29,7 +29,7 @@ if os.environ.get("DS_ACCELERATOR") == "cpu":
 import torch
 
 from ds_train import (autofit, build_locks, checkpoint, config, convert, distributed, flash_attention, gelu_fusion,
-                      loss, memory, metrics, reshard, weight_grad)
+                      host_memory, loss, memory, metrics, reshard, weight_grad)
 from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss, val_num_batches
@@ -312,6 +312,8 @@ def train(argv=None):
     place = distributed.discover()
     distributed.exit_on_stop_signals()
     distributed.check_accelerator_env()
+    if not torch.cuda.is_available():  # a CPU step's big tensors reuse freed memory instead of faulting in new pages
+        host_memory.keep_freed_memory()
     build_locks.check_build_locks(distributed.print0)
     if args.auto_fit:
         args = auto_fit(args, place, distributed.print0)
