@@ -44,6 +44,8 @@
 #   bash bench/throughput.sh loader    GPU: d12 with the real shard loader vs 32 batches served from memory
 #   bash bench/throughput.sh eval      GPU: d12 with val loss, HellaSwag and sampling every 5 steps (their cost)
 #   bash bench/throughput.sh cpu       CPU: the quickstart's 4-layer model on 2 ranks (fp32)
+#   bash bench/throughput.sh cpu_malloc CPU: the same keeping freed memory (the default) and at glibc's malloc
+#                                      defaults, alternating twice
 # (from the repo root; logs in $OUT, default bench_out/throughput). On the lent GPU machine carry .whl
 # (../shared/tools/device-wheels.sh); it is installed into /tmp/site first, as in gpu_d12.sh.
 set -u -o pipefail
@@ -76,14 +78,20 @@ micro_batches_in_turn() {
   "$PYTHON" bench/summarize.py "$OUT/${name}_b${small}_"*.log "$OUT/${name}_b${big}_"*.log --first 4 --last 10
 }
 
-# cpu_row: the quickstart's 4-layer model on 2 CPU ranks (fp32), 20 steps, its console in $OUT/cpu_d4.log, and its
-# table. The ranks come from torchrun with CUDA hidden, so that they take the CPU on a GPU machine too (DeepSpeed's
-# launcher sets CUDA_VISIBLE_DEVICES=0,1 for its ranks even when it runs on the CPU)
-cpu_row() {
-  echo "=== cpu_d4" >&2
-  CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 timeout 540 "$PYTHON" -m torch.distributed.run --nproc_per_node 2 \
+# cpu_run NAME [VAR=VALUE...]: the quickstart's 4-layer model on 2 CPU ranks (fp32), 20 steps, with those variables
+# set, its console in $OUT/NAME.log. The ranks come from torchrun with CUDA hidden, so that they take the CPU on a GPU
+# machine too (DeepSpeed's launcher sets CUDA_VISIBLE_DEVICES=0,1 for its ranks even when it runs on the CPU)
+cpu_run() {
+  local name=$1; shift
+  local rusage=()  # the page faults of the whole process tree and its largest process's peak memory, where measurable
+  [ -x /usr/bin/time ] && rusage=(/usr/bin/time -o "$OUT/$name.rusage" -f "$name: %R minor page faults, largest peak RSS %M KB")
+  echo "=== $name $*" >&2
+  env CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 "$@" "${rusage[@]}" timeout 540 "$PYTHON" -m torch.distributed.run --nproc_per_node 2 \
     ds_train/main.py --ds_config ds_configs/quickstart.json -e gpt2:d4:c128:h4 -t 64 -b 8 -z 1 -x 20 "${SHARDS[@]}" \
-    > "$OUT/cpu_d4.log" 2>&1 || echo "=== cpu_d4: exit status $? (see $OUT/cpu_d4.log)" >&2
+    > "$OUT/$name.log" 2>&1 || echo "=== $name: exit status $? (see $OUT/$name.log)" >&2
+}
+cpu_row() {
+  cpu_run cpu_d4
   "$PYTHON" bench/summarize.py "$OUT/cpu_d4.log" --first 6 --last 20
 }
 
@@ -274,5 +282,12 @@ case "${1:-d12}" in
     "$PYTHON" bench/summarize.py "$OUT/d12_eval.log" --first 2 --last 10 ;;
   cpu)
     cpu_row ;;
-  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|recompute_d24|recompute_d48|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero_knobs|zero3|inductor|big|loader|eval|cpu" >&2; exit 2 ;;
+  cpu_malloc)  # CPU ranks that keep the memory they free (ds_train/host_memory.py) against glibc's defaults, twice
+    for round in 1 2; do
+      cpu_run cpu_d4_kept_$round
+      cpu_run cpu_d4_glibc_default_$round MALLOC_MMAP_MAX_=65536  # a malloc setting of the user's own: ds_train keeps it
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/cpu_d4_*_[12].log --first 6 --last 20
+    cat "$OUT"/cpu_d4_*_[12].rusage 2>/dev/null ;;
+  *) echo "usage: bash bench/throughput.sh table|d12|zero_ab|zero_ab_d48|recompute|recompute_d24|recompute_d48|microbatch|microbatch_d48|microbatch_d24|timer|gelu|gelu_ab|gelu_big|gelu_d24|grad_update|flash|flash_big|flash_checks|zero_knobs|zero3|inductor|big|loader|eval|cpu|cpu_malloc" >&2; exit 2 ;;
 esac 2>&1 | tee "$OUT/summary_${1:-d12}.txt"
