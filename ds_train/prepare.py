@@ -295,6 +295,10 @@ RECIPES = {"fineweb": prepare_fineweb, "edu_fineweb": prepare_fineweb, "tinyshak
            "tinystories": prepare_tinystories, "hellaswag": prepare_hellaswag}
 
 
+# the datasets whose --input is one file, and what that file is
+ONE_FILE_INPUTS = {"tinyshakespeare": "its text (input.txt)", "hellaswag": "its val .jsonl (or .jsonl.gz)"}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ds_train.prepare", allow_abbrev=False,
                                      description="Prepare llm.c token shards (GPT-2 tokens) for training.")
@@ -320,9 +324,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         what = "is a folder" if os.path.isdir(args.input) else "no such file"
         raise UserError(f"--input {args.input}: {what}; {args.dataset} reads one file, {ONE_FILE_INPUTS[args.dataset]}")
     return args
-
-
-ONE_FILE_INPUTS = {"tinyshakespeare": "its text (input.txt)", "hellaswag": "its val .jsonl (or .jsonl.gz)"}
 
 
 def default_output_dir(args) -> str:
