@@ -96,11 +96,9 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 def _accumulate(grad_weight, grad_logits, x_chunk):
     """grad_weight (float32) += grad_logits.T @ x_chunk, without a full-size product in bf16 to cast and add."""
-    if grad_weight.dtype == x_chunk.dtype:
-        grad_weight.addmm_(grad_logits.t(), x_chunk)
-    elif x_chunk.is_cuda:  # cuBLAS accumulates bf16 inputs into the float32 buffer in place
+    if x_chunk.is_cuda and x_chunk.dtype != grad_weight.dtype:  # cuBLAS adds bf16 products into float32 in place
         torch.addmm(grad_weight, grad_logits.t(), x_chunk, out_dtype=torch.float32, out=grad_weight)
-    else:  # on a CPU in float32 as well, as cuBLAS does (and without a bf16 product: see _matmul)
+    else:  # float32 inputs as they are; on a CPU bf16 ones in float32 too, as cuBLAS does (see _matmul)
         grad_weight.addmm_(grad_logits.t().float(), x_chunk.float())
 
 
