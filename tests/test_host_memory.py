@@ -51,15 +51,18 @@ def test_the_users_own_malloc_tuning_stands():
 def test_a_cpu_training_run_faults_in_a_fraction_of_the_pages():
     """The trainer sets it on CPU: a whole run (its start included) faults in far fewer pages than at glibc's
     default, with the same losses."""
-    def run(**env):
+    def run(steps=6, **env):
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
-        proc = subprocess.run([sys.executable, MAIN, "--ds_config", CPU_CONFIG, *TINY, "-b", "8", "-x", "6", "-v", "100",
-                               "-m", "1"], cwd=REPO, env=dict(child_env(), **env), capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run([sys.executable, MAIN, "--ds_config", CPU_CONFIG, *TINY, "-b", "8", "-x", str(steps),
+                               "-v", "100", "-m", "1"], cwd=REPO, env=dict(child_env(), **env), capture_output=True,
+                              text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        steps = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
-        return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before, [s.split("|")[1] for s in steps]
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+        return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before, [s.split("|")[1] for s in lines]
 
+    # unmeasured: a checkout's first run may JIT-build DeepSpeed's shared-memory op (after another checkout built
+    # it), and the compiler's page faults would count as that run's (this test failed so on 2026-12-05)
+    run(steps=1)
     faults, losses = run()
     faults_default, losses_default = run(**DEFAULT_MALLOC)
     assert losses == losses_default and len(losses) == 6
