@@ -8,8 +8,8 @@
 #   tests     the GPU tests of the latest changes, never run on a GPU in their present form (the compiled case of
 #             tests/test_weight_grad.py, the loss under no_grad), with the extensions built first
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (bench/ab_trees.sh)
-#   ab_d24    d24 B=64 x 8 likewise, alternating twice (once each on 2026-12-05: the new tree 0.8% slower, run second at a
-#             2% lower sampled clock)
+#   ab_d24    d24 B=64 x 8 likewise, alternating twice (2026-12-05 on an H100: no difference, 2381.1 against 2382.8 ms;
+#             once each on an H200 the same day: the new tree 0.8% slower, run second at a 2% lower sampled clock)
 #   profiles  one step of d48 B=16 x 8 and of d24 B=64 x 8 under torch.profiler (bench/profile_step.py): where
 #             d24's 1.17-1.20x llm.c loses against d12's 1.23-1.27x
 #   r3        the peaks at -r 3 that tests/test_autofit.py holds the estimate to (d48 B=16, d24 B=32, one
