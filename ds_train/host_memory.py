@@ -6,9 +6,10 @@ mmap and unmaps it when freed, so most large tensors of a CPU step are new memor
 512 x 50257 floats, 103 MB. With big blocks taken from the heap (M_MMAP_MAX 0) and the heap never trimmed
 (M_TRIM_THRESHOLD at its largest) a step mostly reuses what the steps before it freed, as the CUDA caching
 allocator does on a GPU: the quickstart's steps fault in 18 MiB of new pages each instead of 535 MiB, and take 289 ms
-instead of 519 (this project's 2-core machine; two ranks' steps a quarter to a third less: README). Not all: torch asks for 64-byte aligned blocks, which a
-freed block of the same size cannot always serve. The price: the process keeps about its peak memory resident,
-and that peak is higher (the quickstart's model: 1.0-1.6 GB a process against 0.75-0.77).
+instead of 519 (this project's 2-core machine; two ranks' steps a quarter to a third less: README). Not all: torch
+asks for 64-byte aligned blocks, which a freed block of the same size cannot always serve. The price: the process
+keeps about its peak memory resident, and that peak is higher (the quickstart's model: 1.0-1.6 GB a process against
+0.75-0.77).
 
 GPU runs keep glibc's defaults, and so does a process whose environment tunes glibc's malloc itself.
 """
