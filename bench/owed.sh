@@ -21,6 +21,9 @@
 #             GPU once (4.8-19.1% before, on different hosts; +26-30% and +6.9-8.4% on two hosts on 2026-12-05)
 #   zero3_profile  one step of d12 B=64 x 8 at ZeRO-3 under torch.profiler and under cProfile (bench/profile_step.py
 #             --python_profile): where the host's time goes (2026-12-05: the host 98% busy, the GPU waiting for it)
+#   h100      on an H100 only (the GPU of the issue's targets; the current code's d12 and d24 have run beside llm.c on
+#             H200s only): bench/llmc_side_by_side.sh d12 d24_b64 d12_b128 with LLMC_DIR=.llmc (carry it), then d48
+#             B=16 x 8 at ZeRO-1, the table's row for the 55% MFU goal
 #   scaling   bench/scaling.sh, where there is more than one GPU (16 runs on 8 GPUs, about half an hour: on a
 #             machine with several GPUs run `bash bench/owed.sh BASE_TREE scaling` first, the one part only it can do)
 # Then the results go in bench/results/<gpu>_<date>_<what>/ with a NOTES.md, and the figures in docs/performance.md
@@ -30,7 +33,7 @@ cd "$(dirname "$0")/.."
 [ -d "${1:-}" ] || { echo "owed.sh: BASE_TREE: expected the folder of the code to compare with (got '${1:-}')" >&2; exit 2; }
 base=$(cd "$1" && pwd)
 shift
-all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 zero3_profile scaling"
+all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 zero3_profile h100 scaling"
 parts=${*:-$all_parts}
 for part in $parts; do
   [[ " $all_parts " == *" $part "* ]] || { echo "owed.sh: unknown part '$part' (expected some of: $all_parts)" >&2; exit 2; }
@@ -85,6 +88,14 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
         timeout 300 "$PYTHON" bench/profile_step.py "${D12[@]}" -z 3 -r 0 "${extra[@]}" \
           -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" > "$OUT/profile_d12_z3_$how.txt" 2>&1
       done ;;
+    h100)
+      if nvidia-smi -L 2>/dev/null | grep -q H100; then
+        LLMC_DIR=${LLMC_DIR:-.llmc} OUT=$OUT/h100 bash bench/llmc_side_by_side.sh d12 d24_b64 d12_b128
+        OUT=$OUT/h100 train_run d48_zero1 10 "${D48[@]}" -z 1
+        "$PYTHON" bench/summarize.py "$OUT"/h100/d48_zero1.log --first 4 --last 10 | tee "$OUT/h100/d48.txt"
+      else
+        echo "owed.sh: h100: not an H100 here, left for one" >&2; continue
+      fi ;;
     scaling)
       if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -gt 1 ]; then
         OUT=$OUT/scaling bash bench/scaling.sh
