@@ -21,10 +21,10 @@
 #             GPU once (4.8-19.1% before, on different hosts; +26-30% and +6.9-8.4% on two hosts on 2026-12-05)
 #   zero3_profile  one step of d12 B=64 x 8 at ZeRO-3 under torch.profiler and under cProfile (bench/profile_step.py
 #             --python_profile): where the host's time goes (2026-12-05: the host 98% busy, the GPU waiting for it)
-#   h100      on an H100 only (the GPU of the issue's targets; the current code's d12 and d24 have run beside llm.c on
-#             H200s only): bench/llmc_side_by_side.sh d12 d24_b64 d12_b128 with LLMC_DIR=.llmc (carry it), then d48
-#             B=16 x 8 at ZeRO-1, the table's row for the 55% MFU goal (2026-12-05: d12 1.26x and 1.28x beside
-#             llm.c, 1.30x and 1.32x its figure in the issue; d24 1.19x and 1.21x; d48 51.6% MFU)
+#   h100      on an H100 only (the GPU of the issue's targets; until 2026-12-05 the current code's d12 and d24 had
+#             run beside llm.c on H200s only): bench/llmc_side_by_side.sh d12 d24_b64 d12_b128 with LLMC_DIR=.llmc
+#             (carry it), then d48 B=16 x 8 at ZeRO-1, the table's row for the 55% MFU goal (2026-12-05: d12 1.26x
+#             and 1.28x beside llm.c, 1.30x and 1.32x its figure in the issue; d24 1.19x and 1.21x; d48 51.6% MFU)
 #   scaling   bench/scaling.sh, where there is more than one GPU (16 runs on 8 GPUs, about half an hour: on a
 #             machine with several GPUs run `bash bench/owed.sh BASE_TREE scaling` first, the one part only it can do)
 # Then the results go in bench/results/<gpu>_<date>_<what>/ with a NOTES.md, and the figures in docs/performance.md
