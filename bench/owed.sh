@@ -12,7 +12,7 @@
 #             once each on an H200 the same day: the new tree 0.8% slower, run second at a 2% lower sampled clock)
 #   profiles  one step of d48 B=16 x 8 and of d24 B=64 x 8 under torch.profiler (bench/profile_step.py): where
 #             d24's 1.17-1.20x llm.c loses against d12's 1.23-1.27x (2026-12-05 on an H200 and on an H100: the
-#             matmuls as long on both, the H100's memory-bound kernels 1.2-1.5x longer)
+#             matmuls as long on both, the H100's memory-bound kernels 1.1-1.5x longer)
 #   r3        the peaks at -r 3 that tests/test_autofit.py holds the estimate to (d48 B=16, d24 B=32, one
 #             micro-step): ds_train/memory.py still counts the blocks' bf16 weight gradients that weight_grad
 #             no longer makes (24 C^2 bytes a block)
