@@ -100,11 +100,26 @@ def _fingerprint(path: str) -> dict:
         return {"bytes": os.fstat(f.fileno()).st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
-def prune(out_dir: str, keep_last: int, keep_every: int):
-    """-nk / -nm: keep the newest `keep_last` complete checkpoints (0 = all) and every multiple of `keep_every`;
-    also clear the folders of saves that never completed, older than the newest complete one."""
+def prune(out_dir: str, keep_last: int, keep_every: int, say=print):
+    """-nk / -nm: keep every checkpoint from the `keep_last`-th newest whole one on (0 = all) and every multiple of
+    `keep_every`; also clear the folders of saves that never completed, older than the newest complete one.
+    Whole is what verify() checks short of the checksums, which would cost a read of every kept checkpoint at every
+    save: so a checkpoint truncated since its save neither counts among the `keep_last` nor lets an older whole one
+    be deleted."""
     steps = done_steps(out_dir)
-    doomed = [s for s in steps[:-keep_last] if not (keep_every and s % keep_every == 0)] if keep_last else []
+    doomed = []
+    if keep_last:
+        whole = []
+        for s in reversed(steps):
+            problem = verify(out_dir, s, checksums=False)
+            if problem:
+                say(f"warning: checkpoint step {s} is damaged ({problem}); kept, but not counted among "
+                    f"the {keep_last} whole ones that -nk keeps")
+            else:
+                whole.append(s)
+            if len(whole) == keep_last:
+                doomed = [d for d in steps if d < s and not (keep_every and d % keep_every == 0)]
+                break
     for s in doomed:
         os.remove(os.path.join(out_dir, DONE % s))  # the marker first: a half-deleted checkpoint never looks complete
         shutil.rmtree(os.path.join(out_dir, CHECKPOINTS, tag(s)), ignore_errors=True)
@@ -114,9 +129,9 @@ def prune(out_dir: str, keep_last: int, keep_every: int):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def verify(out_dir: str, step: int, share=(0, 1)):
+def verify(out_dir: str, step: int, share=(0, 1), checksums: bool = True):
     """None when checkpoint `step` is whole, else what is wrong with it. Sizes are checked for every file,
-    checksums for this rank's share (rank, world) of them."""
+    checksums (unless `checksums` is False) for this rank's share (rank, world) of them."""
     where = step_dir(out_dir, step)
     if not os.path.isdir(where):
         return f"{where} is missing"
@@ -139,6 +154,8 @@ def verify(out_dir: str, step: int, share=(0, 1)):
             return f"{path} is missing"
         if os.path.getsize(path) != saved["bytes"]:
             return f"{path} has {os.path.getsize(path)} bytes, {saved['bytes']} when saved"
+    if not checksums:
+        return None
     rank, world = share
     for name in sorted(files)[rank::world]:
         if "sha256" in files[name] and _fingerprint(os.path.join(where, name))["sha256"] != files[name]["sha256"]:

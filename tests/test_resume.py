@@ -3,6 +3,7 @@ SIGTERM at chosen moments, then resumed with -y 1. The train split is shuffled, 
 and RNG must come back exactly for the losses to match; on the CPU in fp32 they match bit for bit.
 """
 
+import json
 import os
 import random
 import re
@@ -334,14 +335,26 @@ def test_prune_keeps_what_the_flags_say_and_clears_dead_saves(tmp_path):
     from ds_train import checkpoint
 
     for step in range(1, 11):
-        os.makedirs(tmp_path / "checkpoints" / checkpoint.tag(step))
+        folder = tmp_path / "checkpoints" / checkpoint.tag(step)
+        os.makedirs(folder)
+        (folder / "model_states.pt").write_bytes(b"x" * step)
         if step != 5:  # step 5's save was killed before its marker
-            (tmp_path / (checkpoint.DONE % step)).write_text("")
+            files = {"model_states.pt": {"bytes": step, "sha256": "not checked here"}}
+            (tmp_path / (checkpoint.DONE % step)).write_text(json.dumps({"step": step, "files": files}))
     os.makedirs(tmp_path / "checkpoints" / checkpoint.tag(11))  # a save in progress
-    checkpoint.prune(str(tmp_path), keep_last=2, keep_every=4)
-    assert checkpoints_in(tmp_path) == ([4, 8, 9, 10], [4, 8, 9, 10, 11])
+    checkpoint.prune(str(tmp_path), keep_last=2, keep_every=3)
+    assert checkpoints_in(tmp_path) == ([3, 6, 9, 10], [3, 6, 9, 10, 11])
+
+    # step 9 truncated since its save: -nk 2 keeps it but counts the whole step 6 as the second of the two
+    (tmp_path / "checkpoints" / checkpoint.tag(9) / "model_states.pt").write_bytes(b"x")
+    said = []
+    checkpoint.prune(str(tmp_path), keep_last=2, keep_every=0, say=said.append)
+    assert checkpoints_in(tmp_path) == ([6, 9, 10], [6, 9, 10, 11])
+    assert len(said) == 1 and re.fullmatch(r"warning: checkpoint step 9 is damaged \(.*model_states.pt has 1 bytes, 9 "
+                                           r"when saved\); kept, but not counted among the 2 whole ones that -nk keeps",
+                                           said[0])
     checkpoint.prune(str(tmp_path), keep_last=0, keep_every=0)  # -nk 0 keeps everything complete
-    assert checkpoints_in(tmp_path) == ([4, 8, 9, 10], [4, 8, 9, 10, 11])
+    assert checkpoints_in(tmp_path) == ([6, 9, 10], [6, 9, 10, 11])
 
 
 def test_main_log_is_cut_back_to_the_resumed_step(tmp_path):
