@@ -109,15 +109,15 @@ def prune(out_dir: str, keep_last: int, keep_every: int, say=print):
     steps = done_steps(out_dir)
     doomed = []
     if keep_last:
-        whole = []
+        whole = 0
         for s in reversed(steps):
             problem = verify(out_dir, s, checksums=False)
             if problem:
                 say(f"warning: checkpoint step {s} is damaged ({problem}); kept, but not counted among "
                     f"the {keep_last} whole ones that -nk keeps")
             else:
-                whole.append(s)
-            if len(whole) == keep_last:
+                whole += 1
+            if whole == keep_last:
                 doomed = [d for d in steps if d < s and not (keep_every and d % keep_every == 0)]
                 break
     for s in doomed:
