@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BIN, CPU_CONFIG, MAIN, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table, train
+from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table, train
 from ds_train import build_locks, convert
 from ds_train.data import read_shard, write_shard
 from ds_train.hellaswag import Example, render
@@ -63,6 +64,16 @@ def test_bad_input_under_the_deepspeed_launcher_fails_the_job():
     assert proc.returncode != 0
     assert "ds_train: error: -d 1000: the total batch must be a positive multiple of B*T*world = 4*32*2 = 256" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_torchs_warning_of_no_cuda_runtime_is_left_out_and_its_other_warnings_are_not():
+    """A CUDA build of torch with the CUDA toolkit but no GPU it can see (a CPU run on a GPU machine) warns of it
+    as torch.utils.cpp_extension is imported, before any one-line error: ds_train's processes leave that line out
+    (their settings table says the device), and that logger's other warnings still show."""
+    code = ("import logging, ds_train, torch; log = logging.getLogger('torch.utils.cpp_extension'); "
+            "log.warning(\"No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'\"); log.warning('another warning')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and "No CUDA runtime" not in proc.stderr and "another warning" in proc.stderr, proc.stderr
 
 
 def test_a_build_lock_left_by_a_killed_build_is_named_not_waited_on(tmp_path):
