@@ -75,7 +75,7 @@ def check_build_locks(say, files_block: bool | None = None):
             continue
         if age > STALE_AFTER_S:
             raise UserError(f"{path}: a JIT build's lock left {age / 60:.0f} minutes ago by a build that did not "
-                            "finish, which torch would wait on for ever; delete it (when no other build is running) "
-                            "and run again")
+                            "finish (or by torch 2.14 or newer, whose builds leave it), which this torch would wait on "
+                            "for ever; delete it (when no other build is running) and run again")
         say(f"note: {path} exists ({age:.0f} s old): another process is building that extension, and this run "
             "waits for it; if none is (one was killed in its build), delete the file")
