@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table, train
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table,
+                      train)
 from ds_train import build_locks, convert
 from ds_train.data import read_shard, write_shard
 from ds_train.hellaswag import Example, render
@@ -71,9 +72,11 @@ def test_torchs_warning_of_no_cuda_runtime_is_left_out_and_its_other_warnings_ar
     as torch.utils.cpp_extension is imported, before any one-line error: ds_train's processes leave that line out
     (their settings table says the device), and that logger's other warnings still show."""
     code = ("import logging, ds_train, torch; log = logging.getLogger('torch.utils.cpp_extension'); "
-            "log.warning(\"No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'\"); log.warning('another warning')")
+            "log.warning(\"No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'\"); "
+            "log.warning('another warning')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0 and "No CUDA runtime" not in proc.stderr and "another warning" in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "No CUDA runtime" not in proc.stderr and "another warning" in proc.stderr, proc.stderr
 
 
 def test_a_build_lock_left_by_a_killed_build_is_named_not_waited_on(tmp_path):
