@@ -71,8 +71,16 @@ def init_process_group(place: Place):
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(place.local_rank)
-    deepspeed.init_distributed(auto_mpi_discovery=place.launcher == "mpi",
-                               distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
+    try:
+        deepspeed.init_distributed(auto_mpi_discovery=place.launcher == "mpi",
+                                   distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
+    except torch.distributed.DistNetworkError as e:  # rank 0's store could not listen, or a rank could not reach it
+        addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if "EADDRINUSE" in str(e):
+            raise UserError(f"MASTER_PORT {port}: the port is in use on rank 0's machine ({addr}), so the ranks "
+                            "cannot meet there; pick a free one (deepspeed --master_port, or MASTER_PORT)") from None
+        raise UserError(f"MASTER_ADDR {addr}, MASTER_PORT {port}: the ranks could not meet there "
+                        f"({str(e).splitlines()[0]})") from None
     release_shm_buffer(place.rank)
 
 

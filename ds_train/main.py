@@ -490,13 +490,30 @@ def exit_without_teardown(code: int):
     and mpirun counts a rank that exits without it as failed), and the streams are flushed. ds_train's own
     files (main.log, checkpoints) are closed or flushed as they are written."""
     atexit._run_exitfuncs()
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        mpi.Finalize()
     sys.stdout.flush()
     sys.stderr.flush()
+    _end_mpi(code)
     os._exit(code)
 
 
+def _end_mpi(code: int):
+    """Where mpi4py started MPI: finalize it, or on a failure end the whole job. MPI_Finalize waits for every rank,
+    so a rank that fails alone (rank 0 at the rendezvous, its port taken) would wait there for ever on ranks that
+    wait for it; MPI_Abort has mpirun end them all, as the deepspeed launcher does when a rank fails."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return
+    if code:
+        mpi.COMM_WORLD.Abort(code)
+    mpi.Finalize()
+
+
+def _abort_the_job_on_an_uncaught_exception(kind, value, traceback):
+    sys.__excepthook__(kind, value, traceback)
+    sys.stderr.flush()
+    _end_mpi(1)
+
+
 if __name__ == "__main__":
+    sys.excepthook = _abort_the_job_on_an_uncaught_exception  # a bug's traceback, then the job ends (under MPI)
     exit_without_teardown(main())

@@ -8,6 +8,7 @@ Stated tolerance: every logged loss agrees within 2e-5 (reduction order differs 
 import json
 import os
 import re
+import socket
 
 import numpy as np
 import pytest
@@ -549,6 +550,34 @@ def test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine():
     assert (settings["device"], settings["precision"], settings["num_processes"]) == ("cpu", "fp32", "2")
     assert "Setting CUDA_VISIBLE_DEVICES=0,1" in run.stdout + run.stderr  # what the launcher did, and still does
     assert len(run.losses) == 2
+
+
+def test_a_taken_master_port_under_mpirun_is_a_one_line_error_that_ends_the_job():
+    """Rank 0 cannot listen on a MASTER_PORT that another process holds: it says so in one line and aborts the MPI
+    job, where it used to print torch's traceback and wait in MPI_Finalize for ever on rank 1, which waited, also
+    for ever, on the port's holder to answer as rank 0's store (a hang seen when mpirun took the tests' port)."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = train([*TINY, "-x", 2, "-b", 4, "-d", 256], ranks=2, launcher="mpirun", master_port=port, timeout=120)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert re.search(rf"^ds_train: error: MASTER_PORT {port}: the port is in use on rank 0's machine \(.+\), so the "
+                     r"ranks cannot meet there; pick a free one", run.stderr, re.M), run.stderr[-3000:]
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_an_uncaught_exception_on_one_mpi_rank_ends_the_job():
+    """ds_train/main.py's hook for a bug's exception: the traceback, then MPI_Abort, where MPI_Finalize on the
+    failed rank would wait for ever on a rank waiting for it (here at a barrier)."""
+    code = ("import sys; from mpi4py import MPI; sys.path.insert(0, '.'); import ds_train.main as m; "
+            "sys.excepthook = m._abort_the_job_on_an_uncaught_exception\n"
+            "if MPI.COMM_WORLD.rank == 0: raise RuntimeError('a bug')\n"
+            "MPI.COMM_WORLD.Barrier()")
+    env = dict(child_env(), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    done = run_process([os.path.join(BIN, "mpirun"), "--oversubscribe", "-np", "2", sys.executable, "-c", code],
+                       env=env, timeout=60)
+    assert done.returncode == 1 and "RuntimeError: a bug" in done.stderr, done.stderr[-3000:]
 
 
 def test_mpirun_discovers_ranks_through_mpi4py():
