@@ -552,16 +552,18 @@ def test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine():
     assert len(run.losses) == 2
 
 
-def test_a_taken_master_port_under_mpirun_is_a_one_line_error_that_ends_the_job():
-    """Rank 0 cannot listen on a MASTER_PORT that another process holds: it says so in one line and aborts the MPI
-    job, where it used to print torch's traceback and wait in MPI_Finalize for ever on rank 1, which waited, also
+@pytest.mark.parametrize("launcher,ranks", [("python", 1), ("deepspeed", 2), ("mpirun", 2)])
+def test_a_taken_master_port_is_a_one_line_error_that_ends_the_job(launcher, ranks):
+    """Rank 0 cannot listen on a MASTER_PORT that another process holds: it says so in one line and the job ends.
+    Under mpirun it used to print torch's traceback and wait in MPI_Finalize for ever on rank 1, which waited, also
     for ever, on the port's holder to answer as rank 0's store (a hang seen when mpirun took the tests' port)."""
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        run = train([*TINY, "-x", 2, "-b", 4, "-d", 256], ranks=2, launcher="mpirun", master_port=port, timeout=120)
-    assert run.returncode == 2, run.stderr[-3000:]
+        run = train([*TINY, "-x", 2, "-b", 4, "-d", 128 * ranks], ranks=ranks, launcher=launcher, master_port=port,
+                    timeout=120, extra_env={"MASTER_PORT": str(port)} if launcher == "python" else None)
+    assert run.returncode != 0, run.stderr[-3000:]
     assert re.search(rf"^ds_train: error: MASTER_PORT {port}: the port is in use on rank 0's machine \(.+\), so the "
                      r"ranks cannot meet there; pick a free one", run.stderr, re.M), run.stderr[-3000:]
     assert "Traceback" not in run.stdout + run.stderr
