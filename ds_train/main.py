@@ -486,9 +486,10 @@ def exit_without_teardown(code: int):
     """End the process once everything is written, without the interpreter's teardown of the 3000-odd modules
     that torch, dynamo and DeepSpeed load (about 2 s, a fifth of a short CPU run and of each of the test
     suite's hundreds of runs). What the teardown would do that matters is done here: the exit handlers run,
-    MPI is finalized where mpi4py started it (mpi4py finalizes in a C exit hook that only the teardown runs,
-    and mpirun counts a rank that exits without it as failed), and the streams are flushed. ds_train's own
-    files (main.log, checkpoints) are closed or flushed as they are written."""
+    the streams are flushed, and MPI is finalized where mpi4py started it (mpi4py finalizes in a C exit hook
+    that only the teardown runs, and mpirun counts a rank that exits without it as failed), or the job aborted
+    after a failure (_end_mpi). ds_train's own files (main.log, checkpoints) are closed or flushed as they are
+    written."""
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
