@@ -7,6 +7,7 @@ mpirun sets OMPI_* or PMI_* and deepspeed.init_distributed() completes the pictu
 
 import functools
 import os
+import random
 import signal
 import socket
 from dataclasses import dataclass
@@ -56,10 +57,31 @@ def check_accelerator_env():
         raise UserError("DS_ACCELERATOR=cuda: torch sees no CUDA GPU here; unset it, or set cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _lowest_ephemeral_port() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_port_choice = random.Random()  # its own generator: a seeded global random must not make processes pick alike
+
+
+def free_port() -> int:
+    """A port free now, for a MASTER_PORT, from below the kernel's ephemeral range: one the kernel hands out (bind
+    to 0) may be handed out again to another process before rank 0 listens on it (minutes later, when DeepSpeed
+    builds its CPU op first; mpirun's own listener took one in the tests, and the job hung)."""
+    below = max(_lowest_ephemeral_port(), 10001)
+    for _ in range(1000):
+        port = _port_choice.randrange(10000, below)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def init_process_group(place: Place):
@@ -68,7 +90,7 @@ def init_process_group(place: Place):
     if place.launcher == "single":
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(place.local_rank)
     try:

@@ -5,7 +5,6 @@ import atexit
 import fcntl
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -17,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import pytest
+
+from ds_train.distributed import free_port  # noqa: F401 (the tests' MASTER_PORTs, as a single run picks its own)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "ds_train", "main.py")
@@ -41,33 +42,6 @@ def shared_path(*parts):
     if not os.path.exists(path):
         pytest.skip(f"reference data not available: {path}")
     return path
-
-
-def _lowest_ephemeral_port() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-_port_choice = random.Random()  # its own generator: a test that seeds random's must not make both workers pick alike
-
-
-def free_port() -> int:
-    """A port free now, for a MASTER_PORT, from below the kernel's ephemeral range: a port the kernel hands out
-    (bind to 0) may be handed out again, before rank 0 listens on it, to another process (mpirun's own listener
-    took one, and the job hung)."""
-    below = max(_lowest_ephemeral_port(), 10001)
-    for _ in range(1000):
-        port = _port_choice.randrange(10000, below)
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass

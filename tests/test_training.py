@@ -552,6 +552,17 @@ def test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine():
     assert len(run.losses) == 2
 
 
+def test_master_ports_are_picked_free_and_below_the_ephemeral_range():
+    """The kernel hands out ephemeral ports to any process that binds port 0 or connects (mpirun's own listener took
+    one that had been picked for a MASTER_PORT): a picked port is outside that range, and free."""
+    lowest_ephemeral = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for _ in range(20):
+        port = free_port()
+        assert 10000 <= port < lowest_ephemeral
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", port))
+
+
 @pytest.mark.parametrize("launcher,ranks", [("python", 1), ("deepspeed", 2), ("mpirun", 2)])
 def test_a_taken_master_port_is_a_one_line_error_that_ends_the_job(launcher, ranks):
     """Rank 0 cannot listen on a MASTER_PORT that another process holds: it says so in one line and the job ends.
