@@ -96,14 +96,30 @@ def init_process_group(place: Place):
     try:
         deepspeed.init_distributed(auto_mpi_discovery=place.launcher == "mpi",
                                    distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
-    except torch.distributed.DistNetworkError as e:  # rank 0's store could not listen, or a rank could not reach it
-        addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-        if "EADDRINUSE" in str(e):
-            raise UserError(f"MASTER_PORT {port}: the port is in use on rank 0's machine ({addr}), so the ranks "
-                            "cannot meet there; pick a free one (deepspeed --master_port, or MASTER_PORT)") from None
-        raise UserError(f"MASTER_ADDR {addr}, MASTER_PORT {port}: the ranks could not meet there "
-                        f"({str(e).splitlines()[0]})") from None
+    except torch.distributed.DistError as e:
+        raise _rendezvous_error(e, place) from None
     release_shm_buffer(place.rank)
+
+
+def _rendezvous_error(error: "torch.distributed.DistError", place: Place) -> Exception:
+    """The ranks meet at rank 0's TCP store on MASTER_ADDR:MASTER_PORT; where they cannot, torch raises from deep
+    inside its rendezvous. -> a UserError saying which of the ways it failed, or `error` itself for any other."""
+    from deepspeed.constants import default_pg_timeout  # DEEPSPEED_TIMEOUT minutes, 10 by default
+
+    where = f"MASTER_ADDR {os.environ.get('MASTER_ADDR')}, MASTER_PORT {os.environ.get('MASTER_PORT')}"
+    wait = f"DEEPSPEED_TIMEOUT sets how long the ranks wait ({default_pg_timeout.total_seconds() / 60:g} min here)"
+    said = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "EADDRINUSE" in str(error):  # rank 0's store could not listen
+        return UserError(f"MASTER_PORT {os.environ.get('MASTER_PORT')}: the port is in use on rank 0's machine "
+                         f"({os.environ.get('MASTER_ADDR')}), so the ranks cannot meet there; pick a free one "
+                         "(deepspeed --master_port, or MASTER_PORT)")
+    if isinstance(error, torch.distributed.DistNetworkError):  # this rank never reached the store
+        return UserError(f"{where}: rank {place.rank} could not reach rank 0 there ({said}); is rank 0 running, "
+                         f"and is MASTER_ADDR its address as this machine sees it? {wait}")
+    if isinstance(error, torch.distributed.DistStoreError):  # the store was reached, but not by every rank
+        return UserError(f"{where}: not all {place.world_size} ranks joined ({said}); start every node's ranks, all "
+                         f"with the same master address and port. {wait}")
+    return error
 
 
 def release_shm_buffer(rank: int):

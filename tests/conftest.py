@@ -221,16 +221,20 @@ def wait_for(log, pattern, proc, timeout=300):
     raise AssertionError(f"no {pattern!r} within {timeout} s")
 
 
-def run_ranks(cmd, ranks: int, env: dict, timeout: int) -> subprocess.CompletedProcess:
+def run_ranks(cmd, ranks, env: dict, timeout: int, world_size: int = None,
+              fork: bool = FORK_RUNS) -> subprocess.CompletedProcess:
     """The ranks started directly, each with RANK, LOCAL_RANK, WORLD_SIZE and MASTER_ADDR/PORT set, as torchrun
     and srun (scripts/srun_task.sh) start them: a real multi-process job without the seconds that the
     deepspeed launcher's own two processes take to start (its tests are in test_cli, test_resume, test_scripts
-    and the hostfile and /dev/shm tests). -> rank 0's stdout, every rank's stderr, the first failing status."""
+    and the hostfile and /dev/shm tests). `ranks`: how many, or which (a list) of `world_size` (default: all)
+    to start. -> the first started rank's stdout, every rank's stderr, the first failing status."""
     port = str(free_port())
-    outputs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(ranks)]
-    rank_envs = [dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=port) for rank in range(ranks)]
-    procs = [start(cmd, rank_env, REPO, out, err) for rank_env, (out, err) in zip(rank_envs, outputs)]
+    started = list(range(ranks)) if isinstance(ranks, int) else list(ranks)
+    world_size = world_size or len(started)
+    outputs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in started]
+    rank_envs = [dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=port) for rank in started]
+    procs = [start(cmd, rank_env, REPO, out, err, fork) for rank_env, (out, err) in zip(rank_envs, outputs)]
     wait_all(procs, timeout)
     texts = [(read_back(out), read_back(err)) for out, err in outputs]
     status = next((proc.returncode for proc in procs if proc.returncode), 0)

@@ -580,6 +580,31 @@ def test_a_taken_master_port_is_a_one_line_error_that_ends_the_job(launcher, ran
     assert "Traceback" not in run.stdout + run.stderr
 
 
+def test_ranks_that_do_not_all_meet_say_so_in_one_line():
+    """Rank 2 (another node's, say) never starts: rank 0's store and rank 1 wait DEEPSPEED_TIMEOUT minutes for it
+    (1 here; DeepSpeed reads it on import, so these ranks are exec'd, not forked from the zygote), then each
+    says in one line that not all ranks joined, where torch's rendezvous raised a traceback."""
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *TINY, "-x", "2", "-b", "4"]
+    done = run_ranks(cmd, 2, dict(child_env(), DEEPSPEED_TIMEOUT="1"), timeout=240, world_size=3, fork=False)
+    assert done.returncode != 0
+    for prefix in ("", r"\[rank 1\] "):
+        assert re.search(rf"^{prefix}ds_train: error: MASTER_ADDR 127.0.0.1, MASTER_PORT \d+: not all 3 ranks joined "
+                         r"\(.+\); start every node's ranks, .+ DEEPSPEED_TIMEOUT .+ \(1 min here\)$",
+                         done.stderr, re.M), done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_rank_that_cannot_reach_rank_0_says_so_in_one_line():
+    """Only rank 1 runs (rank 0's node down, or MASTER_ADDR wrong): it gives up connecting after DEEPSPEED_TIMEOUT
+    (0 minutes here, so at once) with one line naming the address, not torch's traceback."""
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *TINY, "-x", "2", "-b", "4"]
+    done = run_ranks(cmd, [1], dict(child_env(), DEEPSPEED_TIMEOUT="0"), timeout=120, world_size=2, fork=False)
+    assert done.returncode != 0
+    assert re.search(r"^\[rank 1\] ds_train: error: MASTER_ADDR 127.0.0.1, MASTER_PORT \d+: rank 1 could not reach "
+                     r"rank 0 there \(.+\); is rank 0 running, .+ \(0 min here\)$", done.stderr, re.M), done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_an_uncaught_exception_on_one_mpi_rank_ends_the_job():
     """ds_train/main.py's hook for a bug's exception: the traceback, then MPI_Abort, where MPI_Finalize on the
     failed rank would wait for ever on a rank waiting for it (here at a barrier)."""
