@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
+import psutil
 import pytest
 
 from ds_train.distributed import free_port  # noqa: F401 (the tests' MASTER_PORTs, as a single run picks its own)
@@ -183,15 +184,31 @@ def start(cmd, env, cwd, stdout, stderr, fork: bool = FORK_RUNS):
 
 
 def wait_all(procs, timeout):
-    """Wait for each of `procs`; the process group of any still running after a timeout or an error is killed."""
+    """Wait for each of `procs`; any still running after a timeout or an error is killed with all it started."""
     try:
         for proc in procs:
             proc.wait(timeout=timeout)
     finally:
         for proc in procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_tree(proc)
+
+
+def kill_tree(proc):
+    """SIGKILL to `proc`'s process group and to every process below it: Open MPI's mpirun puts each rank in a
+    process group of its own, which a killed mpirun cannot pass the signal on to, so a hung mpirun test left
+    its ranks running (and holding their ports and memory) after killpg alone."""
+    try:
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        below = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in below:
+        try:
+            child.kill()
+        except psutil.Error:  # gone already
+            pass
+    proc.wait()
 
 
 def run_process(cmd, env=None, timeout: int = 600, fork: bool = FORK_RUNS) -> subprocess.CompletedProcess:

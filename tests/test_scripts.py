@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, child_env, free_port, run_process, wait_for
+from conftest import REPO, child_env, free_port, kill_tree, run_process, wait_for
 from ds_train import distributed
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "run_*.sh")))
@@ -73,7 +73,7 @@ def finish(proc, log, timeout=600):
         proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc)
     log.seek(0)
     return log.read()
 

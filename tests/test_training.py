@@ -9,19 +9,18 @@ import json
 import os
 import re
 import socket
-
-import numpy as np
-import pytest
-
 import subprocess
 import sys
 
+import numpy as np
+import psutil
+import pytest
 import torch
 
 from ds_train.data import read_shard, write_shard
 from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
-                      free_port, one_rank_run, parse, run_process, run_ranks, settings_table, train, zero_run)
+                      free_port, kill_tree, one_rank_run, parse, run_process, run_ranks, settings_table, train, zero_run)
 
 TOLERANCE = 2e-5
 
@@ -616,6 +615,21 @@ def test_an_uncaught_exception_on_one_mpi_rank_ends_the_job():
     done = run_process([os.path.join(BIN, "mpirun"), "--oversubscribe", "-np", "2", sys.executable, "-c", code],
                        env=env, timeout=60)
     assert done.returncode == 1 and "RuntimeError: a bug" in done.stderr, done.stderr[-3000:]
+
+
+def test_a_hung_mpirun_job_is_killed_with_its_ranks():
+    """The tests' clean-up after a timeout (conftest.kill_tree): Open MPI puts each rank in a process group of its
+    own, so killing mpirun's group alone left the ranks running."""
+    env = dict(child_env(), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    proc = subprocess.Popen([os.path.join(BIN, "mpirun"), "--oversubscribe", "-np", "2", sys.executable, "-c",
+                             "import time; print('up', flush=True); time.sleep(300)"],
+                            env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    for _ in range(2):
+        assert proc.stdout.readline() == "up\n"
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("python")]
+    assert len(ranks) == 2 and all(os.getpgid(rank.pid) != proc.pid for rank in ranks)  # why killpg is not enough
+    kill_tree(proc)
+    assert psutil.wait_procs(ranks, timeout=10)[1] == []  # none left alive
 
 
 def test_mpirun_discovers_ranks_through_mpi4py():
