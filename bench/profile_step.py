@@ -240,7 +240,11 @@ WRAPPERS = ("engine.py", "nvtx.py")  # DeepSpeed's engine.forward/backward/step 
 def print_python_profile(step, sync, top: int):
     """One step under cProfile: its time there (cProfile's own overhead included) and DeepSpeed's `top` functions
     by cumulative time, each with its calls in the step; its engine's entry points are left out (they hold it all)."""
-    profiler = cProfile.Profile()
+    # builtins=False: only Python functions are listed here anyway, and on Python 3.12.0-3.12.4 (the GPU machine had
+    # 3.12.3) cProfile lost the return of a C function called as a bound method, as torch's pybind11 bindings are
+    # (ProcessGroup.size, say), and from there charged calls to the wrong callers and left whole ones out (CPython
+    # fixed it in 3.12.5); not profiling C calls at all keeps the stack right there
+    profiler = cProfile.Profile(builtins=False)
     start = time.perf_counter()
     profiler.enable()
     step()
