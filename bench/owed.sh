@@ -21,8 +21,8 @@
 #   zero3     d12 B=64 x 8 at ZeRO-1 and ZeRO-3 alternating three times: ZeRO-3's cost since a step waits for the
 #             GPU once (4.8-19.1% before, on different hosts; +26-30% and +6.9-8.4% on two hosts on 2026-12-05)
 #   zero3_profile  one step of d12 B=64 x 8 at ZeRO-3 under torch.profiler and under cProfile (bench/profile_step.py
-#             --python_profile): where the host's time goes (2026-12-05: the host 98% busy, the GPU waiting for it;
-#             that day's cProfile listing was unsound, Python 3.12.3's cProfile losing C returns: owed again)
+#             --python_profile): where the host's time goes (2026-12-05 on an H200: the host 98% busy, the GPU
+#             waiting for it; late that day on an H100, with a sound cProfile listing: the host waiting 312 ms a step)
 #   h100      on an H100 only (the GPU of the issue's targets; until 2026-12-05 the current code's d12 and d24 had
 #             run beside llm.c on H200s only): bench/llmc_side_by_side.sh d12 d24_b64 d12_b128 with LLMC_DIR=.llmc
 #             (carry it), then d48 B=16 x 8 at ZeRO-1, the table's row for the 55% MFU goal (2026-12-05: d12 1.26x
