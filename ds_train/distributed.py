@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -147,41 +148,56 @@ def shutdown():
 
 
 class Terminated(BaseException):
-    """SIGTERM or SIGUSR1 before training began. A BaseException, as KeyboardInterrupt is, so that no `except
-    Exception` on the way (a kernel's build probe, say) takes it for a failure and goes on."""
+    """SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) before training began. A BaseException, as KeyboardInterrupt is, so that
+    no `except Exception` on the way (a kernel's build probe, say) takes it for a failure and goes on."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+def _stop_signals() -> list:
+    """SIGTERM, SIGUSR1, and SIGINT unless this process was started with it ignored (a shell's background job:
+    a Ctrl-C meant for the shell's foreground must not stop it)."""
+    return [signal.SIGTERM, signal.SIGUSR1] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+                                               else [])
+
+
 def exit_on_stop_signals():
-    """Until StopSignal takes over at the first step: SIGTERM and SIGUSR1 raise Terminated, and main() exits at
-    once (nothing has been trained, so nothing is lost). By default they end the process where it stands, and in a
-    first run on a machine that is often inside a JIT build (DeepSpeed's FusedAdam, ds_train's kernels: a minute
-    or two), whose lock file would stay behind for every later build of it to wait on for ever; raising lets the
-    build's own cleanup remove it."""
+    """Until StopSignal takes over at the first step: SIGTERM, SIGUSR1 and Ctrl-C raise Terminated, and main()
+    exits at once with one line (nothing has been trained, so nothing is lost). By default SIGTERM and SIGUSR1 end
+    the process where it stands, and in a first run on a machine that is often inside a JIT build (DeepSpeed's
+    FusedAdam, ds_train's kernels: a minute or two), whose lock file would stay behind for every later build of it
+    to wait on for ever; raising lets the build's own cleanup remove it."""
     def handle(signum, frame):
         raise Terminated(signum)
 
-    for sig in StopSignal.SIGNALS:
+    for sig in _stop_signals():
         signal.signal(sig, handle)
 
 
 class StopSignal:
-    """SIGTERM or SIGUSR1 (preemption, SLURM's time limit, the deepspeed launcher passing on a Ctrl-C) asks the
-    run to stop at the next step boundary. The signal may reach only some ranks, so every rank asks the others
-    each step and all stop at the same step."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    """SIGTERM or SIGUSR1 (preemption, SLURM's time limit, the deepspeed launcher passing on a Ctrl-C) or a Ctrl-C
+    (SIGINT) asks the run to stop at the next step boundary, with a checkpoint where the run has -o; a second
+    Ctrl-C quits at once (KeyboardInterrupt, which main() says in one line). The signal may reach only some ranks,
+    so every rank asks the others each step and all stop at the same step."""
 
     def __init__(self):
-        self.name = None
-        for sig in self.SIGNALS:
+        self.name = None  # the first signal's
+        self.interrupted = False
+        for sig in _stop_signals():
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        self.name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            if discover().rank == 0:  # os.write, not print: this may run in the middle of a print to stdout
+                os.write(sys.stderr.fileno(), b"Ctrl-C: stopping at the next step boundary (with a checkpoint where "
+                                              b"the run has -o); Ctrl-C again to quit at once\n")
+        # a terminal's Ctrl-C reaches the deepspeed launcher too, which then sends SIGTERM: the first one names it
+        self.name = self.name or signal.Signals(signum).name
 
     def requested(self) -> bool:
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -306,11 +307,11 @@ def settle_kernels(args, run: config.RunConfig, notes: list) -> config.RunConfig
 
 
 def train(argv=None):
+    distributed.exit_on_stop_signals()
     args = config.parse_args(argv)
     if args.dry_run:
         return dry_run(args)
     place = distributed.discover()
-    distributed.exit_on_stop_signals()
     distributed.check_accelerator_env()
     if not torch.cuda.is_available():  # a CPU step's big tensors reuse freed memory instead of faulting in new pages
         host_memory.keep_freed_memory()
@@ -415,7 +416,7 @@ def train(argv=None):
         return bool(timings) or saving
 
     nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
-    stop = distributed.StopSignal()  # SIGTERM / SIGUSR1: save at the next step boundary and exit 0
+    stop = distributed.StopSignal()  # SIGTERM / SIGUSR1 / Ctrl-C: save at the next step boundary and exit 0
     step_end = None  # when the step before this one ended, if training went straight on from it
     for step in range(start_step, num_steps + 1):
         last_step = step == num_steps
@@ -473,6 +474,9 @@ def main(argv=None) -> int:
     except distributed.Terminated as e:
         _say_on_stderr(f"ds_train: stopped on {e} before training began: nothing to save")
         return 128 + e.signum  # as the shell reports a process the signal ended
+    except KeyboardInterrupt:  # a second Ctrl-C (distributed.StopSignal)
+        _say_on_stderr("ds_train: quit on a second Ctrl-C: the steps since the last checkpoint are not saved")
+        return 128 + signal.SIGINT
     return 0
 
 

@@ -26,25 +26,27 @@ def locks(root) -> list:
     return glob.glob(os.path.join(root, "*", "lock"))
 
 
-def test_sigterm_inside_a_build_ends_the_run_at_once_and_leaves_no_lock(tmp_path):
-    """SIGTERM before training began (here: while DeepSpeed builds its shm op, holding its lock) ends the run with
-    one line and 143, as a run the signal killed; the build unwinds and removes its lock file, where the signal's
-    default action, ending the process where it stands, left it for the next run to wait on for ever (torch <=
-    2.13). torch >= 2.14 leaves the file, and what blocks, its flock, ends with the process."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_inside_a_build_ends_the_run_at_once_and_leaves_no_lock(tmp_path, sig):
+    """SIGTERM or Ctrl-C before training began (here: while DeepSpeed builds its shm op, holding its lock) ends the
+    run with one line and 143 or 130, as a run the signal killed; the build unwinds and removes its lock file, where
+    SIGTERM's default action, ending the process where it stands, left it for the next run to wait on for ever (torch
+    <= 2.13). torch >= 2.14 leaves the file, and what blocks, its flock, ends with the process."""
     root = str(tmp_path / "extensions")
     env = child_env(threads=2)
     env["TORCH_EXTENSIONS_DIR"] = root
     cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, ARGS)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     deadline = time.time() + 300
     while not locks(root):
         assert proc.poll() is None, f"the run ended before its build began:\n{proc.communicate()[1][-3000:]}"
         assert time.time() < deadline, "no build lock within 300 s"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == "ds_train: stopped on SIGTERM before training began: nothing to save"
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == f"ds_train: stopped on {sig.name} before training began: nothing to save"
     if build_locks.torch_waits_on_lock_files():
         assert locks(root) == []
     else:

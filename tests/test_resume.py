@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -99,6 +100,80 @@ def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
     assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in resumed.stdout
     assert stopped.losses + resumed.losses == ref.losses
     assert main_log(out) == main_log(ref.output_dir)
+
+
+def with_sigint(disposition):
+    """For Popen's preexec_fn: the child starts with SIGINT at `disposition`, as a terminal's foreground job (SIG_DFL)
+    or a shell's background job (SIG_IGN) does, whatever pytest's worker has."""
+    return lambda: signal.signal(signal.SIGINT, disposition)
+
+
+def test_ctrl_c_under_the_launcher_saves_at_the_step_boundary(tmp_path):
+    """A terminal's Ctrl-C: SIGINT to the deepspeed launcher and both ranks at once (one process group). The ranks
+    stop together at the next step boundary with a checkpoint, rank 0 says so on the first Ctrl-C, and the run
+    resumes from it; they used to die of KeyboardInterrupt, losing the steps since the last checkpoint."""
+    out = str(tmp_path / "run")
+    log = open(tmp_path / "run.out", "w+")
+    cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), MAIN,
+           "--ds_config", CPU_CONFIG, *map(str, [*RESUMABLE, "-o", out, "-n", 0])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=1), stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=with_sigint(signal.SIG_DFL))
+    wait_for(log, r"^step    3/8", proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    for _ in range(600):  # the launcher may leave before its ranks have saved
+        if not any(p.info["cmdline"] and out in p.info["cmdline"] for p in psutil.process_iter(["cmdline"])):
+            break
+        time.sleep(0.1)
+    log.seek(0)
+    text = log.read()
+    m = re.search(r"^stopping at step (\d+) on SIGINT: checkpoint saved; resume with -y 1", text, re.M)
+    assert m, text[-3000:]
+    step = int(m.group(1))
+    assert text.count("Ctrl-C: stopping at the next step boundary") == 1, text[-3000:]  # rank 0's
+    assert checkpoints_in(out) == ([step], [step])
+    assert not re.search(r'File ".*ds_train/', text), text[-3000:]  # no rank's traceback (the launcher's is its own)
+    resumed = finish(*launch(out, "-y", 1, "-n", 0)).check()
+    assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in resumed.stdout
+    assert main_log(out) == main_log(reference().output_dir)
+
+
+SLOW_STEPS = ["-e", "gpt2:d4:c256:h4", "-t", 256, "-b", 8, "-x", 20, "-v", 1000, "-s", 0, "-n", 0]  # ~1 s a CPU step
+
+
+def test_a_second_ctrl_c_quits_at_once_in_one_line(tmp_path):
+    """Ctrl-C twice within a step: the second ends the run there, with one line and 130, saving nothing."""
+    out = str(tmp_path / "run")
+    log, err = open(tmp_path / "run.out", "w+"), open(tmp_path / "run.err", "w+")
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, [*SLOW_STEPS, "-o", out])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=2), stdout=log, stderr=err, text=True,
+                            preexec_fn=with_sigint(signal.SIG_DFL))
+    wait_for(log, r"^step    1/20", proc)
+    proc.send_signal(signal.SIGINT)
+    wait_for(err, r"^Ctrl-C: stopping at the next step boundary", proc, timeout=30)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 128 + signal.SIGINT
+    err.seek(0)
+    lines = err.read().strip().splitlines()
+    assert lines[-1] == "ds_train: quit on a second Ctrl-C: the steps since the last checkpoint are not saved", lines[-5:]
+    assert not any(line.startswith("Traceback") for line in lines)
+    assert not os.path.exists(os.path.join(out, "checkpoints")) or checkpoints_in(out) == ([], [])
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(tmp_path):
+    """A shell's background job starts with SIGINT ignored, so that a Ctrl-C meant for the foreground leaves it
+    alone; ds_train keeps it so."""
+    out = str(tmp_path / "run")
+    log = open(tmp_path / "run.out", "w+")
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, [*TINY, "-x", 6, "-b", 4, "-o", out, "-n", 0])]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=2), stdout=log, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=with_sigint(signal.SIG_IGN))
+    wait_for(log, r"^step    2/6", proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    log.seek(0)
+    text = log.read()
+    assert "step    6/6" in text and "SIGINT" not in text and "Ctrl-C" not in text, text[-3000:]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped"])
