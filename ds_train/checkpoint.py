@@ -78,9 +78,12 @@ def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_la
     if rank == 0:  # leftovers of a save of this step that was killed: start from an empty folder
         shutil.rmtree(where, ignore_errors=True)
     torch.distributed.barrier()
-    engine.save_checkpoint(root, tag=tag(step), client_state={"ds_train": state}, save_latest=False)
-    torch.save(rank_state, os.path.join(where, RANK_STATE % rank))
-    _fsync_tree(where)
+    try:
+        engine.save_checkpoint(root, tag=tag(step), client_state={"ds_train": state}, save_latest=False)
+        torch.save(rank_state, os.path.join(where, RANK_STATE % rank))
+        _fsync_tree(where)
+    except (OSError, RuntimeError) as e:
+        raise _save_error(e, out_dir, step) from None
     torch.distributed.barrier()  # every rank's files are on disk before they are listed and the marker says so
     names = [sorted(os.path.relpath(os.path.join(folder, name), where)
                     for folder, _, files in os.walk(where) for name in files) if rank == 0 else None]
@@ -93,6 +96,25 @@ def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_la
         files = {name: part[name] for part in everyone for name in part}
         _write_atomically(os.path.join(out_dir, DONE % step), json.dumps({"step": step, "files": files}, indent=1))
         prune(out_dir, keep_last, keep_every)
+
+
+def _save_error(error: Exception, out_dir: str, step: int) -> Exception:
+    """A save that could not write (a full disk, a quota, a lost mount) as a UserError that says so and where the
+    run can resume from; any other error as it is."""
+    if isinstance(error, OSError):
+        why = error.strerror or str(error)
+    elif "unexpected pos" in str(error):  # torch's zip writer: fewer bytes reached the file than it wrote
+        why = "a write came up short (is the disk full, or a quota reached?)"
+    else:
+        return error
+    try:
+        why += f"; {shutil.disk_usage(out_dir).free / 2**20:.0f} MiB free there"
+    except OSError:
+        pass
+    done = done_steps(out_dir)
+    resume = f"-y 1 resumes from step {done[-1]}" if done else "no checkpoint of this run is complete yet"
+    return UserError(f"-o {out_dir}: cannot save the checkpoint of step {step}: {why}. Its folder "
+                     f"{step_dir(out_dir, step)} is incomplete (no DONE marker) and can be deleted; {resume}")
 
 
 def _fingerprint(path: str) -> dict:

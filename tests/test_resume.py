@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse,
                       train, wait_for)
+from ds_train import checkpoint
 
 STEPS = 8
 # shuffled data, warmup then decay, val every 4 steps; checkpoints every 2 steps
@@ -174,6 +176,26 @@ def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(tmp_path):
     log.seek(0)
     text = log.read()
     assert "step    6/6" in text and "SIGINT" not in text and "Ctrl-C" not in text, text[-3000:]
+
+
+def test_a_save_that_cannot_write_is_one_line_naming_the_step_to_resume_from(tmp_path):
+    """Files capped at 2 MB (RLIMIT_FSIZE, which stops a write as a full disk or a quota does) from the resumed run
+    on: its save of step 4 fails in torch's zip writer, and the run ends with one line naming the incomplete folder
+    and the step -y 1 resumes from (2), where torch's `unexpected pos` traceback was."""
+    out = str(tmp_path / "run")
+    flags = [*TINY, "-b", 4, "-n", 2, "-v", 100, "-o", out]
+    train([*flags, "-x", 2]).check()
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, [*flags, "-x", 6, "-y", 1])]
+    capped = subprocess.run(cmd, cwd=REPO, env=child_env(threads=2), capture_output=True, text=True, timeout=300,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20)))
+    assert capped.returncode == 2, capped.stderr[-3000:]
+    assert re.fullmatch(
+        rf"ds_train: error: -o {re.escape(out)}: cannot save the checkpoint of step 4: a write came up short \(is the "
+        rf"disk full, or a quota reached\?\); \d+ MiB free there\. Its folder {re.escape(out)}/checkpoints/step_00000004 "
+        r"is incomplete \(no DONE marker\) and can be deleted; -y 1 resumes from step 2",
+        capped.stderr.strip().splitlines()[-1]), capped.stderr[-3000:]
+    assert "Traceback" not in capped.stderr
+    assert checkpoint.done_steps(out) == [2]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped"])
