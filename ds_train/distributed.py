@@ -107,13 +107,13 @@ def _rendezvous_error(error: "torch.distributed.DistError", place: Place) -> Exc
     inside its rendezvous. -> a UserError saying which of the ways it failed, or `error` itself for any other."""
     from deepspeed.constants import default_pg_timeout  # DEEPSPEED_TIMEOUT minutes, 10 by default
 
-    where = f"MASTER_ADDR {os.environ.get('MASTER_ADDR')}, MASTER_PORT {os.environ.get('MASTER_PORT')}"
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    where = f"MASTER_ADDR {addr}, MASTER_PORT {port}"
     wait = f"DEEPSPEED_TIMEOUT sets how long the ranks wait ({default_pg_timeout.total_seconds() / 60:g} min here)"
     said = str(error).splitlines()[0] if str(error) else type(error).__name__
     if "EADDRINUSE" in str(error):  # rank 0's store could not listen
-        return UserError(f"MASTER_PORT {os.environ.get('MASTER_PORT')}: the port is in use on rank 0's machine "
-                         f"({os.environ.get('MASTER_ADDR')}), so the ranks cannot meet there; pick a free one "
-                         "(deepspeed --master_port, or MASTER_PORT)")
+        return UserError(f"MASTER_PORT {port}: the port is in use on rank 0's machine ({addr}), so the ranks cannot "
+                         "meet there; pick a free one (deepspeed --master_port, or MASTER_PORT)")
     if isinstance(error, torch.distributed.DistNetworkError):  # this rank never reached the store
         return UserError(f"{where}: rank {place.rank} could not reach rank 0 there ({said}); is rank 0 running, "
                          f"and is MASTER_ADDR its address as this machine sees it? {wait}")

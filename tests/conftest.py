@@ -183,6 +183,12 @@ def start(cmd, env, cwd, stdout, stderr, fork: bool = FORK_RUNS):
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True, start_new_session=True)
 
 
+def with_sigint(disposition):
+    """For Popen's preexec_fn: the child starts with SIGINT at `disposition`, as a terminal's foreground job (SIG_DFL)
+    or a shell's background job (SIG_IGN) does, whatever pytest's worker has."""
+    return lambda: signal.signal(signal.SIGINT, disposition)
+
+
 def wait_all(procs, timeout):
     """Wait for each of `procs`; any still running after a timeout or an error is killed with all it started."""
     try:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import CPU_CONFIG, MAIN, TINY, child_env
+from conftest import CPU_CONFIG, MAIN, TINY, child_env, with_sigint
 from ds_train import build_locks
 from ds_train.errors import UserError
 
@@ -37,7 +37,7 @@ def test_a_stop_signal_inside_a_build_ends_the_run_at_once_and_leaves_no_lock(tm
     env["TORCH_EXTENSIONS_DIR"] = root
     cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, ARGS)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+                            preexec_fn=with_sigint(signal.SIG_DFL))  # as in a terminal
     deadline = time.time() + 300
     while not locks(root):
         assert proc.poll() is None, f"the run ended before its build began:\n{proc.communicate()[1][-3000:]}"
