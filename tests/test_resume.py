@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse,
-                      train, wait_for)
+                      train, wait_for, with_sigint)
 from ds_train import checkpoint
 
 STEPS = 8
@@ -39,12 +39,13 @@ def main_log(run_dir) -> str:
 
 
 def launch(out_dir, *extra):
-    """Start a 2-rank run in its own process group; its output goes to a file so it can be watched."""
+    """Start a 2-rank run in its own process group, with SIGINT as a terminal leaves it; its output goes to a file
+    so it can be watched."""
     log = open(os.path.join(os.path.dirname(out_dir), f"{os.path.basename(out_dir)}.{time.time_ns()}.out"), "w+")
     cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), MAIN,
            "--ds_config", CPU_CONFIG, *map(str, [*RESUMABLE, "-o", out_dir, *extra])]
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=1), stdout=log, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=with_sigint(signal.SIG_DFL))
     return proc, log
 
 
@@ -104,22 +105,12 @@ def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
     assert main_log(out) == main_log(ref.output_dir)
 
 
-def with_sigint(disposition):
-    """For Popen's preexec_fn: the child starts with SIGINT at `disposition`, as a terminal's foreground job (SIG_DFL)
-    or a shell's background job (SIG_IGN) does, whatever pytest's worker has."""
-    return lambda: signal.signal(signal.SIGINT, disposition)
-
-
 def test_ctrl_c_under_the_launcher_saves_at_the_step_boundary(tmp_path):
     """A terminal's Ctrl-C: SIGINT to the deepspeed launcher and both ranks at once (one process group). The ranks
     stop together at the next step boundary with a checkpoint, rank 0 says so on the first Ctrl-C, and the run
     resumes from it; they used to die of KeyboardInterrupt, losing the steps since the last checkpoint."""
     out = str(tmp_path / "run")
-    log = open(tmp_path / "run.out", "w+")
-    cmd = [os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), MAIN,
-           "--ds_config", CPU_CONFIG, *map(str, [*RESUMABLE, "-o", out, "-n", 0])]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=1), stdout=log, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=with_sigint(signal.SIG_DFL))
+    proc, log = launch(out, "-n", 0)
     wait_for(log, r"^step    3/8", proc)
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)
@@ -151,6 +142,7 @@ def test_a_second_ctrl_c_quits_at_once_in_one_line(tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=2), stdout=log, stderr=err, text=True,
                             preexec_fn=with_sigint(signal.SIG_DFL))
     wait_for(log, r"^step    1/20", proc)
+    time.sleep(0.5)  # past the boundary that follows the step's line (a few ms), into the second step (about 1 s)
     proc.send_signal(signal.SIGINT)
     wait_for(err, r"^Ctrl-C: stopping at the next step boundary", proc, timeout=30)
     proc.send_signal(signal.SIGINT)
