@@ -115,6 +115,9 @@ def _rendezvous_error(error: "torch.distributed.DistError", place: Place) -> Exc
         return UserError(f"MASTER_PORT {port}: the port is in use on rank 0's machine ({addr}), so the ranks cannot "
                          "meet there; pick a free one (deepspeed --master_port, or MASTER_PORT)")
     if isinstance(error, torch.distributed.DistNetworkError):  # this rank never reached the store
+        if place.rank == 0:  # rank 0 runs the store on this machine and connects to it as the others do
+            return UserError(f"{where}: rank 0 could not reach its own store there ({said}); rank 0 listens on "
+                             f"this machine, so MASTER_ADDR must be an address of this machine. {wait}")
         return UserError(f"{where}: rank {place.rank} could not reach rank 0 there ({said}); is rank 0 running, "
                          f"and is MASTER_ADDR its address as this machine sees it? {wait}")
     if isinstance(error, torch.distributed.DistStoreError):  # the store was reached, but not by every rank

@@ -250,13 +250,14 @@ def run_ranks(cmd, ranks, env: dict, timeout: int, world_size: int = None,
     and srun (scripts/srun_task.sh) start them: a real multi-process job without the seconds that the
     deepspeed launcher's own two processes take to start (its tests are in test_cli, test_resume, test_scripts
     and the hostfile and /dev/shm tests). `ranks`: how many, or which (a list) of `world_size` (default: all)
-    to start. -> the first started rank's stdout, every rank's stderr, the first failing status."""
+    to start. MASTER_ADDR is 127.0.0.1 unless `env` has one. -> the first started rank's stdout, every rank's
+    stderr, the first failing status."""
     port = str(free_port())
     started = list(range(ranks)) if isinstance(ranks, int) else list(ranks)
     world_size = world_size or len(started)
     outputs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in started]
-    rank_envs = [dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=port) for rank in started]
+    rank_envs = [dict({"MASTER_ADDR": "127.0.0.1", **env}, RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size), MASTER_PORT=port) for rank in started]
     procs = [start(cmd, rank_env, REPO, out, err, fork) for rank_env, (out, err) in zip(rank_envs, outputs)]
     wait_all(procs, timeout)
     texts = [(read_back(out), read_back(err)) for out, err in outputs]

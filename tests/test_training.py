@@ -604,6 +604,20 @@ def test_a_rank_that_cannot_reach_rank_0_says_so_in_one_line():
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_rank_0_with_another_machines_master_addr_says_so_in_one_line():
+    """Rank 0 runs the store and connects to it at MASTER_ADDR like every rank: with an address that is not this
+    machine's (192.0.2.1, a documentation address nothing answers on) it cannot, and says that MASTER_ADDR must be
+    its own machine's, not that rank 0 could not reach rank 0."""
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *TINY, "-x", "2", "-b", "4"]
+    env = dict(child_env(), DEEPSPEED_TIMEOUT="0", MASTER_ADDR="192.0.2.1")
+    done = run_ranks(cmd, [0], env, timeout=120, world_size=2, fork=False)
+    assert done.returncode != 0
+    assert re.search(r"^ds_train: error: MASTER_ADDR 192.0.2.1, MASTER_PORT \d+: rank 0 could not reach its own store "
+                     r"there \(.+\); rank 0 listens on this machine, so MASTER_ADDR must be an address of this machine\. "
+                     r"DEEPSPEED_TIMEOUT .+ \(0 min here\)$", done.stderr, re.M), done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_an_uncaught_exception_on_one_mpi_rank_ends_the_job():
     """ds_train/main.py's hook for a bug's exception: the traceback, then MPI_Abort, where MPI_Finalize on the
     failed rank would wait for ever on a rank waiting for it (here at a barrier)."""
