@@ -23,6 +23,10 @@
 #   zero3_profile  one step of d12 B=64 x 8 at ZeRO-3 under torch.profiler and under cProfile (bench/profile_step.py
 #             --python_profile): where the host's time goes (2026-12-05 on an H200: the host 98% busy, the GPU
 #             waiting for it; late that day on an H100, with a sound cProfile listing: the host waiting 312 ms a step)
+#   zero3_fa  d12 B=64 x 8 at ZeRO-1 and ZeRO-3, each with SDPA (-fa 0) and FlashAttention-4 (-fa 1), the four
+#             alternating twice on one host (needs the FlashAttention-4 bundle): ZeRO-3 cost +14.8-18.1% with -fa 1 on
+#             the ninth lease's host and +6.1-6.6% with SDPA on the eleventh's; which of the two made the difference
+#             (2026-12-06 on an H100 of the eleventh's class: +5.1-5.9% with either, so the host)
 #   h100      on an H100 only (the GPU of the issue's targets; until 2026-12-05 the current code's d12 and d24 had
 #             run beside llm.c on H200s only): bench/llmc_side_by_side.sh d12 d24_b64 d12_b128 with LLMC_DIR=.llmc
 #             (carry it), then d48 B=16 x 8 at ZeRO-1, the table's row for the 55% MFU goal (2026-12-05: d12 1.26x
@@ -36,7 +40,7 @@ cd "$(dirname "$0")/.."
 [ -d "${1:-}" ] || { echo "owed.sh: BASE_TREE: expected the folder of the code to compare with (got '${1:-}')" >&2; exit 2; }
 base=$(cd "$1" && pwd)
 shift
-all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 zero3_profile h100 scaling"
+all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 zero3_profile zero3_fa h100 scaling"
 parts=${*:-$all_parts}
 for part in $parts; do
   [[ " $all_parts " == *" $part "* ]] || { echo "owed.sh: unknown part '$part' (expected some of: $all_parts)" >&2; exit 2; }
@@ -91,6 +95,16 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
         timeout 300 "$PYTHON" bench/profile_step.py "${D12[@]}" -z 3 -r 0 "${extra[@]}" \
           -i "$DATA/random_train_*.bin" -j "$DATA/random_val_*.bin" > "$OUT/profile_d12_z3_$how.txt" 2>&1
       done ;;
+    zero3_fa)
+      mkdir -p "$OUT/zero3_fa"
+      for i in 1 2; do
+        for fa in 0 1; do
+          for z in 1 3; do
+            OUT=$OUT/zero3_fa train_run "d12_zero${z}_fa${fa}_$i" 16 "${D12[@]}" -z $z -fa $fa
+          done
+        done
+      done
+      "$PYTHON" bench/summarize.py "$OUT"/zero3_fa/d12_zero*.log --first 4 --last 16 | tee "$OUT/zero3_fa/summary.txt" ;;
     h100)
       if nvidia-smi -L 2>/dev/null | grep -q H100; then
         LLMC_DIR=${LLMC_DIR:-.llmc} OUT=$OUT/h100 bash bench/llmc_side_by_side.sh d12 d24_b64 d12_b128
