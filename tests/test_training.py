@@ -579,6 +579,7 @@ def test_a_taken_master_port_is_a_one_line_error_that_ends_the_job(launcher, ran
     assert "Traceback" not in run.stdout + run.stderr
 
 
+@pytest.mark.mostly_waits
 def test_ranks_that_do_not_all_meet_say_so_in_one_line():
     """Rank 2 (another node's, say) never starts: rank 0's store and rank 1 wait DEEPSPEED_TIMEOUT minutes for it
     (1 here; DeepSpeed reads it on import, so these ranks are exec'd, not forked from the zygote), then each
