@@ -5,12 +5,14 @@ mpirun sets OMPI_* or PMI_* and deepspeed.init_distributed() completes the pictu
 `python ds_train/main.py` is a world of one on a free local port.
 """
 
+import contextlib
 import functools
 import os
 import random
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -94,12 +96,63 @@ def init_process_group(place: Place):
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(place.local_rank)
+    rendezvous = torch.distributed.init_process_group
+
+    @functools.wraps(rendezvous)  # DeepSpeed reads its signature (device_id); wraps hands it the original's
+    def stoppable_rendezvous(*args, **kwargs):
+        with _signals_end_the_wait():
+            return rendezvous(*args, **kwargs)
+
+    # DeepSpeed first builds or loads its CPU op (a build a signal must unwind, for its lock file), then meets the
+    # other ranks in torch's init_process_group, which it calls through the module: only that call is wrapped
+    torch.distributed.init_process_group = stoppable_rendezvous
     try:
         deepspeed.init_distributed(auto_mpi_discovery=place.launcher == "mpi",
                                    distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
     except torch.distributed.DistError as e:
         raise _rendezvous_error(e, place) from None
+    finally:
+        torch.distributed.init_process_group = rendezvous
     release_shm_buffer(place.rank)
+
+
+@contextlib.contextmanager
+def _signals_end_the_wait():
+    """While the ranks meet, torch holds this thread in C++ for up to DEEPSPEED_TIMEOUT (10 minutes by default), and
+    Python runs a signal's handler only when it returns: a SIGTERM or a Ctrl-C to a rank whose peers never came
+    waited out the whole timeout. torch lets go of the GIL while it waits, so a thread that the signal wakes
+    (signal.set_wakeup_fd: Python's C handler writes the signal's number there at once) ends the process, with one
+    line. Nothing is being built or written meanwhile, so there is nothing to unwind."""
+    stop_signals = {int(sig) for sig in _stop_signals()}
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # as set_wakeup_fd requires
+    where = f"MASTER_ADDR {os.environ.get('MASTER_ADDR')}, MASTER_PORT {os.environ.get('MASTER_PORT')}"
+
+    def watch():
+        while numbers := os.read(read_fd, 16):  # empty once write_fd is closed, after the wait
+            for signum in numbers:
+                if signum in stop_signals:
+                    name = signal.Signals(signum).name
+                    os.write(sys.stderr.fileno(), rank_prefixed(f"ds_train: stopped on {name} while waiting for "
+                                                                f"the ranks to meet at {where}: nothing to save").encode())
+                    os._exit(128 + signum)  # as the shell reports a process the signal ended
+
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="ds_train rendezvous signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write_fd)
+        watcher.join()
+        os.close(read_fd)
+
+
+def rank_prefixed(line: str) -> str:
+    """A line for stderr as ds_train writes them: prefixed with the rank on ranks other than 0, and ended."""
+    rank = discover().rank
+    return f"{f'[rank {rank}] ' if rank else ''}{line}\n"
 
 
 def _rendezvous_error(error: "torch.distributed.DistError", place: Place) -> Exception:

@@ -482,8 +482,8 @@ def main(argv=None) -> int:
 
 def _say_on_stderr(line: str):
     """One line on stderr, prefixed with the rank on ranks other than 0."""
-    rank = distributed.discover().rank
-    print(f"{f'[rank {rank}] ' if rank else ''}{line}", file=sys.stderr, flush=True)
+    sys.stderr.write(distributed.rank_prefixed(line))
+    sys.stderr.flush()
 
 
 def exit_without_teardown(code: int):

@@ -8,9 +8,11 @@ Stated tolerance: every logged loss agrees within 2e-5 (reduction order differs 
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -20,7 +22,8 @@ import torch
 from ds_train.data import read_shard, write_shard
 from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
-                      free_port, kill_tree, one_rank_run, parse, run_process, run_ranks, settings_table, train, zero_run)
+                      free_port, kill_tree, one_rank_run, parse, run_process, run_ranks, settings_table, train, with_sigint,
+                      zero_run)
 
 TOLERANCE = 2e-5
 
@@ -603,6 +606,40 @@ def test_a_rank_that_cannot_reach_rank_0_says_so_in_one_line():
     assert re.search(r"^\[rank 1\] ds_train: error: MASTER_ADDR 127.0.0.1, MASTER_PORT \d+: rank 1 could not reach "
                      r"rank 0 there \(.+\); is rank 0 running, .+ \(0 min here\)$", done.stderr, re.M), done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_rank_waiting_for_the_others_at_once(tmp_path, signum):
+    """Rank 0 of 2 alone, its store listening and waiting for rank 1 (DEEPSPEED_TIMEOUT 1 minute): SIGTERM or a
+    Ctrl-C ends it at once with one line, where torch, holding the main thread in C++ while it waits, had left
+    Python's handler to run only after the whole timeout. Exec'd with SIGINT as a terminal leaves it."""
+    port = free_port()
+    env = dict(child_env(), DEEPSPEED_TIMEOUT="1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port))
+    with open(tmp_path / "stderr", "w+") as err:
+        proc = subprocess.Popen([sys.executable, MAIN, "--ds_config", CPU_CONFIG, *TINY, "-x", "2", "-b", "4"], cwd=REPO,
+                                env=env, stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=True,
+                                preexec_fn=with_sigint(signal.SIG_DFL))
+        try:
+            deadline = time.time() + 120
+            while not any(c.pid == proc.pid and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                          for c in psutil.net_connections(kind="tcp")):  # rank 0's store: inside the rendezvous
+                assert proc.poll() is None and time.time() < deadline, err.read()[-3000:]
+                time.sleep(0.1)
+            signalled = time.time()
+            proc.send_signal(signum)
+            status = proc.wait(timeout=120)
+            took = time.time() - signalled
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc)
+        err.seek(0)
+        said = err.read()
+    assert status == 128 + signum and took < 10, (status, took, said[-3000:])
+    name = signal.Signals(signum).name
+    assert re.search(rf"^ds_train: stopped on {name} while waiting for the ranks to meet at MASTER_ADDR 127.0.0.1, "
+                     rf"MASTER_PORT {port}: nothing to save$", said, re.M), said[-3000:]
+    assert "Traceback" not in said
 
 
 def test_rank_0_with_another_machines_master_addr_says_so_in_one_line():
