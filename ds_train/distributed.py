@@ -126,7 +126,7 @@ def _signals_end_the_wait():
     stop_signals = {int(sig) for sig in _stop_signals()}
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)  # as set_wakeup_fd requires
-    where = f"MASTER_ADDR {os.environ.get('MASTER_ADDR')}, MASTER_PORT {os.environ.get('MASTER_PORT')}"
+    where = _meeting_place()
 
     def watch():
         while numbers := os.read(read_fd, 16):  # empty once write_fd is closed, after the wait
@@ -149,6 +149,11 @@ def _signals_end_the_wait():
         os.close(read_fd)
 
 
+def _meeting_place() -> str:
+    """Where the ranks meet (rank 0's store), as the rendezvous's messages name it."""
+    return f"MASTER_ADDR {os.environ.get('MASTER_ADDR')}, MASTER_PORT {os.environ.get('MASTER_PORT')}"
+
+
 def rank_prefixed(line: str) -> str:
     """A line for stderr as ds_train writes them: prefixed with the rank on ranks other than 0, and ended."""
     rank = discover().rank
@@ -161,7 +166,7 @@ def _rendezvous_error(error: "torch.distributed.DistError", place: Place) -> Exc
     from deepspeed.constants import default_pg_timeout  # DEEPSPEED_TIMEOUT minutes, 10 by default
 
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    where = f"MASTER_ADDR {addr}, MASTER_PORT {port}"
+    where = _meeting_place()
     wait = f"DEEPSPEED_TIMEOUT sets how long the ranks wait ({default_pg_timeout.total_seconds() / 60:g} min here)"
     said = str(error).splitlines()[0] if str(error) else type(error).__name__
     if "EADDRINUSE" in str(error):  # rank 0's store could not listen
