@@ -5,8 +5,8 @@
 # BASE_TREE is the code before ds_train/weight_grad.py, the last change measured on one size only:
 #   mkdir .base && git archive c0c1451 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
 # Parts (all by default, in this order; about 30 minutes on an H200 with the extensions to build):
-#   tests     the GPU tests of the latest changes (the compiled case of tests/test_weight_grad.py, the loss under
-#             no_grad), with the extensions built first (2026-12-05 on an H100, the current code: 32 passed)
+#   tests     every test that skips without a GPU (15 on CPU), in the files that hold them, with the extensions
+#             built first (2026-12-05 on an H100, the weight-gradient, fold, loss and GELU tests: 32 passed)
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (bench/ab_trees.sh)
 #   ab_d24    d24 B=64 x 8 likewise, alternating twice (2026-12-05 on an H100: no difference, 2381.1 against 2382.8 ms;
 #             once each on an H200 the same day: the new tree 0.8% slower, run second at a 2% lower sampled clock)
@@ -66,10 +66,11 @@ for part in $parts; do
 from deepspeed.ops.op_builder import FusedAdamBuilder; FusedAdamBuilder().load()
 from ds_train import gelu_fusion, loss; gelu_fusion.extension(); loss.softmax_grad_extension()
 print('extensions built')" > "$OUT/prebuild.log" 2>&1
-      timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
-        tests/test_weight_grad.py tests/test_grad_fold.py tests/test_loss.py \
+      timeout 420 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -n 4 \
+        tests/test_weight_grad.py tests/test_grad_fold.py tests/test_loss.py tests/test_model.py \
+        tests/test_inductor_choices.py \
         tests/test_training.py::test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds \
-        tests/test_model.py::test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu \
+        tests/test_training.py::test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine \
         > "$OUT/pytest_gpu.txt" 2>&1 ;;
     ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 2 16 "${D12[@]}" -z 1 ;;
     ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 2 12 "${D24[@]}" -z 1 ;;
