@@ -6,20 +6,24 @@ checkpoint before it.
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, TRAIN_SHARD, train
+from conftest import RUNS_DIR_VAR, TINY, TRAIN_SHARD, Run, cached_train, train
 from ds_train import checkpoint
 from ds_train.data import read_shard, write_shard
 from ds_train.outliers import UpdateGuard
 
 
-def same_weights(run_dir, step_a, step_b) -> bool:
-    _, a = checkpoint.load_fp32(os.path.join(run_dir, "checkpoints", checkpoint.tag(step_a)))
-    _, b = checkpoint.load_fp32(os.path.join(run_dir, "checkpoints", checkpoint.tag(step_b)))
+def fp32_weights(run_dir, step) -> dict:
+    """A checkpoint's fp32 master weights (a bf16 one's through DeepSpeed's universal form, seconds each)."""
+    return checkpoint.load_fp32(os.path.join(run_dir, "checkpoints", checkpoint.tag(step)))[1]
+
+
+def same(a: dict, b: dict) -> bool:
     return all(torch.equal(a[name], b[name]) for name in a)
 
 
@@ -39,30 +43,49 @@ def test_a_nan_loss_is_skipped_and_training_goes_on(stage, bf16, offload, scan, 
                 extra_env={"DS_TRAIN_NAN_AT_STEP": "1"}).check()
     assert run.stdout.count("skipped the update") == 1
     assert "skipped the update of step 2: non-finite loss" in run.stdout
-    assert same_weights(out, 1, 2)
-    assert not same_weights(out, 2, 3)  # the next step trains as usual
+    first, skipped, next_one = (fp32_weights(out, step) for step in (1, 2, 3))
+    assert same(first, skipped)
+    assert not same(skipped, next_one)  # the next step trains as usual
     assert np.isfinite(run.losses[-1])
+
+
+# step 141 (0-based 140) of 1 rank, B=8 x T=32, -d 256, --shuffle 0, as a batch of random tokens; a constant lr
+PLANTED = [*TINY, "-b", 8, "-d", 256, "-k", "constant", "-u", 0, "-l", "1e-3", "-v", 1000, "-m", 1, "--shuffle", 0]
+
+
+def the_140_steps_before_the_planted_batch() -> Run:
+    """140 steps at ZeRO-1 on tinyshakespeare whose rows of step 141 are random tokens, checkpointed at 140 with the
+    detectors' 128-value windows full; made once per session for both tests below."""
+    shard = os.path.join(os.environ[RUNS_DIR_VAR], "planted.bin")
+    if not os.path.exists(shard):  # the same bytes whichever worker writes them
+        tokens = np.array(read_shard(TRAIN_SHARD))
+        rows = slice(140 * 256, 141 * 256 + 1)
+        tokens[rows] = np.random.default_rng(0).integers(0, 50257, rows.stop - rows.start)
+        write_shard(f"{shard}.{os.getpid()}", tokens)
+        os.replace(f"{shard}.{os.getpid()}", shard)
+    return cached_train("planted_140", [*PLANTED, "-i", shard, "-z", 1, "-x", 140, "-n", 140])
 
 
 # the grad norm drifts early in training (z up to ~3.7 on ordinary steps here), so -sg gets a higher bar
 @pytest.mark.parametrize("flag,z,stage", [("-sl", 3, 1), ("-sg", 6, 3)])
 def test_a_planted_outlier_batch_is_skipped(tmp_path, flag, z, stage):
-    """llm.c's detectors need 128 steps of history; step 141 reads a batch of random tokens, whose loss and
-    grad norm both stand out. -sl judges the loss, -sg the grad norm (under ZeRO, inside DeepSpeed's step)."""
-    tokens = np.array(read_shard(TRAIN_SHARD))
-    rows = slice(140 * 256, 141 * 256 + 1)  # step 140 (0-based) with -d 256 and --shuffle 0 (1 rank, B=8 x T=32)
-    tokens[rows] = np.random.default_rng(0).integers(0, 50257, rows.stop - rows.start)
-    write_shard(str(tmp_path / "planted.bin"), tokens)
+    """llm.c's detectors need 128 steps of history; step 141 reads a batch of random tokens, whose loss and grad
+    norm both stand out. -sl judges the loss, -sg the grad norm (under ZeRO, inside DeepSpeed's step). Step 141
+    resumes the shared 140 steps, at ZeRO-3 for -sg: the windows come back from the checkpoint, across stages."""
+    before = the_140_steps_before_the_planted_batch()
     out = str(tmp_path / "run")
-    run = train([*TINY, "-b", 8, "-d", 256, "-z", stage, "-x", 141, "-n", 140, "-k", "constant", "-u", 0, "-l", "1e-3", "-v", 1000,
-                 "-m", 1, "--shuffle", 0, "-i", tmp_path / "planted.bin", flag, z, "-o", out]).check()
+    shutil.copytree(before.output_dir, out)
+    run = train([*PLANTED, "-i", os.path.join(os.environ[RUNS_DIR_VAR], "planted.bin"), "-z", stage, "-x", 141,
+                 "-n", 140, flag, z, "-y", 1, "-o", out]).check()
+    assert f"resumed from {out}/checkpoints/step_00000140 at step 140" in run.stdout
     skips = [line for line in run.stdout.splitlines() if line.startswith("skipped the update")]
     judged = {"-sl": "loss z-score", "-sg": "grad norm z-score"}[flag]
     assert len(skips) == 1 and skips[0].startswith(f"skipped the update of step 141: {judged} "), skips
     assert skips[0].endswith(f"> {flag} {z}")
-    planted = {"-sl": run.losses, "-sg": run.norms}[flag]
+    planted = {"-sl": before.losses + run.losses, "-sg": before.norms + run.norms}[flag]
+    assert len(planted) == 141
     assert planted[-1] > 1.5 * max(planted[-20:-1])  # the planted batch is what it was judged on, shown as it was
-    assert same_weights(out, 140, 141)
+    assert same(fp32_weights(out, 140), fp32_weights(out, 141))
 
 
 def test_the_guard_judges_each_value_once_and_never_learns_from_nan():

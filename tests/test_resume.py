@@ -49,6 +49,13 @@ def launch(out_dir, *extra):
     return proc, log
 
 
+def resume(out_dir, *extra):
+    """-y 1 on the run in out_dir, its two ranks started directly, as the reference's were. After a stop under the
+    launcher what is left to check is the checkpoint it left, and ranks forked from the zygote spare the launcher's
+    process and each rank's imports (the kill -9 test's second and third legs resume under the launcher)."""
+    return train([*RESUMABLE, "-o", out_dir, "-y", 1, *extra], ranks=2, launcher="env")
+
+
 def finish(proc, log, timeout=300):
     proc.wait(timeout=timeout)
     log.seek(0)
@@ -78,7 +85,7 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path):
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    last = finish(*launch(out, "-y", 1)).check()
+    last = resume(out).check()
     assert main_log(out) == main_log(ref.output_dir)  # every step once, the same numbers
     resumed_steps = len(last.losses)
     assert last.losses == ref.losses[STEPS - resumed_steps:]  # bit for bit
@@ -99,7 +106,7 @@ def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
     assert m, stopped.stdout[-3000:]
     step = int(m.group(1))
     assert checkpoints_in(out) == ([step], [step])
-    resumed = finish(*launch(out, "-y", 1, "-n", 0)).check()
+    resumed = resume(out, "-n", 0).check()
     assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in resumed.stdout
     assert stopped.losses + resumed.losses == ref.losses
     assert main_log(out) == main_log(ref.output_dir)
@@ -126,7 +133,7 @@ def test_ctrl_c_under_the_launcher_saves_at_the_step_boundary(tmp_path):
     assert text.count("Ctrl-C: stopping at the next step boundary") == 1, text[-3000:]  # rank 0's
     assert checkpoints_in(out) == ([step], [step])
     assert not re.search(r'File ".*ds_train/', text), text[-3000:]  # no rank's traceback (the launcher's is its own)
-    resumed = finish(*launch(out, "-y", 1, "-n", 0)).check()
+    resumed = resume(out, "-n", 0).check()
     assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in resumed.stdout
     assert main_log(out) == main_log(reference().output_dir)
 
