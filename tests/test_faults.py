@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import RUNS_DIR_VAR, TINY, TRAIN_SHARD, Run, cached_train, train
+from conftest import RUNS_DIR_VAR, TINY, TRAIN_SHARD, cached_train, train
 from ds_train import checkpoint
 from ds_train.data import read_shard, write_shard
 from ds_train.outliers import UpdateGuard
@@ -53,9 +53,9 @@ def test_a_nan_loss_is_skipped_and_training_goes_on(stage, bf16, offload, scan, 
 PLANTED = [*TINY, "-b", 8, "-d", 256, "-k", "constant", "-u", 0, "-l", "1e-3", "-v", 1000, "-m", 1, "--shuffle", 0]
 
 
-def the_140_steps_before_the_planted_batch() -> Run:
+def the_140_steps_before_the_planted_batch() -> tuple:
     """140 steps at ZeRO-1 on tinyshakespeare whose rows of step 141 are random tokens, checkpointed at 140 with the
-    detectors' 128-value windows full; made once per session for both tests below."""
+    detectors' 128-value windows full; made once per session for both tests below. -> (the run, its train shard)"""
     shard = os.path.join(os.environ[RUNS_DIR_VAR], "planted.bin")
     if not os.path.exists(shard):  # the same bytes whichever worker writes them
         tokens = np.array(read_shard(TRAIN_SHARD))
@@ -63,7 +63,7 @@ def the_140_steps_before_the_planted_batch() -> Run:
         tokens[rows] = np.random.default_rng(0).integers(0, 50257, rows.stop - rows.start)
         write_shard(f"{shard}.{os.getpid()}", tokens)
         os.replace(f"{shard}.{os.getpid()}", shard)
-    return cached_train("planted_140", [*PLANTED, "-i", shard, "-z", 1, "-x", 140, "-n", 140])
+    return cached_train("planted_140", [*PLANTED, "-i", shard, "-z", 1, "-x", 140, "-n", 140]), shard
 
 
 # the grad norm drifts early in training (z up to ~3.7 on ordinary steps here), so -sg gets a higher bar
@@ -72,11 +72,10 @@ def test_a_planted_outlier_batch_is_skipped(tmp_path, flag, z, stage):
     """llm.c's detectors need 128 steps of history; step 141 reads a batch of random tokens, whose loss and grad
     norm both stand out. -sl judges the loss, -sg the grad norm (under ZeRO, inside DeepSpeed's step). Step 141
     resumes the shared 140 steps, at ZeRO-3 for -sg: the windows come back from the checkpoint, across stages."""
-    before = the_140_steps_before_the_planted_batch()
+    before, shard = the_140_steps_before_the_planted_batch()
     out = str(tmp_path / "run")
     shutil.copytree(before.output_dir, out)
-    run = train([*PLANTED, "-i", os.path.join(os.environ[RUNS_DIR_VAR], "planted.bin"), "-z", stage, "-x", 141,
-                 "-n", 140, flag, z, "-y", 1, "-o", out]).check()
+    run = train([*PLANTED, "-i", shard, "-z", stage, "-x", 141, "-n", 140, flag, z, "-y", 1, "-o", out]).check()
     assert f"resumed from {out}/checkpoints/step_00000140 at step 140" in run.stdout
     skips = [line for line in run.stdout.splitlines() if line.startswith("skipped the update")]
     judged = {"-sl": "loss z-score", "-sg": "grad norm z-score"}[flag]
