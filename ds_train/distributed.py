@@ -68,7 +68,9 @@ def _lowest_ephemeral_port() -> int:
         return 32768  # Linux's default
 
 
-_port_choice = random.Random()  # its own generator: a seeded global random must not make processes pick alike
+# the OS's randomness, drawn at each call: a seeded global random would make processes pick alike, and so would
+# a generator seeded once at import in processes forked from one parent (the tests' zygote)
+_port_choice = random.SystemRandom()
 
 
 def free_port() -> int:

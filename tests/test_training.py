@@ -565,6 +565,24 @@ def test_master_ports_are_picked_free_and_below_the_ephemeral_range():
             s.bind(("0.0.0.0", port))
 
 
+def test_processes_forked_from_one_parent_pick_different_master_ports():
+    """Single runs forked from one parent (the tests' zygote) pick their MASTER_PORTs apart, as exec'd ones do: no
+    generator state drawn at import is shared, which made each fork pick the same port and concurrent ones clash."""
+    picks = []
+    for _ in range(4):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            os.write(write_fd, str(free_port()).encode())
+            os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            picks.append(int(pipe.read()))
+        os.waitpid(pid, 0)
+    assert len(set(picks)) == 4, picks
+
+
 @pytest.mark.parametrize("launcher,ranks", [("python", 1), ("deepspeed", 2), ("mpirun", 2)])
 def test_a_taken_master_port_is_a_one_line_error_that_ends_the_job(launcher, ranks):
     """Rank 0 cannot listen on a MASTER_PORT that another process holds: it says so in one line and the job ends.
