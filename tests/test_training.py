@@ -584,7 +584,7 @@ def test_processes_forked_from_one_parent_pick_different_master_ports():
         with os.fdopen(read_fd) as pipe:
             picks.append(int(pipe.read()))
         os.waitpid(pid, 0)
-    assert len(set(picks)) == 4, picks
+    assert len(set(picks)) > 1, picks  # each the same before; 4 alike by chance: 1 in 22768**3
 
 
 @pytest.mark.parametrize("launcher,ranks", [("python", 1), ("deepspeed", 2), ("mpirun", 2)])
