@@ -42,11 +42,18 @@ def assert_same_training(run, ref=None):
     assert run.norms == pytest.approx(ref.norms, abs=1e-3)
 
 
+def assert_same_val_losses(run, ref):
+    """Bitwise, but for step 0's: a process's first forward pass, which on a crowded CPU has come out 16 float32
+    ulps off, in forked runs outside the test harness too (docs/testing.md); every later number agreed in each."""
+    assert run.val_losses[1:] == ref.val_losses[1:]
+    assert run.val_losses[0] == pytest.approx(ref.val_losses[0], rel=1e-5)
+
+
 def test_training_moves_and_is_deterministic():
     ref = reference()
     again = train([*COMMON, "-b", 4, "-z", 1], ranks=2, launcher="env").check()
-    assert again.losses == ref.losses and again.val_losses[1:] == ref.val_losses[1:]  # bitwise, same layout
-    assert again.val_losses[0] == pytest.approx(ref.val_losses[0], rel=1e-5)  # a first forward pass: docs/testing.md
+    assert again.losses == ref.losses  # bitwise, same layout
+    assert_same_val_losses(again, ref)
     assert ref.val_losses[-1] < ref.val_losses[0] - 0.3
 
 
@@ -450,11 +457,9 @@ def test_a_run_forked_from_the_zygote_prints_what_an_execd_run_prints(tmp_path):
     assert [table.pop("output log dir") for table in settings] == [str(tmp_path / "True"), str(tmp_path / "False")]
     assert settings[0] == settings[1] and len(settings[0]) > 20
     forked, execd = (parse(run).check() for run in runs)
-    assert (forked.losses, forked.norms, forked.lrs, forked.val_losses[1:]) == \
-           (execd.losses, execd.norms, execd.lrs, execd.val_losses[1:]) and len(forked.losses) == 3
-    # step 0's val loss is the process's first forward pass, which on a crowded CPU has come out 16 float32 ulps
-    # off, in forked runs outside this harness too (docs/testing.md); every later number agreed in each such run
-    assert forked.val_losses[0] == pytest.approx(execd.val_losses[0], rel=1e-5)
+    assert (forked.losses, forked.norms, forked.lrs) == (execd.losses, execd.norms, execd.lrs)
+    assert len(forked.losses) == 3
+    assert_same_val_losses(forked, execd)
     bad = [run_process([*cmd, "-sg", "-1"], env=child_env(), fork=fork) for fork in (True, False)]
     assert [(run.returncode, run.stderr) for run in bad] == \
            [(2, "ds_train: error: -sg -1.0: expected 0 (off) or a positive z-score\n")] * 2
