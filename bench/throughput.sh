@@ -17,6 +17,9 @@
 #   bash bench/throughput.sh microbatch GPU: d12 B=128 and d24 B=64 at the same 0.5M-token steps
 #   bash bench/throughput.sh microbatch_d48 GPU: d48 at B=16 x 8 and B=32 x 4 (131K-token steps), alternating, ROUNDS
 #                                      (default 1) times each: what a GPU with more memory than the H100 buys
+#   bash bench/throughput.sh step_size_d48 GPU: d48 B=16 at 131K-token steps (x 8) and at the 0.5M (x 32),
+#                                      alternating, ROUNDS (default 2) times each, then once at its JSON's 1M (x 64):
+#                                      the optimizer's step, paid once a step, over 8, 32 or 64 micro-steps
 #   bash bench/throughput.sh microbatch_d24 GPU: d24 at B=64 x 8 and B=128 x 4 (0.5M-token steps), alternating, ROUNDS
 #                                      (default 1) times each (B=128 needs more than 80 GB)
 #   bash bench/throughput.sh timer     GPU: d12 with DeepSpeed's synchronizing throughput timer on and off, twice each
@@ -144,6 +147,15 @@ case "${1:-d12}" in
     train_run d24_b64 15 "${D24[@]}" -z 1 -r 0
     "$PYTHON" bench/summarize.py "$OUT"/d12_b128.log --first 6 --last 20
     "$PYTHON" bench/summarize.py "$OUT"/d24_b64.log --first 4 --last 15 ;;
+  step_size_d48)  # the same micro-batch, so each micro-step is alike; only how many share one optimizer step differs
+    for i in $(seq "${ROUNDS:-2}"); do
+      train_run "d48_131k_$i" 10 "${D48[@]}" -z 1
+      train_run "d48_524k_$i" 6 "${D48[@]}" -d 524288 -z 1
+    done
+    "$PYTHON" bench/summarize.py "$OUT"/d48_131k_*.log --first 4 --last 10
+    train_run d48_1m 4 "${D48[@]}" -d 1048576 -z 1
+    "$PYTHON" bench/summarize.py "$OUT"/d48_524k_*.log --first 3 --last 6
+    "$PYTHON" bench/summarize.py "$OUT"/d48_1m.log --first 2 --last 4 ;;
   microbatch_d48)
     micro_batches_in_turn d48 16 32 --ds_config ds_configs/gpt2_1558M.json -e d48 -t 1024 -d 131072 -z 1 -r 0 ;;
   microbatch_d24)
