@@ -152,8 +152,8 @@ case "${1:-d12}" in
       train_run "d48_131k_$i" 10 "${D48[@]}" -z 1
       train_run "d48_524k_$i" 6 "${D48[@]}" -d 524288 -z 1
     done
-    "$PYTHON" bench/summarize.py "$OUT"/d48_131k_*.log --first 4 --last 10
     train_run d48_1m 4 "${D48[@]}" -d 1048576 -z 1
+    "$PYTHON" bench/summarize.py "$OUT"/d48_131k_*.log --first 4 --last 10
     "$PYTHON" bench/summarize.py "$OUT"/d48_524k_*.log --first 3 --last 6
     "$PYTHON" bench/summarize.py "$OUT"/d48_1m.log --first 2 --last 4 ;;
   microbatch_d48)
