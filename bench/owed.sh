@@ -2,14 +2,17 @@
 # What issue 7 still owes, in one job on one GPU box, most decisive first; a job cut short still leaves every
 # part it finished, each with a PART.done marker in $OUT (default bench_out/owed):
 #   bash bench/owed.sh BASE_TREE [PART...]
-# BASE_TREE is the code before ds_train/weight_grad.py, the last change measured on one size only:
-#   mkdir .base && git archive c0c1451 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
+# BASE_TREE is the code before the last change to the step, gelu_fusion.column_sum (2026-12-06; before it,
+# ds_train/weight_grad.py, c0c1451):
+#   mkdir .base && git archive 5a94f21 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
 # Parts (all by default, in this order; about 30 minutes on an H200 with the extensions to build):
 #   tests     every test that skips without a GPU (15 on CPU), in the files that hold them, with the extensions
 #             built first, on 4 pytest workers (2026-12-06 on an H100: 83 passed, none skipped)
-#   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (bench/ab_trees.sh)
+#   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (AB_ROUNDS=N: N times; bench/ab_trees.sh)
 #   ab_d24    d24 B=64 x 8 likewise, alternating twice (2026-12-05 on an H100: no difference, 2381.1 against 2382.8 ms;
 #             once each on an H200 the same day: the new tree 0.8% slower, run second at a 2% lower sampled clock)
+#   ab_d48    d48 B=16 x 8 likewise, alternating twice: the size that gelu_fusion.column_sum is for
+#   bias_grad bench/bias_grad.py: the blocks' bias-gradient sums, Inductor's kernels against cuBLAS and Triton
 #   profiles  one step of d48 B=16 x 8 and of d24 B=64 x 8 under torch.profiler (bench/profile_step.py): where
 #             d24's 1.17-1.20x llm.c loses against d12's 1.23-1.27x (2026-12-05 on an H200 and on an H100: the
 #             matmuls as long on both, the H100's memory-bound kernels 1.1-1.5x longer)
@@ -40,7 +43,7 @@ cd "$(dirname "$0")/.."
 [ -d "${1:-}" ] || { echo "owed.sh: BASE_TREE: expected the folder of the code to compare with (got '${1:-}')" >&2; exit 2; }
 base=$(cd "$1" && pwd)
 shift
-all_parts="tests ab_d12 ab_d24 profiles r3 eval zero3 zero3_profile zero3_fa h100 scaling"
+all_parts="tests ab_d12 ab_d24 ab_d48 bias_grad profiles r3 eval zero3 zero3_profile zero3_fa h100 scaling"
 parts=${*:-$all_parts}
 for part in $parts; do
   [[ " $all_parts " == *" $part "* ]] || { echo "owed.sh: unknown part '$part' (expected some of: $all_parts)" >&2; exit 2; }
@@ -72,8 +75,10 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
         tests/test_training.py::test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds \
         tests/test_training.py::test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine \
         > "$OUT/pytest_gpu.txt" 2>&1 ;;
-    ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 2 16 "${D12[@]}" -z 1 ;;
-    ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 2 12 "${D24[@]}" -z 1 ;;
+    ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 "${AB_ROUNDS:-2}" 16 "${D12[@]}" -z 1 ;;
+    ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 "${AB_ROUNDS:-2}" 12 "${D24[@]}" -z 1 ;;
+    ab_d48) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d48_z1 "${AB_ROUNDS:-2}" 10 "${D48[@]}" -z 1 ;;
+    bias_grad) "$PYTHON" bench/bias_grad.py > "$OUT/bias_grad.txt" 2>&1 ;;
     profiles)
       for run in d48 d24; do
         flags=("${D48[@]}"); [ $run = d24 ] && flags=("${D24[@]}")
