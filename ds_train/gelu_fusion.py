@@ -83,14 +83,31 @@ def _(grad_out, weight, pre_gelu):
     return torch.empty_like(pre_gelu)
 
 
+@torch.library.custom_op("ds_train::column_sum", mutates_args=())
+def column_sum(grad: torch.Tensor) -> torch.Tensor:
+    """grad.sum(0) for 2-D grad, the bias gradient at GELU's input under level 2. There grad comes from the fused
+    backward's matmul, which Inductor cannot see into, so Inductor gave the sum a kernel of its own, and on d48's
+    shapes (16384 x 6400) that kernel took 1.5 times as long as cuBLAS's matrix-vector product ones @ grad
+    (bench/bias_grad.py). On CUDA this is that product, with fp32 sums and one rounding, as the sum has."""
+    if grad.is_cuda:
+        ones = torch.ones(1, grad.shape[0], device=grad.device, dtype=grad.dtype)
+        return torch.mm(ones, grad, out_dtype=torch.float32).view(-1).to(grad.dtype)
+    return grad.sum(0)
+
+
+@column_sum.register_fake
+def _(grad):
+    return grad.new_empty(grad.shape[1])
+
+
 class GeluMLP(torch.autograd.Function):
     """linear(gelu(linear(x, w_fc, b_fc)), w_proj, b_proj) for 2-D x, GELU fused at `level` (0 none, 1, 2), after
     a LayerNorm given its weight and bias (-r 2), else on x as it is. Without recompute it saves what autograd
     saves unfused (x, GELU's input and output, the weights), so memory does not change; with it, GELU's output
     is not kept, and with the LayerNorm its output is not kept either (ds_train.recompute). The bias
-    gradients stay torch sums, which inductor fuses: cuBLASLt's own bias-gradient epilogue (DGELU_BGRAD)
-    measured slower than the matmul and the sum. Given fp32 accumulators for the weights (main_fc, main_proj;
-    ds_train.weight_grad), their gradients go there."""
+    gradients are sums (at level 2 the first by cuBLAS, column_sum): cuBLASLt's own bias-gradient epilogue
+    (DGELU_BGRAD) measured slower than the matmul and the sum. Given fp32 accumulators for the weights
+    (main_fc, main_proj; ds_train.weight_grad), their gradients go there."""
 
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, norm_eps, w_fc, b_fc, w_proj, b_proj, level: int, drop_gelu: bool,
@@ -107,8 +124,10 @@ class GeluMLP(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         if ctx.level == 2:
             grad_pre = matmul_gelu_backward(grad_y, w_proj, pre_gelu)
+            grad_b_fc = column_sum(grad_pre)
         else:
             grad_pre = _unfused_gelu_backward(grad_y, w_proj, pre_gelu)
+            grad_b_fc = grad_pre.sum(0)
         if h is None:  # -r 1, 2: GELU's output again, for the second linear's weight gradient
             h = recompute.gelu_again(pre_gelu)
         grad_x_norm = grad_pre @ w_fc
@@ -119,7 +138,7 @@ class GeluMLP(torch.autograd.Function):
             grad_x, grad_norm_weight, grad_norm_bias = recompute.layer_norm_backward(
                 grad_x_norm, x, norm_weight, norm_bias, mean, rstd)
         return (grad_x, grad_norm_weight, grad_norm_bias, None, weight_grad.weight_grad(grad_pre, x_norm, ctx.main_fc),
-                grad_pre.sum(0), weight_grad.weight_grad(grad_y, h, ctx.main_proj), grad_y.sum(0), None, None, None, None)
+                grad_b_fc, weight_grad.weight_grad(grad_y, h, ctx.main_proj), grad_y.sum(0), None, None, None, None)
 
 
 def mlp(x, c_fc: torch.nn.Linear, c_proj: torch.nn.Linear, level: int, drop_gelu: bool = False,

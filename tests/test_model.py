@@ -272,10 +272,19 @@ def test_recompute_keeps_gelu_fusion_and_gives_the_plain_gradients(level):
         model.set_gelu_fusion(3)
 
 
+def test_column_sum_passes_torchs_custom_op_checks():
+    """gelu_fusion.column_sum, level 2's bias gradient at GELU's input (on a GPU cuBLAS's ones @ grad, checked in the
+    GPU test below): the sum over rows, and its fake function and schema as torch.compile relies on them."""
+    grad = torch.randn(300, 24).bfloat16()
+    torch.testing.assert_close(gelu_fusion.column_sum(grad), grad.double().sum(0).bfloat16())
+    torch.library.opcheck(torch.ops.ds_train.column_sum, (grad,))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuBLASLt kernels need a CUDA GPU")
 def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
-    """The cuBLASLt epilogues against fp32 reference arithmetic, each rounded once to bf16 (so within bf16's
-    tolerance), and the fused bf16 model's loss and gradients against the unfused one's, also at -r 1 and 2."""
+    """The cuBLASLt epilogues and level 2's bias gradient (cuBLAS's ones @ grad) against fp32 or float64 reference
+    arithmetic, each rounded once to bf16 (so within bf16's tolerance), and the fused bf16 model's loss and
+    gradients against the unfused one's, also at -r 1 and 2."""
     import torch.nn.functional as F
     gen = torch.Generator(device="cuda").manual_seed(0)
     M, C = 1000, 256
@@ -291,6 +300,8 @@ def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
     grad_pre = gelu_fusion.matmul_gelu_backward(grad_y, w_proj, pre)
     grad_ref = torch.ops.aten.gelu_backward(grad_y.float() @ w_proj.float(), pre.float(), approximate="tanh")
     torch.testing.assert_close(grad_pre, grad_ref.bfloat16())
+    torch.testing.assert_close(gelu_fusion.column_sum(grad_pre), grad_pre.double().sum(0).bfloat16())  # b_fc's gradient
+    torch.library.opcheck(torch.ops.ds_train.column_sum, (grad_pre,))
 
     model = GPT(config_from_descriptor("gpt2:d2:c64:h2")).cuda().bfloat16()
     idx = torch.randint(0, 50257, (4, 64), device="cuda", generator=gen)
