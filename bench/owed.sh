@@ -5,7 +5,7 @@
 # BASE_TREE is the code before the last change to the step, gelu_fusion.column_sum (2026-12-06; before it,
 # ds_train/weight_grad.py, c0c1451):
 #   mkdir .base && git archive 5a94f21 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
-# Parts (all by default, in this order; about 30 minutes on an H200 with the extensions to build):
+# Parts (all by default, in this order; about 40 minutes on an H200 with the extensions to build, scaling aside):
 #   tests     every test that skips without a GPU (15 on CPU), in the files that hold them, with the extensions
 #             built first, on 4 pytest workers (2026-12-06 on an H100: 83 passed, none skipped)
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (AB_ROUNDS=N: N times; bench/ab_trees.sh)
