@@ -57,6 +57,7 @@ random_shards || exit 1
 # part, so the tests part builds them once for the A/B's runs too
 extensions=$TORCH_EXTENSIONS_DIR
 export TORCH_EXTENSIONS_DIR=$extensions/new
+rounds=${AB_ROUNDS:-2}  # of each A/B
 D12=(--ds_config ds_configs/gpt2_124M.json -e d12 -b 64 -t 1024 -d 524288)
 D24=(--ds_config ds_configs/gpt2_350M.json -e d24 -b 64 -t 1024 -d 524288)
 D48=(--ds_config ds_configs/gpt2_1558M.json -e d48 -b 16 -t 1024 -d 131072)
@@ -75,9 +76,9 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
         tests/test_training.py::test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds \
         tests/test_training.py::test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine \
         > "$OUT/pytest_gpu.txt" 2>&1 ;;
-    ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 "${AB_ROUNDS:-2}" 16 "${D12[@]}" -z 1 ;;
-    ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 "${AB_ROUNDS:-2}" 12 "${D24[@]}" -z 1 ;;
-    ab_d48) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d48_z1 "${AB_ROUNDS:-2}" 10 "${D48[@]}" -z 1 ;;
+    ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 "$rounds" 16 "${D12[@]}" -z 1 ;;
+    ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 "$rounds" 12 "${D24[@]}" -z 1 ;;
+    ab_d48) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d48_z1 "$rounds" 10 "${D48[@]}" -z 1 ;;
     bias_grad) "$PYTHON" bench/bias_grad.py > "$OUT/bias_grad.txt" 2>&1 ;;
     profiles)
       for run in d48 d24; do
