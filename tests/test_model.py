@@ -284,7 +284,7 @@ def test_column_sum_passes_torchs_custom_op_checks():
 def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
     """The cuBLASLt epilogues and level 2's bias gradient (cuBLAS's ones @ grad) against fp32 or float64 reference
     arithmetic, each rounded once to bf16 (so within bf16's tolerance), and the fused bf16 model's loss and
-    gradients against the unfused one's, also at -r 1 and 2."""
+    gradients against the unfused one's, also at -r 1 and 2; and the bias gradient's bits the same on every call."""
     import torch.nn.functional as F
     gen = torch.Generator(device="cuda").manual_seed(0)
     M, C = 1000, 256
@@ -302,6 +302,13 @@ def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
     torch.testing.assert_close(grad_pre, grad_ref.bfloat16())
     torch.testing.assert_close(gelu_fusion.column_sum(grad_pre), grad_pre.double().sum(0).bfloat16())  # b_fc's gradient
     torch.library.opcheck(torch.ops.ds_train.column_sum, (grad_pre,))
+    # column_sum gives the same bits on every call, wherever the gradient lies: cuBLAS may split a long sum, and an
+    # algorithm that added its splits by atomics would not (d48's micro-batch shape, the one it is there for)
+    grad_d48 = randn(16384, 6400)
+    moved = torch.empty(grad_d48.numel() + 64, device="cuda", dtype=torch.bfloat16)[64:].view_as(grad_d48)
+    moved.copy_(grad_d48)
+    first = gelu_fusion.column_sum(grad_d48)
+    assert all(torch.equal(gelu_fusion.column_sum(g), first) for g in (grad_d48, moved) * 10)
 
     model = GPT(config_from_descriptor("gpt2:d2:c64:h2")).cuda().bfloat16()
     idx = torch.randint(0, 50257, (4, 64), device="cuda", generator=gen)
