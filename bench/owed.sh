@@ -11,7 +11,8 @@
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (AB_ROUNDS=N: N times; bench/ab_trees.sh)
 #   ab_d24    d24 B=64 x 8 likewise, alternating twice (2026-12-05 on an H100: no difference, 2381.1 against 2382.8 ms;
 #             once each on an H200 the same day: the new tree 0.8% slower, run second at a 2% lower sampled clock)
-#   ab_d48    d48 B=16 x 8 likewise, alternating twice: the size that gelu_fusion.column_sum is for
+#   ab_d48    d48 B=16 x 8 likewise, alternating twice: the size that gelu_fusion.column_sum is for (2026-12-06 on two
+#             H100s: 0.24% faster in one round, 0.32% by the medians of three)
 #   bias_grad bench/bias_grad.py: the blocks' bias-gradient sums, Inductor's kernels against cuBLAS and Triton
 #   profiles  one step of d48 B=16 x 8 and of d24 B=64 x 8 under torch.profiler (bench/profile_step.py): where
 #             d24's 1.17-1.20x llm.c loses against d12's 1.23-1.27x (2026-12-05 on an H200 and on an H100: the
