@@ -58,12 +58,12 @@ def sum_partials(partial_ptr, out_ptr, splits, cols, BLOCK_C: tl.constexpr):
     tl.store(out_ptr + c, acc.to(out_ptr.dtype.element_ty), mask=c < cols)
 
 
-def split_sum(g: torch.Tensor, splits: int = 0, block_r: int = 32, block_c: int = 128, warps: int = 4) -> torch.Tensor:
+def split_sum(g: torch.Tensor, block_r: int = 32, block_c: int = 128, warps: int = 4) -> torch.Tensor:
     rows, cols = g.shape
     col_blocks = triton.cdiv(cols, block_c)
-    if not splits:  # about 8 programs an SM
-        splits = max(1, min(rows // block_r, 8 * torch.cuda.get_device_properties(g.device).multi_processor_count
-                            // col_blocks))
+    # about 8 programs an SM
+    splits = max(1, min(rows // block_r, 8 * torch.cuda.get_device_properties(g.device).multi_processor_count
+                        // col_blocks))
     rows_per_split = triton.cdiv(triton.cdiv(rows, splits), block_r) * block_r
     splits = triton.cdiv(rows, rows_per_split)
     partial = torch.empty(splits, cols, device=g.device, dtype=torch.float32)
@@ -108,13 +108,13 @@ def main():
         for bias, cols in (("c_attn", 3 * C), ("attn_pj", C), ("c_fc", 4 * C), ("mlp_pj", C)):
             inputs = [torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
             times = {w: time_ms(fn, inputs) for w, fn in ways.items() if w != "split"}  # split: its best shape
-            shape_times = {s: time_ms(lambda g, s=s: split_sum(g, 0, *s), inputs) for s in split_shapes}
+            shape_times = {s: time_ms(lambda g, s=s: split_sum(g, *s), inputs) for s in split_shapes}
             best = min(shape_times, key=shape_times.get)
             times["split"] = shape_times[best]
             exact = inputs[0].double().sum(0)
             scale = exact.abs().max().item()
             errors = [((fn(inputs[0]).double() - exact).abs().max().item() / scale)
-                      for fn in (compiled, ways["gemv"], column_sum, lambda g: split_sum(g, 0, *best))]
+                      for fn in (compiled, ways["gemv"], column_sum, lambda g: split_sum(g, *best))]
             for w in ways:
                 totals[w] += times[w] * layers * accum
             cells = "".join(f"{times[w]:10.4f}" for w in ways)
