@@ -20,8 +20,10 @@ layers and micro-steps, and the largest difference from a float64 sum (bf16's ro
 """
 
 import argparse
+import functools
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -74,11 +76,34 @@ def split_sum(g: torch.Tensor, block_r: int = 32, block_c: int = 128, warps: int
     return out
 
 
+@functools.cache
+def sleep_cycles_per_ms() -> float:
+    """The GPU clock's cycles per millisecond, as torch.cuda._sleep counts them (timed, so that a boost clock
+    or a power-capped one is what is counted)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(1_000_000)  # the first call ramps the clock
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    torch.cuda.synchronize()
+    return 10_000_000 / start.elapsed_time(end)
+
+
 def time_ms(fn, inputs, repeat=50) -> float:
+    """GPU time per call. The calls are queued behind a GPU sleep as long as twice the host's time to queue them,
+    so that the timed window holds the kernels back to back: timed as they are queued, a way made of several ops
+    or a compiled function's guards (tens of microseconds of Python a call) measured the host, not the GPU, on a machine
+    whose CPU is slower, since these kernels take 0.03-0.2 ms."""
     for g in inputs:
         fn(g)
     torch.cuda.synchronize()
+    host = time.perf_counter()
+    for i in range(repeat):
+        fn(inputs[i % len(inputs)])
+    host_ms = (time.perf_counter() - host) * 1e3
+    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(int(2 * host_ms * sleep_cycles_per_ms()) + 1)
     start.record()
     for i in range(repeat):
         fn(inputs[i % len(inputs)])
