@@ -18,8 +18,8 @@
 #             d24's 1.17-1.20x llm.c loses against d12's 1.23-1.27x (2026-12-05 on an H200 and on an H100: the
 #             matmuls as long on both, the H100's memory-bound kernels 1.1-1.5x longer)
 #   r3        the peaks at -r 3 that tests/test_autofit.py holds the estimate to (d48 B=16, d24 B=32, one
-#             micro-step): ds_train/memory.py still counts the blocks' bf16 weight gradients that weight_grad
-#             no longer makes (24 C^2 bytes a block)
+#             micro-step; 2026-12-05: 29.83 and 8.79 GiB, and ds_train/memory.py no longer counts the bf16
+#             weight gradients that weight_grad stopped making)
 #   eval      d12 with val loss, HellaSwag and a sample every 5 steps (bench/throughput.sh eval): the val loss no
 #             longer computes the head's gradients (2026-12-05), so its cost again
 #   zero3     d12 B=64 x 8 at ZeRO-1 and ZeRO-3 alternating three times: ZeRO-3's cost since a step waits for the
