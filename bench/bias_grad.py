@@ -91,9 +91,9 @@ def sleep_cycles_per_ms() -> float:
 
 def time_ms(fn, inputs, repeat=50) -> float:
     """GPU time per call. The calls are queued behind a GPU sleep as long as twice the host's time to queue them,
-    so that the timed window holds the kernels back to back: timed as they are queued, a way made of several ops
-    or a compiled function's guards (tens of microseconds of Python a call) measured the host, not the GPU, on a machine
-    whose CPU is slower, since these kernels take 0.03-0.2 ms."""
+    so that the timed window holds the kernels back to back. Timed as they were queued, a way made of several ops
+    or a compiled function's guards (tens of microseconds of Python a call) measured the host, not the GPU, on a
+    slower host, since these kernels take 0.02-0.2 ms."""
     for g in inputs:
         fn(g)
     torch.cuda.synchronize()
