@@ -8,6 +8,7 @@ Flags are llm.c's (train_gpt2cu); `--help` lists them with their long names.
 """
 
 import atexit
+import contextlib
 import dataclasses
 import json
 import os
@@ -54,6 +55,24 @@ def _cuda_arch_list_for_deepspeed():
         os.environ["TORCH_CUDA_ARCH_LIST"] = plain
 
 
+@contextlib.contextmanager
+def bf16_optimizer_memory_reports_off():
+    """DeepSpeed 0.19's BF16_Optimizer (bf16 at ZeRO-1, the GPU's default path) forces five memory reports while it
+    is built: 15 lines on rank 0 between the launch and llm.c's settings table, each after a gc.collect(). ds_train
+    reports memory in its own lines, so they are left out; DeepSpeed's other output is not touched."""
+    from deepspeed.runtime import bf16_optimizer
+
+    report = getattr(bf16_optimizer, "see_memory_usage", None)
+    if report is None:  # another DeepSpeed: nothing to leave out
+        yield
+        return
+    bf16_optimizer.see_memory_usage = lambda message, force=False: report(message, force=False)
+    try:
+        yield
+    finally:
+        bf16_optimizer.see_memory_usage = report
+
+
 def build_engine(run: config.RunConfig, ds_config: dict):
     import deepspeed
     import pydantic
@@ -80,8 +99,9 @@ def build_engine(run: config.RunConfig, ds_config: dict):
             contiguous_checkpointing=ac["contiguous_memory_optimization"], num_checkpoints=ac.get("number_checkpoints"),
             synchronize=ac["synchronize_checkpoint_boundary"], profile=ac["profile"])
     try:
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.param_groups(run.weight_decay),
-                                          config=ds_config)
+        with bf16_optimizer_memory_reports_off():
+            engine, *_ = deepspeed.initialize(model=model, model_parameters=model.param_groups(run.weight_decay),
+                                              config=ds_config)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         raise UserError(f"--ds_config {run.ds_config_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
