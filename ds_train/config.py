@@ -169,6 +169,11 @@ class RunConfig:
     gelu_fusion: int  # gelu_fusion.LEVELS
     flash_attention: int  # flash_attention.LEVELS
 
+    @property
+    def train_flag(self) -> str:
+        """The flag that names the train shards in messages: -a 1 trains on -j's."""
+        return "-j (with -a 1)" if self.overfit_single_batch else "-i"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = {"descriptor": self.init, **asdict(self.model), "num_params": self.model.num_params}

@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import asdict
 
 if __package__ in (None, ""):  # run as a script: import the package from the repo, not this folder's modules
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,8 +30,8 @@ if os.environ.get("DS_ACCELERATOR") == "cpu":
 import torch
 
 from ds_train import (autofit, build_locks, checkpoint, config, convert, distributed, flash_attention, gelu_fusion,
-                      host_memory, loss, memory, metrics, reshard, weight_grad)
-from ds_train.data import ReplayLoader, ShardLoader, find_shards, read_shard_header, writable_dir
+                      host_memory, loss, memory, metrics, resume, weight_grad)
+from ds_train.data import ShardLoader, find_shards, read_shard_header, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss, val_num_batches
 from ds_train.hellaswag import check_fits, load_rendered
@@ -146,109 +145,6 @@ def print_setup(say, run: config.RunConfig, place, num_steps, val_batches, devic
     say(f"effective DeepSpeed config: {json.dumps(ds_config)}")
 
 
-def run_state(run: config.RunConfig, step: int, guard: UpdateGuard) -> dict:
-    """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it)."""
-    return {"step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
-            "world_size": run.world_size, "B": run.B, "T": run.T, "total_batch_size": run.total_batch_size,
-            "update_guard": guard.state_dict(), "run": run.to_dict()}
-
-
-def check_resumable(saved: dict, run: config.RunConfig, where: str):
-    """Settings that must match the checkpoint for the resumed run to continue the same optimisation."""
-    if saved["model"] != asdict(run.model):
-        raise UserError(f"-y 1: {where} holds a {saved['init']} model ({saved['model']}), not the -e {run.init} "
-                        "model of this run; use another -o or the same -e")
-    if saved["T"] != run.T:
-        raise UserError(f"-y 1: {where} was trained with -t {saved['T']}, this run asks for -t {run.T}; resume with "
-                        f"-t {saved['T']} (or start a new run in another -o)")
-    if saved["total_batch_size"] != run.total_batch_size and not run.resume_new_batch:
-        raise UserError(f"-y 1: {where} was trained with -d {saved['total_batch_size']}, this run asks for -d "
-                        f"{run.total_batch_size}; resume with -d {saved['total_batch_size']}, or add --resume_new_batch 1 "
-                        "to go on with the new total batch")
-
-
-def check_resume_step(run: config.RunConfig, resume_step, num_steps: int):
-    """-y 1 starts from step 0 only where no run has left a DONE marker: over markers whose checkpoints are all
-    damaged it would write its own steps into the old run's directory. A checkpoint past -x has nothing to train."""
-    marked = checkpoint.done_steps(run.output_dir)
-    if resume_step is None and marked:
-        steps = f"step {marked[0]}" if len(marked) == 1 else f"steps {marked[0]} to {marked[-1]}"
-        raise UserError(f"-y 1: -o {run.output_dir} has DONE markers ({steps}) but no checkpoint there verifies "
-                        "(each is missing or damaged: see the warnings above); resume from another -o, "
-                        "or remove its DONE_* markers and checkpoints/ to start over")
-    if resume_step is not None and resume_step > num_steps:
-        steps = f"-x {num_steps}" if run.max_steps > 0 else f"the {num_steps} steps of one epoch (-x -1)"
-        raise UserError(f"-y 1: {checkpoint.step_dir(run.output_dir, resume_step)} is at step {resume_step}, past "
-                        f"{steps}: there is nothing to train; resume with an -x above {resume_step}")
-
-
-def train_flag(run: config.RunConfig) -> str:
-    """The flag that names the train shards in messages: -a 1 trains on -j's."""
-    return "-j (with -a 1)" if run.overfit_single_batch else "-i"
-
-
-def check_same_data(run: config.RunConfig, streams: list, where: str, train_files: list):
-    """The saved data position is a place in a permutation of particular shards: it continues only the same
-    shuffle of the same files (`train_files`, this run's)."""
-    _, _, _, _, saved_shuffle = streams[0]["layout"]  # B, T, rank, world, shuffle (data.ShardLoader.state_dict)
-    saved_shuffle, shuffle = bool(saved_shuffle), run.shuffle
-    if saved_shuffle != shuffle:
-        raise UserError(f"-y 1: {where} was trained with --shuffle {int(saved_shuffle)}, this run asks for --shuffle "
-                        f"{int(shuffle)}; resume with --shuffle {int(saved_shuffle)} (or start a new run in another -o)")
-    saved_files = streams[0]["files"]
-    files = [os.path.basename(path) for path in train_files]
-    if saved_files != files:
-        raise UserError(f"-y 1: {where} was trained on {shard_names(saved_files)}, this run's {train_flag(run)} "
-                        f"{run.train_data} gives {shard_names(files)}; resume with the same shards (or start a new run "
-                        "in another -o)")
-
-
-def shard_names(names: list) -> str:
-    return ", ".join(names) if len(names) <= 3 else f"{len(names)} shards, {names[0]} ... {names[-1]}"
-
-
-def resumed_loader(run: config.RunConfig, place, streams: list):
-    """The train loader that continues a checkpoint's data stream: llm.c's own loader when this run has the
-    stream's layout (ranks x -b), else a replay of the stream (data.ReplayLoader)."""
-    stream_B, stream_world = streams[0]["layout"][0], len(streams)
-    if (stream_B, stream_world) == (run.B, run.world_size):
-        loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle,
-                             flag=train_flag(run), vocab_size=run.model.vocab_size)
-        loader.load_state_dict(streams[place.rank])
-        return loader
-    if (run.B * run.world_size * run.grad_accum) % (stream_B * stream_world):
-        raise UserError(f"-d {run.total_batch_size}: the checkpoint's data stream moves in micro-steps of "
-                        f"{stream_world} ranks x {stream_B} rows x {run.T} tokens; resume with a multiple of "
-                        f"{stream_world * stream_B * run.T} tokens")
-    loader = ReplayLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.grad_accum, run.shuffle,
-                          stream_B, stream_world, flag=train_flag(run), vocab_size=run.model.vocab_size)
-    loader.load_state_dict({"loaders": streams})
-    return loader
-
-
-def resume_data(run: config.RunConfig, place, step: int, guard: UpdateGuard, train_files: list):
-    """Before the engine is built: check that checkpoint `step` of -o can continue this run, whose train shards
-    are `train_files` -> (its run state, the train loader that continues its data stream, this rank's RNG states)."""
-    saved = checkpoint.client_state(os.path.join(run.output_dir, checkpoint.CHECKPOINTS), checkpoint.tag(step))
-    where = checkpoint.step_dir(run.output_dir, step)
-    check_resumable(saved, run, where)
-    guard.load_state_dict(saved["update_guard"])
-    streams, rng = checkpoint.rank_states(run.output_dir, step, saved["world_size"], place.rank)
-    check_same_data(run, streams, where, train_files)
-    return saved, resumed_loader(run, place, streams), rng
-
-
-def resume_engine(engine, run: config.RunConfig, step: int, saved: dict):
-    """Weights and optimizer state of checkpoint `step`, resharded when it was saved on another layout."""
-    if (saved["world_size"], saved["zero_stage"]) == (run.world_size, run.zero_stage):
-        checkpoint.load_engine(engine, run.output_dir, step)
-    else:
-        where = checkpoint.step_dir(run.output_dir, step)
-        distributed.print0(f"resharding {where} from {saved['world_size']} ranks at ZeRO-{saved['zero_stage']} to "
-                           f"{run.world_size} at ZeRO-{run.zero_stage}")
-        reshard.load(engine, where, saved["zero_stage"], run.weight_decay, step)
-
-
 def warmup_notes(run: config.RunConfig, num_steps) -> list:
     """A warmup as long as the run (a reproduction script's -u with a short -x, say) is what llm.c runs too: the
     rate only rises. Said, since the schedule never decays."""
@@ -281,7 +177,7 @@ def dry_run(args):
     num_steps = run.max_steps
     if num_steps < 1:
         try:
-            tokens = sum(read_shard_header(path) for path in find_shards(run.train_data, train_flag(run)))
+            tokens = sum(read_shard_header(path) for path in find_shards(run.train_data, run.train_flag))
             num_steps = tokens // run.total_batch_size
         except UserError as e:
             num_steps = None
@@ -340,7 +236,7 @@ def train(argv=None):
         args = auto_fit(args, place, distributed.print0)
     run, ds_config, notes = config.resolve(args, place.world_size, has_gpu=torch.cuda.is_available())
     run = settle_kernels(args, run, notes)
-    flag = train_flag(run)
+    flag = run.train_flag
     vocab_size = run.model.vocab_size  # the loaders refuse token ids the model has no embedding for
     train_loader = ShardLoader(run.train_data, run.B, run.T, place.rank, place.world_size, run.shuffle, flag=flag,
                                vocab_size=vocab_size)
@@ -367,14 +263,14 @@ def train(argv=None):
     distributed.init_process_group(place)
     resume_step = checkpoint.newest_whole(run.output_dir, say=print0, distributed=True) if run.resume else None
     if run.resume:
-        check_resume_step(run, resume_step, num_steps)
+        resume.check_step(run, resume_step, num_steps)
     guard = UpdateGuard(run.skip_loss_z, run.skip_grad_z)
     if resume_step is not None:
-        saved, train_loader, rng = resume_data(run, place, resume_step, guard, train_loader.files)
+        saved, train_loader, rng = resume.load_data(run, place, resume_step, guard, train_loader.files)
     engine = build_engine(run, ds_config)
     start_step = 0
     if resume_step is not None:
-        resume_engine(engine, run, resume_step, saved)
+        resume.load_engine(engine, run, resume_step, saved)
         checkpoint.set_rng_state(rng)
         start_step = resume_step
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step)
@@ -397,7 +293,7 @@ def train(argv=None):
     monitor = metrics.Monitor(engine)
 
     def save(step):
-        checkpoint.save(engine, run.output_dir, step, run_state(run, step, guard),
+        checkpoint.save(engine, run.output_dir, step, resume.run_state(run, step, guard),
                         {"train_loader": train_loader.state_dict(), "rng": checkpoint.rng_state()},
                         keep_last=run.checkpoints_keep, keep_every=run.major_checkpoint_every)
         print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")

@@ -110,7 +110,7 @@ def test_export_from_every_zero_stage_checkpoint(stage, tmp_path, capsys):
 BF16_SAVE_SCRIPT = """
 from deepspeed.utils import safe_get_full_fp32_param
 from ds_train import checkpoint
-from ds_train.main import run_state
+from ds_train.resume import run_state
 from ds_train.outliers import UpdateGuard
 gen = torch.Generator().manual_seed(0)
 for _ in range(2):
