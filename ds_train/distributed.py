@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,10 @@ def init_process_group(place: Place):
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(place.local_rank)
+        # DeepSpeed binds the process group to a GPU only when there are several ranks; with one, every barrier
+        # (a checkpoint's, ZeRO-3's) has torch warn in the step log that it uses "the device under current
+        # context", which is the one just set
+        warnings.filterwarnings("ignore", message=r"barrier\(\): using the device under current context")
     rendezvous = torch.distributed.init_process_group
 
     @functools.wraps(rendezvous)  # DeepSpeed reads its signature (device_id); wraps hands it the original's

@@ -564,6 +564,24 @@ def test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine():
     assert len(run.losses) == 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the messages come from DeepSpeed and torch on a GPU")
+def test_a_one_gpu_run_keeps_torchs_and_deepspeeds_chatter_out_of_its_log(tmp_path):
+    """On one GPU at bf16 ZeRO-1, the GPU's default path: DeepSpeed's BF16_Optimizer forces five memory reports
+    out while it is built, and torch warns at the checkpoint's barrier that it uses the current device, since
+    DeepSpeed binds a device to the process group only for several ranks. Neither reaches the log."""
+    ds = tmp_path / "bf16.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
+    env = {k: v for k, v in child_env().items() if k not in ("CUDA_VISIBLE_DEVICES", "DS_ACCELERATOR")}
+    env.update({k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"})  # the GPU this process sees
+    cmd = [sys.executable, MAIN, "--ds_config", str(ds), *TINY, "-b", "4", "-x", "2", "-n", "1",
+           "-o", str(tmp_path / "run"), "--compile", "0", "-ge", "0", "-fa", "0"]
+    run = parse(run_process(cmd, env=env, timeout=600, fork=False)).check()
+    assert settings_table(run.stdout)["precision"] == "bf16 (fp32 master weights)" and len(run.losses) == 2
+    assert os.path.exists(tmp_path / "run" / "DONE_00000002")  # the barriers of two saves ran
+    log = run.stdout + run.stderr
+    assert "CPU Virtual Memory" not in log and "barrier(): using the device" not in log, log[-3000:]
+
+
 def test_master_ports_are_picked_free_and_below_the_ephemeral_range():
     """The kernel hands out ephemeral ports to any process that binds port 0 or connects (mpirun's own listener took
     one that had been picked for a MASTER_PORT): a picked port is outside that range, and free."""
