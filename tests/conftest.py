@@ -79,14 +79,16 @@ def settings_table(stdout: str) -> dict:
     return dict(TABLE_ROW.findall(stdout))
 
 
-def child_env(threads: int = 1) -> dict:
+def child_env(threads: int = 1, gpu: bool = False) -> dict:
     """The environment of every ds_train process a test starts. CUDA_VISIBLE_DEVICES is emptied and DeepSpeed's
     accelerator set to its CPU one: the runs compare fp32 results on the CPU with gloo, 2 ranks each, on a GPU
     machine too (where 2 ranks would otherwise ask for 2 GPUs, and bf16/compile defaults would change what is
     compared). DS_ACCELERATOR=cpu also keeps ranks from DeepSpeed's launcher there, which hands each rank
-    CUDA_VISIBLE_DEVICES=0,1,... again (ds_train/main.py hides the GPUs when it is set)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
-               DS_ACCELERATOR="cpu")
+    CUDA_VISIBLE_DEVICES=0,1,... again (ds_train/main.py hides the GPUs when it is set). With gpu, for the
+    GPU-only tests' one process: neither, so that it sees the GPUs this process sees."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    if not gpu:
+        env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     return env
