@@ -17,7 +17,7 @@ PEAK = 989e12
 STEP = re.compile(r"^step\s+(\d+)/(\d+) \| loss (\S+) \| norm (\S+) \| lr (\S+) \| (\S+) ms"
                   r"(?: \| (\S+)% bf16 MFU)? \| (\d+) tok/s")
 ROW = re.compile(r"^\| (.+?)\s+\| (.+?)\s+\|$")
-TOTAL = re.compile(r"total average iteration time: (\S+) ms(?: \| peak memory (\S+) GiB)?")
+TOTAL = re.compile(r"total average iteration time: (?:(\S+) ms|n/a \([^)]*\))(?: \| peak memory (\S+) GiB)?")
 ESTIMATE = re.compile(r"^memory per GPU \(estimate.* total (\S+) GiB")  # --dry_run's, when the log has it
 HOST = re.compile(r"^host peak RSS (\S+) GiB")  # bench/memory.sh's
 
@@ -38,7 +38,7 @@ def parse(path):
                 steps.append(dict(step=int(m.group(1)), loss=float(m.group(3)), ms=float(m.group(6)),
                                   mfu=float(m.group(7)) if m.group(7) else None, tok_s=int(m.group(8))))
             elif m := TOTAL.search(line):
-                total = (float(m.group(1)), float(m.group(2)) if m.group(2) else None)
+                total = tuple(float(g) if g else None for g in m.groups())  # n/a: a run of one step
     return rows, steps, total, extra
 
 

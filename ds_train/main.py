@@ -371,7 +371,7 @@ def train(argv=None):
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         monitor.log(step, **{"Train/loss": loss, "Train/lr": lr, "Train/grad_norm": norm, "Train/tokens_per_s": tokens_per_s,
                              "Train/mfu": mfu, "Train/peak_memory_GiB": peak_gib})
-    summary = f"total average iteration time: {throughput.mean_step_ms():.2f} ms"
+    summary = throughput.summary()
     if torch.cuda.is_available():
         summary += f" | peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)

@@ -95,8 +95,11 @@ class Throughput:
         self.steps += 1
         return corrected
 
-    def mean_step_ms(self) -> float:
-        return 1000 * self.total_s / max(1, self.steps - 1)
+    def summary(self) -> str:
+        """llm.c's closing line: the mean over the steps after the first (a run of one step has none to average)."""
+        if self.steps < 2:
+            return "total average iteration time: n/a (only the first step ran, and it is warm-up, not averaged)"
+        return f"total average iteration time: {1000 * self.total_s / (self.steps - 1):.2f} ms"
 
 
 def step_line(step, num_steps, loss, norm, lr, ms, tokens_per_s, mfu=None) -> str:
