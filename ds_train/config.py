@@ -65,7 +65,7 @@ FLAGS = [
         ("-sg", "--skip_grad_z", float, 0.0, "Z", "skip the update when the grad-norm z-score exceeds this (0 = off)"),
     ]),
     ("Evaluation", [
-        ("-v", "--val_every", int, 20, "N", "val loss every N steps (and at step 0 and the last step)"),
+        ("-v", "--val_every", int, 20, "N", "val loss every N steps (and at step 0 and the last step; 0: the last step only)"),
         ("-m", "--val_max_steps", int, 20, "N", "val batches per evaluation (-1 = the whole split)"),
         ("-s", "--sample_every", int, 20, "N", "print a sample every N steps and at the end (0 = never)"),
         ("-g", "--gen_tokens", int, 64, "N", "tokens to sample"),
@@ -285,7 +285,7 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(args.warmup_steps >= 0, f"-u {args.warmup_steps}: warmup steps must be >= 0")
     _check(0.0 <= args.final_lr_frac <= 1.0, f"-q {args.final_lr_frac}: the final lr fraction must be between 0 and 1")
     _check(args.max_steps == -1 or args.max_steps >= 1, f"-x {args.max_steps}: max steps must be -1 (one epoch) or >= 1")
-    _check(args.val_every >= 1, f"-v {args.val_every}: val loss interval must be >= 1")
+    _check(args.val_every >= 0, f"-v {args.val_every}: expected an interval >= 1, or 0 (val loss at the last step only)")
     _check(args.val_max_steps == -1 or args.val_max_steps >= 1, f"-m {args.val_max_steps}: val batches must be -1 (all) or >= 1")
     _check(args.sample_every >= 0, f"-s {args.sample_every}: sample interval must be >= 0 (0 = never)")
     _check(args.gen_tokens >= 1, f"-g {args.gen_tokens}: tokens to generate must be >= 1")

@@ -303,14 +303,15 @@ def train(argv=None):
 
     def evaluate_and_save(step, last_step):
         timings = []
-        if step % run.val_every == 0 or last_step:
+        every_v = run.val_every and step % run.val_every == 0  # -v 0 (as llm.c's train_gpt2.py): the last step only
+        if every_v or last_step:
             start = time.perf_counter()
             loss = val_loss(engine.module, val_loader, val_batches)
             timings.append(("val loss", time.perf_counter() - start))
             print0(f"val loss {loss:.6f}")
             log.val(step, loss)
             monitor.log(step, **{"Val/loss": loss})
-        if hellaswag_examples and ((step > 0 and step % run.val_every == 0) or last_step):
+        if hellaswag_examples and ((step > 0 and every_v) or last_step):
             start = time.perf_counter()
             result = hellaswag(engine.module, hellaswag_examples, token_budget=run.B * run.T)
             timings.append(("HellaSwag", time.perf_counter() - start))

@@ -221,7 +221,7 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["-k", "step"], {}, r"-k step: unknown schedule; expected one of cosine, linear, constant, wsd"),
     (["-q", "1.5"], {}, r"-q 1.5: the final lr fraction must be between 0 and 1"),
     (["-l", "0"], {}, r"-l 0.0: the learning rate must be positive"),
-    (["-v", "0"], {}, r"-v 0: val loss interval must be >= 1"),
+    (["-v", "-1"], {}, r"-v -1: expected an interval >= 1, or 0 \(val loss at the last step only\)"),
     (["-m", "0"], {}, r"-m 0: val batches must be -1 \(all\) or >= 1"),
     (["-x", "0"], {}, r"-x 0: max steps must be -1 \(one epoch\) or >= 1"),
     (["-e", "d13"], {}, r"-e d13: no GPT-2 size has 13 layers"),

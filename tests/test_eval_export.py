@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child_env, free_port, shared_path,
+from conftest import (ASSETS, BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child_env, free_port, shared_path,
                       train, zero_run)
 from ds_train import convert, evaluate, export, plot
 from ds_train.evals import score_endings
@@ -225,6 +225,18 @@ def test_in_the_training_loop_hellaswag_main_log_and_the_deepspeed_monitor(tmp_p
     assert [int(r[0]) for r in rows("Eval_hellaswag_acc_norm")] == [2, 4]
     for name in ("Train_lr", "Train_grad_norm", "Train_tokens_per_s", "Eval_hellaswag_acc"):
         assert len(rows(name)) > 0, name
+
+
+def test_v0_evaluates_at_the_last_step_only(tmp_path):
+    """-v 0, as llm.c's train_gpt2.py: no val loss at step 0 or in between, HellaSwag likewise; both at the end."""
+    hs = tmp_path / "hs.jsonl"
+    with gzip.open(os.path.join(ASSETS, "hellaswag", "hellaswag_val.jsonl.gz"), "rt") as f:
+        hs.write_text("".join(f.readlines()[:5]))
+    out = tmp_path / "out"
+    run = train([*TINY, "-b", 4, "-x", 3, "-v", 0, "-m", 1, "-h", 1, "--hellaswag_data", hs, "-o", out]).check()
+    assert len(run.losses) == 3 and len(run.val_losses) == 1 and run.stdout.count("HellaSwag: ") == 1
+    logged = [line.split()[:2] for line in (out / "main.log").read_text().splitlines() if "trl:" not in line]
+    assert [(step, kind.split(":")[0]) for step, kind in logged] == [("s:3", "tel"), ("s:3", "eval")]
 
 
 # ---------------------------------------------------------------------------------------------- plot
