@@ -65,7 +65,7 @@ FLAGS = [
         ("-sg", "--skip_grad_z", float, 0.0, "Z", "skip the update when the grad-norm z-score exceeds this (0 = off)"),
     ]),
     ("Evaluation", [
-        ("-v", "--val_every", int, 20, "N", "val loss every N steps (and at step 0 and the last step; 0: the last step only)"),
+        ("-v", "--val_every", int, 20, "N", "val loss every N steps (and at step 0 and the last step; 0 = at the last step only)"),
         ("-m", "--val_max_steps", int, 20, "N", "val batches per evaluation (-1 = the whole split)"),
         ("-s", "--sample_every", int, 20, "N", "print a sample every N steps and at the end (0 = never)"),
         ("-g", "--gen_tokens", int, 64, "N", "tokens to sample"),
