@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (ASSETS, BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child_env, free_port, shared_path,
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, STEPS, TINY, VAL_SHARD, child_env, free_port, shared_path,
                       train, zero_run)
 from ds_train import convert, evaluate, export, plot
+from ds_train.config import DEFAULT_HELLASWAG
 from ds_train.evals import score_endings
 from ds_train.data import read_shard, write_shard
 from ds_train.hellaswag import Example, load_rendered, render, write_eval_file
@@ -230,7 +231,7 @@ def test_in_the_training_loop_hellaswag_main_log_and_the_deepspeed_monitor(tmp_p
 def test_v0_evaluates_at_the_last_step_only(tmp_path):
     """-v 0, as llm.c's train_gpt2.py: no val loss at step 0 or in between, HellaSwag likewise; both at the end."""
     hs = tmp_path / "hs.jsonl"
-    with gzip.open(os.path.join(ASSETS, "hellaswag", "hellaswag_val.jsonl.gz"), "rt") as f:
+    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:  # the shipped copy, which -h 1 reads by default
         hs.write_text("".join(f.readlines()[:5]))
     out = tmp_path / "out"
     run = train([*TINY, "-b", 4, "-x", 3, "-v", 0, "-m", 1, "-h", 1, "--hellaswag_data", hs, "-o", out]).check()
