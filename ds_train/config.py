@@ -9,7 +9,9 @@ DeepSpeed config that the engine gets; nothing else reads the raw flags or the r
 import argparse
 import copy
 import difflib
+import importlib.util
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -90,6 +92,8 @@ FLAGS = [
                                                    "this GPU's; needed on a machine without one)"),
         (None, "--host_memory", float, None, "GIB", "the host memory per node --auto_fit plans offload with "
                                                     "(default: 90%% of this machine's)"),
+        ("-f", "--tf32", int, 1, "0|1", "1 = fp32 matmuls on a GPU's tensor cores in TF32, as llm.c's -f; 0 = full "
+                                        "fp32 (bf16 runs have no fp32 matmuls to speed up)"),
         ("-ge", "--gelu_fusion", int, -1, "N", "GELU in cuBLASLt matmul epilogues, as llm.c's -ge: 0 none, 1 forward, "
                                                "2 forward and backward (default -1: 2 for bf16 on a GPU, else 0)"),
         ("-fa", "--flash_attention", int, -1, "N", "attention kernels in training: 0 SDPA (PyTorch's pick), 1 "
@@ -99,8 +103,17 @@ FLAGS = [
 ]
 
 
+class _ExactParser(argparse.ArgumentParser):
+    """Flags match only as written. argparse's allow_abbrev=False stops abbreviated --long flags but still reads
+    a short flag's prefix as the flag (llm.c's -f 1 as -fa 1) and glues a value to a short flag (-lg as -l g),
+    so an llm.c flag that ds_train lacks would run as another one."""
+
+    def _get_option_tuples(self, option_string):
+        return []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ExactParser(
         prog="ds_train/main.py", add_help=False, allow_abbrev=False,
         description="Train GPT-2 / GPT-3 on llm.c token shards with a DeepSpeed engine. "
                     "Flags are llm.c's (train_gpt2cu), each with a long name.")
@@ -168,6 +181,7 @@ class RunConfig:
     compile: bool
     gelu_fusion: int  # gelu_fusion.LEVELS
     flash_attention: int  # flash_attention.LEVELS
+    tf32: bool  # fp32 matmuls in TF32 on a GPU (llm.c's -f)
 
     @property
     def train_flag(self) -> str:
@@ -183,7 +197,7 @@ class RunConfig:
 def load_json(path: str) -> dict:
     try:
         with open(path) as f:
-            cfg = json.load(f)
+            cfg = json.load(f, object_pairs_hook=lambda pairs: _object_without_duplicates(pairs, path))
     except FileNotFoundError:
         raise UserError(f"--ds_config {path}: no such file") from None
     except OSError as e:
@@ -193,6 +207,14 @@ def load_json(path: str) -> dict:
     if not isinstance(cfg, dict):
         raise UserError(f"--ds_config {path}: expected a JSON object at the top level")
     return cfg
+
+
+def _object_without_duplicates(pairs, path: str) -> dict:
+    # json.load keeps the last of two equal keys; DeepSpeed, reading a JSON file itself, refuses them
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    _check(twice is None, f"--ds_config {path}: the key \"{twice}\" appears twice in one object; keep one")
+    return dict(pairs)
 
 
 class _Merge:
@@ -279,8 +301,8 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(not (bf16 and zero_stage == 0), f"-z 0 with bf16 (--ds_config {path}): bf16 needs ZeRO stage 1, 2 or 3 "
            "in ds_train (DeepSpeed's ZeRO-0 bf16 path drifts from fp32); use -z 1, which costs nothing extra on one GPU")
 
-    _check(lr > 0, f"-l {lr}: the learning rate must be positive")
-    _check(weight_decay >= 0, f"-c {weight_decay}: weight decay must be >= 0")
+    _check(lr > 0 and math.isfinite(lr), f"-l {lr}: the learning rate must be a finite number > 0")
+    _check(weight_decay >= 0 and math.isfinite(weight_decay), f"-c {weight_decay}: weight decay must be a finite number >= 0")
     _check(args.lr_schedule in SCHEDULES, f"-k {args.lr_schedule}: unknown schedule; expected one of {', '.join(SCHEDULES)}")
     _check(args.warmup_steps >= 0, f"-u {args.warmup_steps}: warmup steps must be >= 0")
     _check(0.0 <= args.final_lr_frac <= 1.0, f"-q {args.final_lr_frac}: the final lr fraction must be between 0 and 1")
@@ -309,6 +331,9 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
             _check(gib > 0, f"{flag} {gib:g}: expected GiB > 0")
             _check(args.auto_fit, f"{flag} {gib:g}: only --auto_fit 1 plans with it")
     _check(args.checkpoint_every == 0 or args.output_dir, f"-n {args.checkpoint_every}: checkpoints need -o to say where they go")
+    for flag, value in (("-nk", args.checkpoints_keep), ("-nm", args.major_checkpoint_every)):
+        _check(value == 0 or args.checkpoint_every, f"{flag} {value}: only -n N (checkpoint every N steps) reads it")
+    _check(args.tf32 in (0, 1), f"-f {args.tf32}: expected 0 or 1")
     _check(args.hellaswag or args.hellaswag_data is None, f"--hellaswag_data {args.hellaswag_data}: only -h 1 reads it")
     hellaswag_data = hellaswag_file(args.hellaswag_data) if args.hellaswag else DEFAULT_HELLASWAG
     _check(args.resume or not args.resume_new_batch, "--resume_new_batch 1: only -y 1 uses it (a resumed run's new -d)")
@@ -318,6 +343,10 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         merge.notes.append(f"{' and '.join(unread)} unused: -k constant has no warmup and no decay")
     if args.sample_every == 0 and args.gen_tokens != 64:
         merge.notes.append(f"-g {args.gen_tokens} unused: -s 0 samples no text")
+    if args.major_checkpoint_every and not args.checkpoints_keep:
+        merge.notes.append(f"-nm {args.major_checkpoint_every} unused: -nk 0 keeps every checkpoint")
+    if args.tf32 == 0 and (bf16 or not has_gpu):
+        merge.notes.append(f"-f 0 unused: TF32 is for fp32 matmuls on a GPU, and this run has none ({'bf16' if bf16 else 'CPU'})")
 
     gelu_fusion = _resolve_gelu_fusion(args.gelu_fusion, has_gpu and bf16, model, merge.notes)
     flash = _resolve_flash_attention(args.flash_attention, has_gpu and bf16, model, merge.notes)
@@ -334,14 +363,21 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
         resume_new_batch=bool(args.resume_new_batch), skip_loss_z=args.skip_loss_z, skip_grad_z=args.skip_grad_z,
         sample_every=args.sample_every, gen_tokens=args.gen_tokens, zero_stage=zero_stage, recompute=recompute,
         offload=offload, offload_nvme=offload_nvme, bf16=bf16, compile=has_gpu if args.compile is None else bool(args.compile),
-        gelu_fusion=gelu_fusion, flash_attention=flash)
+        gelu_fusion=gelu_fusion, flash_attention=flash, tf32=bool(args.tf32))
     return run, _effective_ds_config(ds, path, run, optimizer, has_gpu), merge.notes
 
 
 # the top-level keys ds_train reads; DeepSpeed passes over a key it does not know, so a misspelt one would be lost
 READ_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping",
              "zero_optimization", "optimizer", "scheduler", "bf16", "fp16", "activation_checkpointing", "data_types",
-             "steps_per_print", "timers")
+             "steps_per_print", "timers", "tensorboard", "csv_monitor", "wandb", "comet")
+
+
+# AdamW's settings as ds_train passes them on (llm.c's AdamW; DeepSpeed's two switches of implementation): any
+# other key reaches the optimizer's constructor, which would stop the run inside deepspeed.initialize
+ADAMW_PARAMS = ("lr", "betas", "eps", "weight_decay", "torch_adam", "adam_w_mode")
+# DeepSpeed's monitor sections, and the package each needs; DeepSpeed starts them inside deepspeed.initialize
+MONITOR_PACKAGES = {"tensorboard": "tensorboard", "csv_monitor": None, "wandb": "wandb", "comet": "comet_ml"}
 
 
 def _check_json_types(ds: dict, path: str):
@@ -353,6 +389,14 @@ def _check_json_types(ds: dict, path: str):
     for key in ("zero_optimization", "optimizer", "bf16", "fp16", "activation_checkpointing", "data_types"):
         _check(isinstance(ds.get(key, {}), dict), f"--ds_config {path}: \"{key}\" must be an object, got {ds.get(key)!r}")
     _check(isinstance(ds.get("optimizer", {}).get("params", {}), dict), f"--ds_config {path}: optimizer.params must be an object")
+    for key in ds.get("optimizer", {}).get("params", {}):
+        near = difflib.get_close_matches(key, ADAMW_PARAMS, n=1, cutoff=0.7)
+        _check(key in ADAMW_PARAMS, f"--ds_config {path}: optimizer.params.{key} is not a setting of ds_train's AdamW " +
+               (f"(did you mean \"{near[0]}\"?)" if near else f"(it takes {', '.join(ADAMW_PARAMS)})"))
+    amp = ds.get("amp", {})
+    _check(not (isinstance(amp, dict) and amp.get("enabled") is True),
+           f"--ds_config {path}: \"amp\" (NVIDIA Apex mixed precision) is not supported; use \"bf16\": {{\"enabled\": true}}")
+    _check_monitors(ds, path)
     for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
         value = ds.get(key, 1)
         _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -369,6 +413,29 @@ def _check_json_types(ds: dict, path: str):
            f"--ds_config {path}: optimizer.params.betas must be two numbers in [0, 1), got {betas!r}")
     _check(is_number(eps) and eps > 0, f"--ds_config {path}: optimizer.params.eps must be a number > 0, got {eps!r}")
     _check(is_number(clip) and clip >= 0, f"--ds_config {path}: gradient_clipping must be a number >= 0 (0: no clipping), got {clip!r}")
+
+
+def _check_monitors(ds: dict, path: str):
+    """An enabled monitor's package must import and its output_path must be a folder that can be written or made."""
+    for key, package in MONITOR_PACKAGES.items():
+        section = ds.get(key, {})
+        _check(isinstance(section, dict), f"--ds_config {path}: \"{key}\" must be an object, got {section!r}")
+        if section.get("enabled") is not True:
+            continue
+        _check(package is None or importlib.util.find_spec(package) is not None,
+               f"--ds_config {path}: {key}.enabled needs the {package} package, which is not installed (pip install {package})")
+        output_path = section.get("output_path")
+        if output_path:
+            _check(isinstance(output_path, str) and _can_make_dir(output_path),
+                   f"--ds_config {path}: {key}.output_path {output_path!r}: expected a folder that can be written or made")
+
+
+def _can_make_dir(path: str) -> bool:
+    """Whether `path` is a writable folder or could be made as one: its nearest existing ancestor is one."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def json_total_tokens(path: str, T: int, world_size: int):
@@ -452,6 +519,10 @@ def _resolve_offload(args, zero: dict, path: str, zero_stage: int, merge: _Merge
                f"--ds_config {path}: zero_optimization.{key} must be an object with \"device\": \"cpu\", \"nvme\" or \"none\"")
     on = tuple(bool(s) and s.get("device", "cpu") not in ("none", None) for s in sections)
     json_level = next(name for name, flags in OFFLOAD_LEVELS.items() if flags == on)
+    for key, section, used in zip(("offload_optimizer", "offload_param"), sections, on):
+        _check(args.offload_nvme or not used or section.get("device") != "nvme" or section.get("nvme_path"),
+               f"--ds_config {path}: zero_optimization.{key} has \"device\": \"nvme\" without \"nvme_path\", the "
+               "folder on the NVMe drive")
     json_nvme = next((s.get("nvme_path") for s, used in zip(sections, on) if used and s.get("device") == "nvme"), None)
     _check(args.offload in (None, "none", "optimizer", "all"), f"--offload {args.offload}: expected none, optimizer or all")
     level = merge("--offload", args.offload, "zero_optimization's offload sections", json_level, "none")

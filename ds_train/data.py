@@ -99,6 +99,8 @@ def write_shard(path: str, tokens) -> None:
 
 def writable_dir(path: str, flag: str):
     """Create `path` if needed and check that files can be written there."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a file, expected a directory")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write_test")
@@ -187,6 +189,16 @@ class ShardLoader:
         check_token_ids(window, self.vocab_size, path, start)
         buf = torch.from_numpy(window.astype(np.int64))
         return buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
+
+    def check_ahead(self, num_batches: int):
+        """Check the token ids of the first `num_batches` steps' samples now, every rank's part of each (so that
+        all ranks refuse the same sample), and go back to the start."""
+        self.reset()
+        for _ in range(num_batches):
+            path, tokens, start = self.next_window()
+            sample_start = start - self.rank * self.B * self.T
+            check_token_ids(tokens[sample_start:sample_start + self.sample_tokens + 1], self.vocab_size, path, sample_start)
+        self.reset()
 
     def state_dict(self) -> dict:
         return {

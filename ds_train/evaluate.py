@@ -58,8 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.val_max_steps = -1 if args.val_max_steps is None else args.val_max_steps
     if args.val_max_steps == 0 or args.val_max_steps < -1:
         raise UserError(f"-m {args.val_max_steps}: expected -1 (all) or a number of batches")
-    if args.limit < 0 or args.micro_batch_size < 1 or args.gen_tokens < 0:
-        raise UserError("--limit, -b and -g must be positive (or 0 for --limit and -g)")
+    for flag, value, least in (("--limit", args.limit, 0), ("-b", args.micro_batch_size, 1), ("-g", args.gen_tokens, 0)):
+        if value < least:
+            raise UserError(f"{flag} {value}: expected a number >= {least}")
     if args.hellaswag:
         args.hellaswag_data = config.hellaswag_file(args.hellaswag_data)
     return args

@@ -42,7 +42,8 @@ def load_examples(path: str) -> list:
     try:
         with open_text(path) as f:
             for number, line in enumerate(f, start=1):
-                examples.append(_parse(line, f"{path}:{number}"))
+                if line.strip():  # a blank line (a trailing newline too many) holds no example
+                    examples.append(_parse(line, f"{path}:{number}"))
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
     except zlib.error as e:  # damaged deflate data (a .gz cut short is an OSError from sources.open_text)
@@ -110,7 +111,8 @@ def read_eval_file(path: str) -> list:
     data = np.frombuffer(raw[:len(raw) // 2 * 2], dtype="<u2")
     header = data[:512].view("<i4") if len(data) >= 512 else None
     if header is None or header[0] != EVAL_MAGIC or header[1] != EVAL_VERSION:
-        raise UserError(f"{path}: not an llm.c eval file (magic {EVAL_MAGIC}, version {EVAL_VERSION})")
+        found = f"magic {header[0]}, version {header[1]}" if header is not None else f"{len(raw)} bytes, shorter than its header"
+        raise UserError(f"{path}: not an llm.c eval file (expected magic {EVAL_MAGIC}, version {EVAL_VERSION}; found {found})")
     count = int(header[2])
     if count < 1:
         raise UserError(f"{path}: header lists {count} examples, expected 1 or more")

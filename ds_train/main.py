@@ -75,6 +75,7 @@ def bf16_optimizer_memory_reports_off():
 def build_engine(run: config.RunConfig, ds_config: dict):
     import deepspeed
     import pydantic
+    from deepspeed.runtime.config import DeepSpeedConfigError
 
     _cuda_arch_list_for_deepspeed()
     if run.offload_nvme and not deepspeed.ops.op_builder.AsyncIOBuilder().is_compatible(verbose=False):
@@ -86,8 +87,8 @@ def build_engine(run: config.RunConfig, ds_config: dict):
     if run.init_from_file:
         _, weights = convert.load_weights(run.init, "-e")
         model.load_state_dict(weights)
-    if torch.cuda.is_available():  # fp32 matmuls on tensor cores in TF32, as llm.c does in fp32 mode
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if torch.cuda.is_available():  # fp32 matmuls on tensor cores in TF32, as llm.c does in fp32 mode unless -f 0
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = run.tf32
     model.set_compile(run.compile)
     if run.zero_stage == 3:  # gather each block's parameters at once, outside its recompute region
         deepspeed.utils.set_z3_leaf_modules(model, [Block])
@@ -104,6 +105,8 @@ def build_engine(run: config.RunConfig, ds_config: dict):
     except pydantic.ValidationError as e:
         first = e.errors()[0]
         raise UserError(f"--ds_config {run.ds_config_path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    except DeepSpeedConfigError as e:  # a setting config.py does not read that DeepSpeed refuses (checkpoint.tag_validation)
+        raise UserError(f"--ds_config {run.ds_config_path}: {str(e).splitlines()[0]}") from None
     if fold_bf16_gradients_in_one_kernel(engine.optimizer):  # then the blocks' weight gradients straight into fp32
         weight_grad.attach(engine.optimizer, model)
     return engine
@@ -125,7 +128,7 @@ def run_table(run: config.RunConfig, place, num_steps: int, val_batches: int, de
         ("flash_attention", f"{run.flash_attention} ({flash_attention.LEVELS[run.flash_attention]})"),
         (None, None),
         ("device", device), ("precision", "bf16 (fp32 master weights)" if run.bf16 else
-                                                   "fp32" if device == "cpu" else "fp32 (TF32 matmuls on a GPU)"),
+                                                   "fp32" if device == "cpu" or not run.tf32 else "fp32 (TF32 matmuls on a GPU)"),
         ("DeepSpeed config", run.ds_config_path), (None, None),
         ("model", run.init), ("max_sequence_length T", m.block_size), ("vocab_size V", m.vocab_size),
         ("padded_vocab_size Vp", m.padded_vocab_size), ("num_layers L", m.n_layer), ("num_heads NH", m.n_head),
@@ -179,6 +182,9 @@ def dry_run(args):
         try:
             tokens = sum(read_shard_header(path) for path in find_shards(run.train_data, run.train_flag))
             num_steps = tokens // run.total_batch_size
+            if num_steps == 0:
+                notes.append(f"{run.train_flag} {run.train_data}: {tokens} tokens is less than one step of "
+                             f"{run.total_batch_size} tokens (-d) at {world} ranks; give -x or more data")
         except UserError as e:
             num_steps = None
             notes.append(f"{e}: the number of steps of one epoch (-x -1) is unknown until the data is prepared")
@@ -249,6 +255,7 @@ def train(argv=None):
     notes += warmup_notes(run, num_steps)
     val_batches, val_note = val_num_batches(val_loader, run.val_max_steps, run.val_data)
     notes += [val_note] if val_note else []
+    val_loader.check_ahead(val_batches)  # at -v 0 the val loss first reads them after the last step
     hellaswag_examples = load_rendered(run.hellaswag_data) if run.hellaswag else None
     if hellaswag_examples:
         check_fits(hellaswag_examples, run.hellaswag_data, run.model, f"-e {run.init}")
@@ -256,6 +263,9 @@ def train(argv=None):
     if run.output_dir:
         if place.rank == 0:
             writable_dir(run.output_dir, "-o")
+            saves = os.path.join(run.output_dir, checkpoint.CHECKPOINTS)  # checked now, not at the first save
+            if run.checkpoint_every and os.path.exists(saves) and not os.path.isdir(saves):
+                raise UserError(f"-o {saves}: is a file, expected a directory (where -n's checkpoints go)")
         if not run.resume and checkpoint.done_steps(run.output_dir):
             raise UserError(f"-y 0: -o {run.output_dir} already holds checkpoints of a run; resume it with -y 1, or "
                             "choose another -o (or delete them) to start over")

@@ -97,6 +97,8 @@ class Throughput:
 
     def summary(self) -> str:
         """llm.c's closing line: the mean over the steps after the first (a run of one step has none to average)."""
+        if self.steps == 0:
+            return "total average iteration time: n/a (no step ran)"
         if self.steps < 2:
             return "total average iteration time: n/a (only the first step ran, and it is warm-up, not averaged)"
         return f"total average iteration time: {1000 * self.total_s / (self.steps - 1):.2f} ms"

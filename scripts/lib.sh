@@ -38,6 +38,9 @@ fi
 if [ "$LAUNCHER" = hostfile ] && [ -n "${HOSTFILE:-}" ] && [ "${NUM_NODES}" = 1 ]; then
   NUM_NODES=$(grep -c 'slots=' "$HOSTFILE")
 fi
+for count in NUM_GPUS NUM_NODES; do  # a 0 would also make DRY_RUN's --dry_run 0, which means a real run
+  [[ ${!count} =~ ^[1-9][0-9]*$ ]] || { echo "$0: $count=${!count}: expected a whole number >= 1" >&2; exit 2; }
+done
 
 # The smoke mode's flags replace the run's size, data and schedule length, nothing else.
 SMOKE_FLAGS=(-e gpt2:d2:c64:h2 -i ds_train/assets/tinyshakespeare/tiny_shakespeare_train.bin

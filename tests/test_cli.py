@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, child_env, free_port, run_process, settings_table,
-                      train)
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, TRAIN_SHARD, VAL_SHARD, child_env, free_port, run_process,
+                      settings_table, train)
 from ds_train import build_locks, convert
 from ds_train.data import read_shard, write_shard
 from ds_train.hellaswag import Example, render
@@ -132,6 +132,10 @@ def test_bad_flag_combinations(tmp_path, capsys):
     afile.write_text("")
     assert errors_of(capsys, "-b", 4, "-x", 1, "-o", afile) == f"-o {afile}: is a file, expected a directory"
     assert errors_of(capsys, "-b", 4, "-x", 1, "-o", afile / "sub").startswith(f"-o {afile / 'sub'}: cannot write there")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("")  # found before the first step, not at the first save
+    assert errors_of(capsys, "-b", 4, "-x", 2, "-n", 1, "-o", tmp_path / "run") == \
+        f"-o {tmp_path / 'run' / 'checkpoints'}: is a file, expected a directory (where -n's checkpoints go)"
     assert errors_of(capsys, "--bogus") == "unrecognized arguments: --bogus (see --help)"
 
 
@@ -147,6 +151,20 @@ def test_token_ids_outside_the_vocabulary_are_named_not_a_torch_traceback(tmp_pa
     assert proc.stderr.strip().endswith(" is 60000, expected ids below the model's vocab_size 50257 (a shard tokenized "
                                         "for another vocabulary, or corrupt)")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_bad_val_id_is_refused_before_training_even_at_v0(tmp_path):
+    """-v 0 reads the val split only after the last step; its ids are checked before the first, so no training
+    (nor its last checkpoint) is lost to them."""
+    val = tmp_path / "val.bin"
+    tokens = np.asarray(read_shard(VAL_SHARD)).copy()
+    tokens[10] = 60000
+    write_shard(str(val), tokens)
+    proc = run_main("--ds_config", CPU_CONFIG, *TINY, "-b", 4, "-x", 3, "-v", 0, "-n", 2, "-o", tmp_path / "out", "-j", val)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"ds_train: error: {val}: the token at index 10 is 60000, expected ids below the "
+                                   "model's vocab_size 50257 (a shard tokenized for another vocabulary, or corrupt)")
+    assert "step    1/3" not in proc.stdout and not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_hellaswag_examples_longer_than_the_model_context(tmp_path, capsys):
@@ -175,3 +193,22 @@ def test_val_batches_beyond_the_split_are_capped_with_a_note(tmp_path):
 
 def test_dry_run_ranks_are_checked_first(capsys):
     assert errors_of(capsys, "-b", 4, "--dry_run", -1) == "--dry_run -1: expected a positive number of ranks to plan for"
+
+
+def test_dry_run_says_why_an_epoch_of_the_data_has_no_step(capsys):
+    assert main(["--ds_config", CPU_CONFIG, "--dry_run", "8", "-b", "64", "-t", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert (f"note: -i {TRAIN_SHARD}: 305260 tokens is less than one step of 524288 tokens (-d) at 8 ranks; give -x or "
+            "more data") in out
+    assert "dry run | ranks 8 | steps ? |" in out
+
+
+def test_a_setting_deepspeed_refuses_is_one_line_too(tmp_path):
+    """A section ds_train does not read, which DeepSpeed's own config check refuses inside deepspeed.initialize."""
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text(json.dumps({"zero_optimization": {"stage": 1}, "checkpoint": {"tag_validation": "sometimes"}}))
+    proc = run_main("--ds_config", ds_config, *TINY, "-b", 4, "-x", 1)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"ds_train: error: --ds_config {ds_config}: Checkpoint config contains "
+                                          "invalid tag_validation value of SOMETIMES")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stdout + proc.stderr

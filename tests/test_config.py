@@ -32,6 +32,7 @@ LLMC_FLAGS = {  # llm.c letter -> (long name, a value to pass, the parsed value)
     "-v": ("--val_every", "250", 250), "-m": ("--val_max_steps", "-1", -1), "-s": ("--sample_every", "0", 0),
     "-g": ("--gen_tokens", "144", 144), "-h": ("--hellaswag", "1", 1), "-a": ("--overfit_single_batch", "1", 1),
     "-z": ("--zero_stage", "3", 3), "-r": ("--recompute", "2", 2), "-ge": ("--gelu_fusion", "1", 1),
+    "-f": ("--tf32", "0", 0),
 }
 
 
@@ -118,6 +119,7 @@ def test_the_jsons_gradient_accumulation_is_kept_or_its_change_said(tmp_path, ds
     (["-k", "constant", "-u", "5", "-q", "0.1"], "-u 5 and -q 0.1 unused: -k constant has no warmup and no decay"),
     (["-k", "constant", "-q", "0.1"], "-q 0.1 unused: -k constant has no warmup and no decay"),
     (["-s", "0", "-g", "10"], "-g 10 unused: -s 0 samples no text"),
+    (["-n", "2", "-o", "out", "-nm", "4"], "-nm 4 unused: -nk 0 keeps every checkpoint"),
     (["-k", "cosine", "-u", "5", "-q", "0.1", "-s", "5", "-g", "10"], None),
 ])
 def test_flags_the_run_never_reads_are_said(tmp_path, argv, note):
@@ -220,7 +222,7 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     (["-r", "5"], {}, r"-r 5: recompute must be one of 0 \(none\), 1 \(GELU\)"),
     (["-k", "step"], {}, r"-k step: unknown schedule; expected one of cosine, linear, constant, wsd"),
     (["-q", "1.5"], {}, r"-q 1.5: the final lr fraction must be between 0 and 1"),
-    (["-l", "0"], {}, r"-l 0.0: the learning rate must be positive"),
+    (["-l", "0"], {}, r"-l 0.0: the learning rate must be a finite number > 0"),
     (["-v", "-1"], {}, r"-v -1: expected an interval >= 1, or 0 \(val loss at the last step only\)"),
     (["-m", "0"], {}, r"-m 0: val batches must be -1 \(all\) or >= 1"),
     (["-x", "0"], {}, r"-x 0: max steps must be -1 \(one epoch\) or >= 1"),
@@ -277,11 +279,68 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     ([], {"train_micro_batch_size_per_gpus": 8}, r"unknown key \"train_micro_batch_size_per_gpus\"; did you mean \"train_micro_batch_size_per_gpu\"\?"),
     ([], {"zero_optimisation": {"stage": 2}}, r"unknown key \"zero_optimisation\"; did you mean \"zero_optimization\"\?"),
     ([], {"gradient_clipping": "x"}, r"gradient_clipping must be a number >= 0 \(0: no clipping\), got 'x'"),
+    # found by a review of 2026-12-06: each of these once reached deepspeed.initialize or ran on silently
+    (["-l", "inf"], {}, r"-l inf: the learning rate must be a finite number > 0"),
+    (["-c", "inf"], {}, r"-c inf: weight decay must be a finite number >= 0"),
+    (["-nk", "2"], {}, r"-nk 2: only -n N \(checkpoint every N steps\) reads it"),
+    (["-nm", "5", "-o", "out"], {}, r"-nm 5: only -n N \(checkpoint every N steps\) reads it"),
+    (["-f", "2"], {}, r"-f 2: expected 0 or 1"),
+    ([], {"optimizer": {"type": "AdamW", "params": {"weight_decy": 0.1}}},
+     r"optimizer.params.weight_decy is not a setting of ds_train's AdamW \(did you mean \"weight_decay\"\?\)"),
+    ([], {"optimizer": {"type": "AdamW", "params": {"amsgrad": True}}},
+     r"optimizer.params.amsgrad is not a setting of ds_train's AdamW \(it takes lr, betas, eps, weight_decay, torch_adam, adam_w_mode\)"),
+    ([], {"amp": {"enabled": True}}, r"\"amp\" \(NVIDIA Apex mixed precision\) is not supported"),
+    ([], {"wandb": {"enabled": True}}, r"wandb.enabled needs the wandb package, which is not installed \(pip install wandb\)"),
+    ([], {"csv_monitor": 1}, r"\"csv_monitor\" must be an object, got 1"),
+    ([], {"tensorbaord": {"enabled": True}}, r"unknown key \"tensorbaord\"; did you mean \"tensorboard\"\?"),
+    (["-z", "1"], {"zero_optimization": {"offload_optimizer": {"device": "nvme"}}},
+     r"zero_optimization.offload_optimizer has \"device\": \"nvme\" without \"nvme_path\""),
 ])
 def test_bad_settings_get_one_line_errors(tmp_path, argv, ds, message):
     with pytest.raises(UserError, match=message) as err:
         resolve(tmp_path, argv, ds, world=2)
     assert "\n" not in str(err.value)
+
+
+def test_flags_match_only_as_written():
+    """argparse read llm.c's -f 1 as -fa 1 (a prefix of a longer short flag) and -lg 100 as -l g (a value glued
+    to a short flag): an llm.c flag ds_train lacks must be refused, not run as another one."""
+    for argv, unknown in ((["-fa", "1", "-lg", "100"], "-lg 100"), (["-l0.1"], "-l0.1"), (["-g", "8", "-ge0"], "-ge0")):
+        with pytest.raises(UserError, match=f"unrecognized arguments: {unknown}"):
+            config.parse_args(["--ds_config", "x", *argv])
+    assert config.parse_args(["--ds_config", "x", "-f", "0", "-x", "-1"]).tf32 == 0  # negative values still parse
+
+
+@pytest.mark.parametrize("monitor", ["tensorboard", "csv_monitor"])
+def test_a_monitor_folder_that_cannot_be_made_is_refused(tmp_path, monitor):
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("")
+    for output_path in (a_file, a_file / "runs"):
+        with pytest.raises(UserError, match=f"{monitor}.output_path '{output_path}': expected a folder that can be written or made"):
+            resolve(tmp_path, [], {monitor: {"enabled": True, "output_path": str(output_path)}})
+    run, ds, _ = resolve(tmp_path, [], {monitor: {"enabled": True, "output_path": str(tmp_path / "new" / "runs")}})
+    assert ds[monitor]["output_path"] == str(tmp_path / "new" / "runs")  # passed on to DeepSpeed, which makes it
+    assert not (tmp_path / "new").exists()
+
+
+def test_duplicate_json_keys_are_refused(tmp_path):
+    path = write_json(tmp_path, '{"zero_optimization": {"stage": 1, "stage": 3}}')
+    with pytest.raises(UserError, match=r"the key \"stage\" appears twice in one object; keep one"):
+        config.resolve(config.parse_args(["--ds_config", path]), 1, False)
+
+
+def test_nvme_offload_from_the_json_takes_its_folder_from_the_flag(tmp_path):
+    run, ds, _ = resolve(tmp_path, ["-z", "3", "--offload_nvme", str(tmp_path)],
+                         {"zero_optimization": {"offload_optimizer": {"device": "nvme"}}})
+    assert (run.offload, run.offload_nvme) == ("optimizer", str(tmp_path))
+    assert ds["zero_optimization"]["offload_optimizer"]["nvme_path"] == str(tmp_path)
+
+
+def test_tf32_flag_notes_where_nothing_reads_it(tmp_path):
+    assert any("-f 0 unused" in note for note in resolve(tmp_path, ["-f", "0"])[2])  # CPU
+    run, _, notes = resolve(tmp_path, ["-f", "0"], {"bf16": {"enabled": False}}, gpu=True)
+    assert run.tf32 is False and not any("-f 0" in note for note in notes)  # fp32 on a GPU: TF32 off
+    assert resolve(tmp_path, ["-z", "1"], gpu=True)[0].tf32 is True
 
 
 @pytest.mark.parametrize("content, message", [

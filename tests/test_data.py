@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, TRAIN_SHARD, VAL_SHARD, shared_path
 from ds_train.data import HEADER_BYTES, ReplayLoader, ShardLoader, read_shard, read_shard_header, write_shard
@@ -200,6 +201,21 @@ def test_token_ids_outside_the_vocabulary_are_refused_as_the_batch_is_cut(tmp_pa
     with pytest.raises(UserError) as err:
         loader.next_batch()
     assert str(err.value) == OOV_MESSAGE.format(path)
+
+
+def test_the_val_batches_ids_are_checked_ahead_by_every_rank_alike(tmp_path):
+    """check_ahead reads the first batches now (the val loss may first read them after the training, at -v 0):
+    index 700 lies in rank 1's part of the third sample, and rank 0 refuses it too, so that no rank goes on alone.
+    Batches short of it pass, and the loader is back at its first batch."""
+    path = _shard_with_a_bad_id(tmp_path)
+    for rank in (0, 1):
+        loader = ShardLoader(path, 2, 64, rank, 2, shuffle=False, vocab_size=50257)  # samples of 256 tokens
+        with pytest.raises(UserError) as err:
+            loader.check_ahead(3)
+        assert str(err.value) == OOV_MESSAGE.format(path)
+        first = loader.next_batch()
+        loader.check_ahead(2)
+        assert all(torch.equal(a, b) for a, b in zip(loader.next_batch(), first))
 
 
 def test_replay_refuses_token_ids_outside_the_vocabulary(tmp_path):

@@ -20,7 +20,7 @@ from ds_train import convert, evaluate, export, plot
 from ds_train.config import DEFAULT_HELLASWAG
 from ds_train.evals import score_endings
 from ds_train.data import read_shard, write_shard
-from ds_train.hellaswag import Example, load_rendered, render, write_eval_file
+from ds_train.hellaswag import Example, load_examples, load_rendered, render, write_eval_file
 from ds_train.model import GPT, config_from_descriptor
 from test_training import run_on_bf16_engine
 
@@ -346,6 +346,10 @@ def test_bad_hellaswag_files_get_one_line_errors(tmp_path, capsys):
     (tmp_path / "long.bin").write_bytes(data + bytes(4))
     assert evaluate_hellaswag(tmp_path / "long.bin") == \
         f"{tmp_path / 'long.bin'}: 4 bytes follow the 5 examples its header lists, expected none (corrupt header?)"
+    shard = tmp_path / "shard.bin"  # a token shard given as the eval file
+    write_shard(str(shard), np.arange(1000))
+    assert evaluate_hellaswag(shard) == (f"{shard}: not an llm.c eval file (expected magic 20240522, version 1; found "
+                                         "magic 20240520, version 1)")
     stream = np.frombuffer(data, dtype="<u2").copy()
     stream[512 + 6] = 60000  # the first context token of example 0
     (tmp_path / "oov.bin").write_bytes(stream.tobytes())
@@ -353,6 +357,8 @@ def test_bad_hellaswag_files_get_one_line_errors(tmp_path, capsys):
         f"{tmp_path / 'oov.bin'}: example 0: token id 60000, expected ids below the model's vocab_size 50257 (--model {good})"
 
     jsonl = "".join(json.dumps({"ctx": e.ctx, "endings": list(e.endings), "label": e.label}) + "\n" for e in HS_EXAMPLES)
+    (tmp_path / "blank_lines.jsonl").write_text("\n" + jsonl + "\n\n")  # blank lines hold no example: read past
+    assert load_examples(str(tmp_path / "blank_lines.jsonl")) == HS_EXAMPLES
     gz = gzip.compress(jsonl.encode() * 50)
     (tmp_path / "cut.jsonl.gz").write_bytes(gz[:len(gz) // 2])
     assert evaluate_hellaswag(tmp_path / "cut.jsonl.gz") == (
@@ -382,6 +388,8 @@ def test_evaluate_refuses_flags_that_would_be_ignored(tmp_path, capsys):
         "-m 5: val batches need -j, the val shards to read them from"
     assert _error(capsys, evaluate, ["--model", good]) == \
         f"--model {good}: loads, but there is nothing to evaluate: give -j (val loss), --hellaswag or -g (a sample)"
+    assert _error(capsys, evaluate, ["--model", good, "-g", 4, "-b", 0]) == "-b 0: expected a number >= 1"
+    assert _error(capsys, evaluate, ["--model", good, "-g", -1]) == "-g -1: expected a number >= 0"
 
 
 def test_evaluate_val_shards_out_of_vocabulary_and_shorter_than_m(tmp_path, capsys):

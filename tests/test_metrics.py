@@ -23,3 +23,8 @@ def test_tokens_per_second_is_the_first_steps_rate_then_a_bias_corrected_average
     assert throughput.update(1000, 5.0) == pytest.approx(200.0)
     assert throughput.update(1000, 0.5) == pytest.approx(2000.0)  # bias correction: one sample is its own average
     assert 2000.0 < throughput.update(1000, 0.25) < 4000.0
+
+
+def test_a_run_that_trained_no_step_says_so():
+    # a resumed run whose checkpoint is its last step (llm.c's resume loop may start it once more)
+    assert Throughput().summary() == "total average iteration time: n/a (no step ran)"

@@ -2,6 +2,7 @@
 train for real on the CPU through each launcher, resuming after a crash until the DONE marker exists."""
 
 import glob
+import importlib.util
 import os
 import re
 import signal
@@ -52,6 +53,32 @@ def test_dry_run_plans_llmc_run_on_8_gpus(name, tmp_path):
         assert tuple(map(int, plan.groups())) == (gpus, steps, tokens, B, T, tokens // (B * T * gpus))
         assert "memory per GPU (estimate; ZeRO-1 over" in done.stdout
         assert not os.path.exists(tmp_path / "out")  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("variable, value", [("NUM_GPUS", "0"), ("NUM_NODES", "0"), ("NUM_GPUS", "abc")])
+def test_a_gpu_or_node_count_that_is_not_a_whole_number_is_refused_before_anything_runs(variable, value, tmp_path):
+    # NUM_GPUS=0 once made DRY_RUN=1 pass --dry_run 0, which is a real training run
+    done = run_process(["bash", os.path.join(REPO, "scripts", "run_gpt2_124M.sh")], timeout=60,
+                       env=script_env(DRY_RUN=1, OUT_DIR=tmp_path / "out", **{variable: value}))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"{os.path.join(REPO, 'scripts', 'run_gpt2_124M.sh')}: {variable}={value}: "
+                                                "expected a whole number >= 1"]
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_bad_json_stops_the_resume_loop_at_once(tmp_path):
+    """A setting DeepSpeed would fail on inside deepspeed.initialize (a monitor whose package is missing) is
+    refused up front with exit 2, which ends the loop, instead of a traceback that it would retry for ever."""
+    if importlib.util.find_spec("comet_ml"):
+        pytest.skip("comet_ml is installed here")
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text('{"train_micro_batch_size_per_gpu": 4, "comet": {"enabled": true}}')
+    proc, log = start("run_gpt2_124M.sh", str(tmp_path / "out"), tmp_path / "script.log", NUM_GPUS=1,
+                      SMOKE_DS_CONFIG=str(ds_config))
+    output = finish(proc, log, timeout=180)
+    assert proc.returncode == 2, output[-3000:]
+    assert "comet.enabled needs the comet_ml package" in output and "Traceback" not in output
+    assert output.count("ds_train: error:") == 1  # one launch, no retries
 
 
 def ranks_of(proc):
