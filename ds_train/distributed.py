@@ -231,6 +231,9 @@ def _stop_signals() -> list:
                                                else [])
 
 
+_stop_before_training = None  # the first stop signal's number, kept in case its Terminated went unseen (below)
+
+
 def exit_on_stop_signals():
     """Until StopSignal takes over at the first step: SIGTERM, SIGUSR1 and Ctrl-C raise Terminated, and main()
     exits at once with one line (nothing has been trained, so nothing is lost). By default SIGTERM and SIGUSR1 end
@@ -238,8 +241,22 @@ def exit_on_stop_signals():
     FusedAdam, ds_train's kernels: a minute or two), whose lock file would stay behind for every later build of it
     to wait on for ever; raising lets the build's own cleanup remove it."""
     def handle(signum, frame):
+        global _stop_before_training
+        _stop_before_training = _stop_before_training or signum
         raise Terminated(signum)
 
+    def raise_again_outside_finalizers(unraisable, python_s_own=sys.unraisablehook):
+        # the handler ran inside a finalizer (a subprocess' Popen collected during a JIT build), and Python prints
+        # an exception raised there and goes on: the signal again, from another thread a moment later, so that the
+        # handler runs once this hook has returned, where its Terminated ends the run
+        if isinstance(unraisable.exc_value, Terminated):
+            resend = threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum))
+            resend.daemon = True
+            resend.start()
+        else:
+            python_s_own(unraisable)
+
+    sys.unraisablehook = raise_again_outside_finalizers
     for sig in _stop_signals():
         signal.signal(sig, handle)
 
@@ -251,6 +268,8 @@ class StopSignal:
     so every rank asks the others each step and all stop at the same step."""
 
     def __init__(self):
+        if _stop_before_training is not None:  # a stop signal before training whose Terminated went unseen all the same
+            raise Terminated(_stop_before_training)
         self.name = None  # the first signal's
         self.interrupted = False
         for sig in _stop_signals():

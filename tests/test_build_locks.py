@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import CPU_CONFIG, MAIN, TINY, child_env, with_sigint
+from conftest import CPU_CONFIG, MAIN, REPO, TINY, child_env, with_sigint
 from ds_train import build_locks
 from ds_train.errors import UserError
 
@@ -51,6 +51,44 @@ def test_a_stop_signal_inside_a_build_ends_the_run_at_once_and_leaves_no_lock(tm
         assert locks(root) == []
     else:
         assert locks(root) and not any(build_locks.is_held(lock) for lock in locks(root))
+
+
+FINALIZER_SCRIPT = """
+import os, signal, sys, time
+from ds_train import distributed
+distributed.exit_on_stop_signals()
+
+class Collected:
+    def __del__(self):  # as a Popen's, collected while a build runs: the signal is handled in here
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+
+try:
+    Collected()
+    time.sleep(2)  # the run going on: a build, the engine's start
+    print("went on", flush=True)
+    if sys.argv[1] == "without_the_hook":
+        distributed.StopSignal()
+    print("trained", flush=True)
+except distributed.Terminated as e:
+    print("stopped on", e, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["with_the_hook", "without_the_hook"])
+def test_a_stop_signal_handled_inside_a_finalizer_is_not_lost(how):
+    """A Terminated raised inside a finalizer is one Python prints and ignores: CI once saw a SIGTERM sent during a
+    build handled inside a Popen's __del__, and the run trained on and exited 0. The signal is sent again once the
+    finalizer is done, so the run ends at once and quietly; failing that, StopSignal ends it before the first step."""
+    script = FINALIZER_SCRIPT if how == "with_the_hook" else FINALIZER_SCRIPT.replace(
+        "distributed.exit_on_stop_signals()", "distributed.exit_on_stop_signals(); sys.unraisablehook = lambda u: None")
+    done = subprocess.run([sys.executable, "-c", script, how], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=60)
+    expected = ["stopped on SIGTERM"] if how == "with_the_hook" else ["went on", "stopped on SIGTERM"]
+    assert done.stdout.splitlines() == expected, done.stdout + done.stderr
+    if how == "with_the_hook":
+        assert done.stderr == ""  # nor Python's "Exception ignored in ..."
 
 
 def test_a_young_build_lock_is_a_note_and_an_old_one_an_error(tmp_path, monkeypatch):
