@@ -167,6 +167,12 @@ def auto_fit(args, place, say):
                        local_ranks=place.local_world_size)
 
 
+def less_than_one_step(run: config.RunConfig, tokens: int, where: str = "") -> str:
+    """What the run (an error) and its dry run (a note) say when the train data holds less than one step."""
+    return (f"{run.train_flag} {run.train_data}: {tokens} tokens is less than one step of {run.total_batch_size} "
+            f"tokens (-d){where}; give -x or more data")
+
+
 def dry_run(args):
     """--dry_run N: the run as N ranks would run it, resolved and checked, with a memory estimate per GPU.
     Nothing is launched; the train shards' headers are read only to count the steps of -x -1."""
@@ -183,8 +189,7 @@ def dry_run(args):
             tokens = sum(read_shard_header(path) for path in find_shards(run.train_data, run.train_flag))
             num_steps = tokens // run.total_batch_size
             if num_steps == 0:
-                notes.append(f"{run.train_flag} {run.train_data}: {tokens} tokens is less than one step of "
-                             f"{run.total_batch_size} tokens (-d) at {world} ranks; give -x or more data")
+                notes.append(less_than_one_step(run, tokens, f" at {world} ranks"))
         except UserError as e:
             num_steps = None
             notes.append(f"{e}: the number of steps of one epoch (-x -1) is unknown until the data is prepared")
@@ -250,8 +255,7 @@ def train(argv=None):
                              vocab_size=vocab_size)
     num_steps = run.max_steps if run.max_steps > 0 else train_loader.num_tokens // run.total_batch_size
     if num_steps < 1:
-        raise UserError(f"{flag} {run.train_data}: {train_loader.num_tokens} tokens is less than one step of "
-                        f"{run.total_batch_size} tokens (-d); give -x or more data")
+        raise UserError(less_than_one_step(run, train_loader.num_tokens))
     notes += warmup_notes(run, num_steps)
     val_batches, val_note = val_num_batches(val_loader, run.val_max_steps, run.val_data)
     notes += [val_note] if val_note else []

@@ -237,6 +237,7 @@ def test_bad_input_gets_one_line_errors(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     assert prepare_error(capsys, "hellaswag", "--output_dir", blocker / "sub").startswith(f"--output_dir {blocker / 'sub'}: cannot write there")
+    assert prepare_error(capsys, "hellaswag", "--output_dir", blocker) == f"--output_dir {blocker}: is a file, expected a directory"
     (tmp_path / "long.txt").write_text("word " * 500)
     length = len(expected_tokens(["word " * 500]))
     assert prepare_error(capsys, "fineweb", "--input", tmp_path / "long.txt", "--output_dir", out / "f", "--shard_size", 100) == \
