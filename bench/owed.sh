@@ -77,6 +77,7 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
         tests/test_training.py::test_bf16_gradient_fold_in_one_kernel_equals_deepspeeds \
         tests/test_training.py::test_ds_accelerator_cpu_keeps_launched_ranks_on_the_cpu_of_a_gpu_machine \
         tests/test_training.py::test_a_one_gpu_run_keeps_torchs_and_deepspeeds_chatter_out_of_its_log \
+        tests/test_training.py::test_a_micro_batch_too_big_for_the_gpu_is_one_line_that_says_what_to_change \
         > "$OUT/pytest_gpu.txt" 2>&1 ;;
     ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 "$rounds" 16 "${D12[@]}" -z 1 ;;
     ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 "$rounds" 12 "${D24[@]}" -z 1 ;;

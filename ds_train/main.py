@@ -281,10 +281,12 @@ def train(argv=None):
     guard = UpdateGuard(run.skip_loss_z, run.skip_grad_z)
     if resume_step is not None:
         saved, train_loader, rng = resume.load_data(run, place, resume_step, guard, train_loader.files)
-    engine = build_engine(run, ds_config)
+    with memory.explain_out_of_memory(run, "building the model and its DeepSpeed engine", model_states=True):
+        engine = build_engine(run, ds_config)
     start_step = 0
     if resume_step is not None:
-        resume.load_engine(engine, run, resume_step, saved)
+        with memory.explain_out_of_memory(run, f"loading the checkpoint of step {resume_step}", model_states=True):
+            resume.load_engine(engine, run, resume_step, saved)
         checkpoint.set_rng_state(rng)
         start_step = resume_step
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step)
@@ -343,7 +345,8 @@ def train(argv=None):
                    ", ".join(f"{what} {t:.2f} s" for what, t in timings) + ")")
         saving = checkpoint_due(step, last_step)
         if saving:
-            save(step)
+            with memory.explain_out_of_memory(run, f"saving the checkpoint of step {step}"):
+                save(step)
         return bool(timings) or saving
 
     nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
@@ -353,7 +356,9 @@ def train(argv=None):
         last_step = step == num_steps
         resumed_here = step == start_step and resume_step is not None
         # (the run that saved this step had already evaluated, sampled and logged it)
-        if not resumed_here and evaluate_and_save(step, last_step):
+        with memory.explain_out_of_memory(run, f"evaluating at step {step}"):
+            evaluated = not resumed_here and evaluate_and_save(step, last_step)
+        if evaluated:
             step_end = None  # it waited for the GPU: the next step is timed from its own start
         if last_step:
             break
@@ -369,8 +374,9 @@ def train(argv=None):
             train_loader.reset()
         start = time.perf_counter() if step_end is None else step_end
         lr = learning_rate(step, run.lr_schedule, run.learning_rate, run.warmup_steps, num_steps, run.final_lr_frac)
-        loss, norm, skipped = train_step(engine, train_loader, run.grad_accum, lr, guard, hook,
-                                         poison=step == nan_at_step)
+        with memory.explain_out_of_memory(run, f"training step {step + 1}"):
+            loss, norm, skipped = train_step(engine, train_loader, run.grad_accum, lr, guard, hook,
+                                             poison=step == nan_at_step)
         # No synchronization here: the update's kernels run while the CPU logs this step and queues the next one,
         # whose time, taken from this one's end, includes them (train_step waits for the GPU once, mid-step).
         step_end = time.perf_counter()

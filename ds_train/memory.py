@@ -27,10 +27,14 @@ with its gradient written over it on a GPU (2 bytes per row and vocab entry; fp3
 about 12), plus the fp32 weight-gradient accumulator (vocab x C x 4) and the input gradient (tokens x C).
 """
 
+import contextlib
+import re
+
 import torch
 
 from ds_train.config import OFFLOAD_LEVELS, RunConfig
 from ds_train.distributed import all_gather_values
+from ds_train.errors import UserError
 from ds_train.loss import CHUNK_ROWS
 
 GiB = 2**30
@@ -124,3 +128,51 @@ def rank_model_states_line(engine) -> str:
     where = lambda offloaded: " (offloaded)" if offloaded else ""
     return (f"model states per rank (MiB, rank 0 | 1 | ...): weights {mib(0)}{where(engine.zero_offload_param())}; "
             f"fp32 master + AdamW {mib(1)}{where(engine.zero_offload_optimizer())}")
+
+
+# torch's CPU allocator raises a plain RuntimeError (a CUDA allocation, torch.OutOfMemoryError) when the kernel
+# refuses memory, which it does at once for a request beyond what the machine has (or under a ulimit -v)
+_HOST_ALLOCATION_FAILED = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes")
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(run: RunConfig, doing: str, model_states: bool = False):
+    """An allocation that fails while `doing` (building the engine, step 5, ...) ends the run with one line that says
+    where, how much, and what to change, instead of torch's traceback: what to change depends on whether the model's
+    states (`model_states`: weights, gradients, optimizer) or a step's activations did not fit. It is a UserError
+    (exit status 2): the same settings run out the same way, so the scripts' resume loop stops instead of retrying."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise UserError(out_of_memory_line(run, doing, e, model_states)) from None
+    except RuntimeError as e:
+        if not _HOST_ALLOCATION_FAILED.search(str(e)):
+            raise
+        raise UserError(out_of_memory_line(run, doing, e, model_states)) from None
+
+
+def out_of_memory_line(run: RunConfig, doing: str, error: Exception, model_states: bool) -> str:
+    settings = (f"-e {run.init}, {run.model.num_params / 1e6:.0f}M parameters, -b {run.B} -t {run.T} -r "
+                f"{run.recompute}, ZeRO-{run.zero_stage} over {run.world_size} rank{'s' if run.world_size > 1 else ''}"
+                + (f", --offload {run.offload}" if run.offload != "none" else ""))
+    if isinstance(error, torch.OutOfMemoryError):
+        asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", str(error))
+        device = torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(device).total_memory
+        gpu = f"a {total / GiB:.2f} GiB GPU"
+        if (fraction := torch.cuda.get_per_process_memory_fraction(device)) < 1:  # capped by whoever started us
+            gpu = f"the {fraction * total / GiB:.2f} GiB this process may use of {gpu}"
+        levers = ("a higher ZeRO stage with more GPUs, or --offload" if model_states else
+                  "a smaller -b (gradient accumulation keeps -d), a higher -r, a higher ZeRO stage or --offload")
+        return (f"out of GPU memory while {doing}" + (f": {asked.group(1)} more" if asked else "")
+                + f" on top of a peak of {torch.cuda.max_memory_allocated(device) / GiB:.2f} GiB allocated, "
+                f"{'of' if fraction < 1 else 'on'} {gpu} ({settings}; the --dry_run estimate: "
+                f"{estimate(run)[-1][1] / GiB:.2f} GiB); try {levers}, or --auto_fit 1 to choose (README: Memory)")
+    asked = int(_HOST_ALLOCATION_FAILED.search(str(error)).group(1))
+    if model_states:  # the model is built in fp32 on the host before the engine takes it
+        levers = (f"a smaller model, or a machine with more memory than its {4 * run.model.num_params / GiB:.2f} GiB "
+                  "of fp32 weights and what its optimizer keeps here")
+    else:
+        levers = "a smaller -b (gradient accumulation keeps -d) or a higher -r"
+    return (f"out of host memory while {doing}: {asked / GiB:.2f} GiB more could not be allocated ({settings}); "
+            f"try {levers}" + (", or less --offload" if run.offload != "none" else ""))

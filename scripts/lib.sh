@@ -20,6 +20,9 @@
 #   SMOKE=1      a tiny model for a few steps on the shipped tinyshakespeare (fp32, CPU ranks when there
 #                is no GPU), the same launcher and resume loop: what the tests run
 #   PYTHON       the Python that has ds_train's requirements (default: .venv/bin/python, else python3)
+#   MAX_FAILS    the resume loop gives up after this many runs in a row that fail without saving a new
+#                checkpoint (default 3: a crash that recurs before any progress, such as a lost node, is not
+#                retried for ever); 0 retries for ever, as llm.c's scripts do
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,6 +44,8 @@ fi
 for count in NUM_GPUS NUM_NODES; do  # a 0 would also make DRY_RUN's --dry_run 0, which means a real run
   [[ ${!count} =~ ^[1-9][0-9]*$ ]] || { echo "$0: $count=${!count}: expected a whole number >= 1" >&2; exit 2; }
 done
+MAX_FAILS=${MAX_FAILS:-3}
+[[ $MAX_FAILS =~ ^[0-9]+$ ]] || { echo "$0: MAX_FAILS=$MAX_FAILS: expected a whole number >= 0" >&2; exit 2; }
 
 # The smoke mode's flags replace the run's size, data and schedule length, nothing else.
 SMOKE_FLAGS=(-e gpt2:d2:c64:h2 -i ds_train/assets/tinyshakespeare/tiny_shakespeare_train.bin
@@ -80,6 +85,11 @@ forward_stop() {  # Ctrl-C or SIGTERM to this script: every rank saves at its ne
   [ -n "$CHILD" ] && kill -TERM -- "-$CHILD" 2>/dev/null || true
 }
 
+newest_checkpoint() {  # the DONE marker of the newest complete checkpoint in OUT_DIR, or nothing
+  [ -d "$OUT_DIR" ] || return 0
+  find "$OUT_DIR" -maxdepth 1 -name 'DONE_[0-9]*' -printf '%f\n' | sort | tail -n 1
+}
+
 run_until_done() {
   OUT_DIR=${OUT_DIR:-log_$RUN_NAME}
   local flags=("${FLAGS[@]}")
@@ -92,13 +102,14 @@ run_until_done() {
   if [ "${DRY_RUN:-0}" = 1 ]; then
     exec "$PYTHON" ds_train/main.py --ds_config "$DS_CONFIG" --dry_run $((NUM_NODES * NUM_GPUS)) "${flags[@]}" -o "$OUT_DIR"
   fi
-  local done_file status
+  local done_file status before fails=0
   done_file=$(printf '%s/DONE_%08d' "$OUT_DIR" "$STEPS")
   set_launch
   trap 'forward_stop INT' INT
   trap 'forward_stop TERM' TERM
   # as llm.c's scripts: if the run stalls or crashes, resume it (-y 1) until the last step's checkpoint exists
   while [ ! -f "$done_file" ]; do
+    before=$(newest_checkpoint)
     setsid "${LAUNCH[@]}" "${flags[@]}" -o "$OUT_DIR" -y 1 &  # in a process group of its own: see forward_stop
     CHILD=$!
     status=0
@@ -112,8 +123,16 @@ run_until_done() {
       exit $([ "$STOP_REQUESTED" = INT ] && echo 130 || echo 143)
     fi
     if [ "$status" -eq 2 ]; then  # ds_train refused its input: a retry would fail the same way
-      echo "$0: ds_train stopped with a usage error (exit 2); fix the settings above and run again" >&2
+      echo "$0: ds_train stopped with a usage error (exit 2: bad input, or settings that run out of memory); fix the" \
+           "settings above and run again" >&2
       exit 2
+    fi
+    if [ "$(newest_checkpoint)" != "$before" ]; then fails=0; else fails=$((fails + 1)); fi
+    if [ "$MAX_FAILS" -gt 0 ] && [ "$fails" -ge "$MAX_FAILS" ]; then
+      echo "$0: $fails runs in a row failed without saving a new checkpoint (the last with exit status $status);" \
+           "giving up (MAX_FAILS=$MAX_FAILS). Fix what the log above shows, then run the same command again to resume" \
+           "from $OUT_DIR" >&2
+      exit $((status ? status : 1))  # not 0: the run is not done
     fi
     echo "$0: the run ended with exit status $status before $done_file; resuming in 1 s" >&2
     sleep 1

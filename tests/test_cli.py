@@ -212,3 +212,21 @@ def test_a_setting_deepspeed_refuses_is_one_line_too(tmp_path):
     assert proc.stderr.strip().startswith(f"ds_train: error: --ds_config {ds_config}: Checkpoint config contains "
                                           "invalid tag_validation value of SOMETIMES")
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_model_too_big_for_the_host_is_one_line_that_sizes_it():
+    """A model whose fp32 weights the machine cannot hold: the allocation the kernel refuses (at once, for more than
+    the machine has; here under a 12 GiB `ulimit -v`, so that it fails the same way on any machine) ends the run
+    with one line naming the model, the allocation and its weights' size, not the CPU allocator's traceback. The
+    refused allocation is the token embedding, 50304 x 65536 fp32 values (12.28 GiB); the model, 12 C^2 a layer
+    and V C for the embedding, is 54.9B parameters, 204.53 GiB of fp32."""
+    cmd = ["bash", "-c", 'ulimit -v $((12 * 2**20)) && exec "$@"', "bash", sys.executable, MAIN, "--ds_config",
+           CPU_CONFIG, "-e", "gpt2:d1:c65536:h1", "-t", "32", "-b", "4", "-x", "1", "-s", "0", "-h", "0"]
+    proc = run_process(cmd, env=child_env(), timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ds_train: error: out of host memory while building the model and its DeepSpeed engine: 12.28 GiB more could "
+        "not be allocated (-e gpt2:d1:c65536:h1, 54904M parameters, -b 4 -t 32 -r 0, ZeRO-1 over 1 rank); try a "
+        "smaller model, or a machine with more memory than its 204.53 GiB of fp32 weights and what its optimizer "
+        "keeps here")
+    assert "Traceback" not in proc.stdout + proc.stderr

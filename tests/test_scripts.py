@@ -1,6 +1,7 @@
 """The reproduction scripts in scripts/: they parse, their dry runs plan llm.c's runs, and in smoke mode they
 train for real on the CPU through each launcher, resuming after a crash until the DONE marker exists."""
 
+import contextlib
 import glob
 import importlib.util
 import os
@@ -55,14 +56,15 @@ def test_dry_run_plans_llmc_run_on_8_gpus(name, tmp_path):
         assert not os.path.exists(tmp_path / "out")  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("variable, value", [("NUM_GPUS", "0"), ("NUM_NODES", "0"), ("NUM_GPUS", "abc")])
-def test_a_gpu_or_node_count_that_is_not_a_whole_number_is_refused_before_anything_runs(variable, value, tmp_path):
+@pytest.mark.parametrize("variable, value, least", [("NUM_GPUS", "0", 1), ("NUM_NODES", "0", 1), ("NUM_GPUS", "abc", 1),
+                                                   ("MAX_FAILS", "-1", 0)])
+def test_a_count_that_is_not_a_whole_number_is_refused_before_anything_runs(variable, value, least, tmp_path):
     # NUM_GPUS=0 once made DRY_RUN=1 pass --dry_run 0, which is a real training run
     done = run_process(["bash", os.path.join(REPO, "scripts", "run_gpt2_124M.sh")], timeout=60,
                        env=script_env(DRY_RUN=1, OUT_DIR=tmp_path / "out", **{variable: value}))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"{os.path.join(REPO, 'scripts', 'run_gpt2_124M.sh')}: {variable}={value}: "
-                                                "expected a whole number >= 1"]
+                                                f"expected a whole number >= {least}"]
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -111,7 +113,9 @@ def test_smoke_runs_survive_a_crash_and_finish(tmp_path):
     SIGKILL after step 3; each script's loop resumes from step 2 and finishes with the DONE marker. (The loop is
     scripts/lib.sh's, shared by all five; every script's flags are checked by the dry-run test above.)"""
     names = ["gpt2_124M", "gpt3_125M"]
-    runs = {name: start(f"run_{name}.sh", str(tmp_path / name), tmp_path / f"{name}.log", NUM_GPUS=1) for name in names}
+    # MAX_FAILS=1: the loop retries only a run that saved a new checkpoint before it failed, as this one did
+    runs = {name: start(f"run_{name}.sh", str(tmp_path / name), tmp_path / f"{name}.log", NUM_GPUS=1, MAX_FAILS=1)
+            for name in names}
     alive, deadline = dict(runs), time.time() + 300
     while alive and time.time() < deadline:  # each is killed as soon as it has passed step 3
         for name, (proc, log) in list(alive.items()):
@@ -131,6 +135,29 @@ def test_smoke_runs_survive_a_crash_and_finish(tmp_path):
         assert os.path.exists(os.path.join(out, "DONE_00000006")) and f"{out}/DONE_00000006 exists" in text, name
         logged = [int(m.group(1)) for m in re.finditer(r"^s:(\d+) trl:", open(os.path.join(out, "main.log")).read(), re.M)]
         assert logged == list(range(6)), name  # every step once, across the crash
+
+
+def test_the_loop_gives_up_on_a_crash_that_recurs_before_any_checkpoint(tmp_path):
+    """A crash that comes back on every try before any progress (a lost node, a broken install): each rank is killed
+    with SIGKILL as soon as it starts. With MAX_FAILS=2 the loop launches twice, then stops with the last status and
+    says why, instead of relaunching for ever as llm.c's scripts do (MAX_FAILS=0)."""
+    out = str(tmp_path / "run")
+    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "script.log", NUM_GPUS=1, MAX_FAILS=2)
+    killed, deadline = set(), time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        for rank in ranks_of(proc):
+            with contextlib.suppress(psutil.Error):
+                rank.kill()
+                killed.add(rank.pid)
+        time.sleep(0.05)
+    text = finish(proc, log, timeout=60)
+    assert len(killed) == 2, text[-3000:]
+    assert proc.returncode not in (0, 2), text[-3000:]
+    assert text.count("resuming in 1 s") == 1
+    assert (f"2 runs in a row failed without saving a new checkpoint (the last with exit status {proc.returncode}); "
+            f"giving up (MAX_FAILS=2). Fix what the log above shows, then run the same command again to resume from "
+            f"{out}") in text
+    assert not os.path.exists(os.path.join(out, "DONE_00000006"))
 
 
 def test_sigterm_to_the_script_saves_and_stops_it(tmp_path):
@@ -177,7 +204,7 @@ def test_a_usage_error_stops_the_loop_instead_of_retrying(tmp_path):
                        env=script_env(SMOKE=1, OUT_DIR=tmp_path / "run"))
     assert done.returncode == 2
     assert "ds_train: error: -b 0: the micro-batch must be at least 1" in done.stderr
-    assert "usage error (exit 2)" in done.stderr and "resuming" not in done.stderr
+    assert "usage error (exit 2: bad input" in done.stderr and "resuming" not in done.stderr
 
 
 def test_srun_task_turns_slurm_task_ids_into_ranks(tmp_path):

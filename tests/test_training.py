@@ -580,6 +580,30 @@ def test_a_one_gpu_run_keeps_torchs_and_deepspeeds_chatter_out_of_its_log(tmp_pa
     assert "CPU Virtual Memory" not in log and "barrier(): using the device" not in log, log[-3000:]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="runs a GPU out of its memory")
+def test_a_micro_batch_too_big_for_the_gpu_is_one_line_that_says_what_to_change(tmp_path):
+    """d24 at B=64 x T=1024 wants about 60 GiB of activations, more than the quarter of the GPU that this run may
+    take (torch's per-process cap, set before main.py runs, leaves the rest to the tests beside it): the first
+    step's allocation that fails ends the run with one line (exit 2, which stops the scripts' resume loop) naming
+    the step, the settings and the levers, at the GPU defaults (compiled blocks, the fused kernels), not torch's
+    traceback."""
+    ds = tmp_path / "bf16.json"
+    ds.write_text(json.dumps({"bf16": {"enabled": True}, "zero_optimization": {"stage": 1}}))
+    capped = ("import runpy, sys, torch; torch.cuda.set_per_process_memory_fraction(0.25); sys.argv[0] = sys.argv[1]; "
+              "del sys.argv[1]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    cmd = [sys.executable, "-c", capped, MAIN, "--ds_config", str(ds), "-e", "d24", "-t", "1024", "-b", "64",
+           "-x", "1", "-s", "0", "-h", "0", "-v", "0"]
+    proc = run_process(cmd, env=child_env(gpu=True), timeout=600, fork=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"ds_train: error: out of GPU memory while training step 1: [\d.]+ [KMG]iB more on top of a "
+                        r"peak of [\d.]+ GiB allocated, of the [\d.]+ GiB this process may use of a [\d.]+ GiB GPU "
+                        r"\(-e d24, 355M parameters, -b 64 -t 1024 -r 0, ZeRO-1 over 1 rank; the --dry_run estimate: "
+                        r"[\d.]+ GiB\); try a smaller -b \(gradient accumulation keeps -d\), a higher -r, a higher ZeRO "
+                        r"stage or --offload, or --auto_fit 1 to choose \(README: Memory\)", line), line
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
 def test_master_ports_are_picked_free_and_below_the_ephemeral_range():
     """The kernel hands out ephemeral ports to any process that binds port 0 or connects (mpirun's own listener took
     one that had been picked for a MASTER_PORT): a picked port is outside that range, and free."""
