@@ -26,6 +26,10 @@ ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEFAULT_TRAIN = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_train.bin")
 DEFAULT_VAL = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_val.bin")
 DEFAULT_HELLASWAG = os.path.join(ASSETS, "hellaswag", "hellaswag_val.jsonl.gz")
+# what a run without --ds_config takes, as llm.c's train_gpt2cu runs without flags: the small-run JSON (ZeRO-1,
+# bf16 on a GPU and fp32 on CPU, clipping at 1.0), which leaves the batch to the flags
+DEFAULT_DS_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ds_configs",
+                                 "quickstart.json")
 ADAMW_DEFAULTS = {"betas": [0.9, 0.95], "eps": 1e-8}  # llm.c's fixed AdamW
 ACTIVATION_CHECKPOINTING_DEFAULTS = {"partition_activations": False, "cpu_checkpointing": False,
                                      "contiguous_memory_optimization": False,
@@ -118,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train GPT-2 / GPT-3 on llm.c token shards with a DeepSpeed engine. "
                     "Flags are llm.c's (train_gpt2cu), each with a long name.")
     parser.add_argument("--help", action="help", help="show this message and exit")
-    parser.add_argument("--ds_config", required=True, help="DeepSpeed JSON (engine settings), e.g. ds_configs/gpt2_124M.json")
+    parser.add_argument("--ds_config", default=DEFAULT_DS_CONFIG, metavar="JSON",
+                        help="DeepSpeed JSON (engine settings), e.g. ds_configs/gpt2_124M.json (default: "
+                             "ds_configs/quickstart.json, ZeRO-1, bf16 on a GPU and fp32 on CPU)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # added by the deepspeed launcher
     parser.add_argument("--dry_run", type=int, default=0, metavar="RANKS",
                         help="print the run as RANKS ranks would run it (settings, steps, tokens per step, gradient "

@@ -33,6 +33,15 @@ def test_help_lists_llmc_flags_with_long_names():
         assert text in proc.stdout
 
 
+def test_a_run_without_ds_config_trains_with_the_small_run_json():
+    """llm.c's habit: `./train_gpt2cu` runs without flags; so does ds_train/main.py, without --ds_config too."""
+    proc = run_main(*TINY, "-b", 4, "-x", 1, "-v", 0, "-m", 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    settings = settings_table(proc.stdout)
+    assert settings["DeepSpeed config"] == os.path.join(REPO, "ds_configs", "quickstart.json")
+    assert (settings["zero_stage"], settings["precision"]) == ("1", "fp32") and "step    1/1 |" in proc.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ds_config", "nowhere.json"], "ds_train: error: --ds_config nowhere.json: no such file"),
     (["--ds_config", CPU_CONFIG, *TINY, "-i", "nothing/*.bin"], "ds_train: error: -i nothing/*.bin: no file matches this pattern"),

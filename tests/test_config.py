@@ -1,10 +1,12 @@
 """Flags and the DeepSpeed JSON: every llm.c flag accepted, one source of truth per setting, clear errors."""
 
 import json
+import os
 
 import pytest
 import torch
 
+from conftest import REPO
 from ds_train import config
 from ds_train.errors import UserError
 
@@ -363,8 +365,14 @@ def test_unknown_flags_and_bad_values_are_user_errors():
         config.parse_args(["--ds_config", "x", "--bogus", "1"])
     with pytest.raises(UserError, match=r"argument -b/--micro_batch_size: invalid int value: 'four'"):
         config.parse_args(["--ds_config", "x", "-b", "four"])
-    with pytest.raises(UserError, match=r"the following arguments are required: --ds_config"):
-        config.parse_args([])
+
+
+def test_without_ds_config_a_run_takes_the_shipped_small_run_json():
+    """As llm.c's train_gpt2cu runs without flags: ds_configs/quickstart.json, found from the code, not the folder."""
+    path = config.parse_args([]).ds_config
+    assert path == os.path.join(REPO, "ds_configs", "quickstart.json") and os.path.isfile(path)
+    run, ds_config, _ = config.resolve(config.parse_args(["-b", "4", "-t", "64"]), 1, False)
+    assert ds_config["zero_optimization"]["stage"] == 1 and run.ds_config_path == path and not run.bf16
 
 
 @pytest.mark.parametrize("name", ["gpt2_124M", "gpt2_350M", "gpt2_774M", "gpt2_1558M", "gpt3_125M", "gpt3", "quickstart"])
