@@ -110,6 +110,20 @@ def writable_dir(path: str, flag: str):
         raise UserError(f"{flag} {path}: cannot write there: {e.strerror}") from None
 
 
+def unwritable_dir_reason(path: str):
+    """Why `path` could not be made (or written) as a directory here, found without creating anything (a dry run
+    writes nothing); None where nothing stands in the way that this machine can see. (`path` itself being a file is
+    config.resolve's error.)"""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, so the directory cannot be made"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing}"
+    return None
+
+
 def find_shards(pattern: str, flag: str) -> list:
     """Files matching a glob pattern, sorted as llm.c's glob() sorts them."""
     files = sorted(glob.glob(pattern))

@@ -31,7 +31,7 @@ import torch
 
 from ds_train import (autofit, build_locks, checkpoint, config, convert, distributed, flash_attention, gelu_fusion,
                       host_memory, loss, memory, metrics, resume, weight_grad)
-from ds_train.data import ShardLoader, find_shards, read_shard_header, writable_dir
+from ds_train.data import ShardLoader, find_shards, read_shard_header, unwritable_dir_reason, writable_dir
 from ds_train.errors import UserError
 from ds_train.evals import hellaswag, sample_text, val_loss, val_num_batches
 from ds_train.hellaswag import check_fits, load_rendered
@@ -195,6 +195,8 @@ def dry_run(args):
             notes.append(f"{e}: the number of steps of one epoch (-x -1) is unknown until the data is prepared")
     val_batches = run.val_max_steps if run.val_max_steps > 0 else "the whole split"
     notes += warmup_notes(run, num_steps)
+    if run.output_dir and (reason := unwritable_dir_reason(run.output_dir)):  # a note: the run may go elsewhere
+        notes.append(f"-o {run.output_dir}: {reason} on this machine; the run would stop there")
     print_setup(print, run, place, num_steps if num_steps else "?", val_batches, "(dry run)", notes, ds_config)
     if run.output_dir and checkpoint.done_steps(run.output_dir):
         print(f"-o {run.output_dir} holds checkpoints up to step {checkpoint.done_steps(run.output_dir)[-1]}: "

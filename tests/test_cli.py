@@ -212,6 +212,18 @@ def test_dry_run_says_why_an_epoch_of_the_data_has_no_step(capsys):
     assert "dry run | ranks 8 | steps ? |" in out
 
 
+def test_dry_run_notes_an_output_dir_the_run_could_not_write(tmp_path, capsys):
+    """Found without creating anything: a dry run writes nothing, and may plan for another machine (a note)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "run"
+    assert main(["--ds_config", CPU_CONFIG, "--dry_run", "2", *TINY, "-b", "4", "-o", str(out)]) == 0
+    assert (f"note: -o {out}: {blocker} is a file, so the directory cannot be made on this machine; the run would "
+            "stop there") in capsys.readouterr().out
+    assert main(["--ds_config", CPU_CONFIG, "--dry_run", "2", *TINY, "-b", "4", "-o", str(tmp_path / "new" / "run")]) == 0
+    assert "note: -o" not in capsys.readouterr().out and not os.path.exists(tmp_path / "new")
+
+
 def test_a_setting_deepspeed_refuses_is_one_line_too(tmp_path):
     """A section ds_train does not read, which DeepSpeed's own config check refuses inside deepspeed.initialize."""
     ds_config = tmp_path / "ds.json"
