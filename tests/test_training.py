@@ -592,7 +592,7 @@ def test_a_micro_batch_too_big_for_the_gpu_is_one_line_that_says_what_to_change(
     capped = ("import runpy, sys, torch; torch.cuda.set_per_process_memory_fraction(0.25); sys.argv[0] = sys.argv[1]; "
               "del sys.argv[1]; runpy.run_path(sys.argv[0], run_name='__main__')")
     cmd = [sys.executable, "-c", capped, MAIN, "--ds_config", str(ds), "-e", "d24", "-t", "1024", "-b", "64",
-           "-x", "1", "-s", "0", "-h", "0", "-v", "0"]
+           "-x", "1", "-s", "0", "-h", "0", "-v", "0", "-j", TRAIN_SHARD]  # the val split is under one B=64 batch
     proc = run_process(cmd, env=child_env(gpu=True), timeout=600, fork=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
