@@ -307,8 +307,14 @@ def resolve(args: argparse.Namespace, world_size: int, has_gpu: bool):
     _check(not (bf16 and zero_stage == 0), f"-z 0 with bf16 (--ds_config {path}): bf16 needs ZeRO stage 1, 2 or 3 "
            "in ds_train (DeepSpeed's ZeRO-0 bf16 path drifts from fp32); use -z 1, which costs nothing extra on one GPU")
 
-    _check(lr > 0 and math.isfinite(lr), f"-l {lr}: the learning rate must be a finite number > 0")
-    _check(weight_decay >= 0 and math.isfinite(weight_decay), f"-c {weight_decay}: weight decay must be a finite number >= 0")
+    def given(flag, flag_value, key, value):  # the flag or the JSON, whichever set the value
+        return f"{flag} {value}" if flag_value is not None else f"--ds_config {path}: {key} = {value}"
+
+    _check(lr > 0 and math.isfinite(lr),
+           f"{given('-l', args.learning_rate, 'optimizer.params.lr', lr)}: the learning rate must be a finite number > 0")
+    _check(weight_decay >= 0 and math.isfinite(weight_decay),
+           f"{given('-c', args.weight_decay, 'optimizer.params.weight_decay', weight_decay)}: weight decay must be a "
+           "finite number >= 0")
     _check(args.lr_schedule in SCHEDULES, f"-k {args.lr_schedule}: unknown schedule; expected one of {', '.join(SCHEDULES)}")
     _check(args.warmup_steps >= 0, f"-u {args.warmup_steps}: warmup steps must be >= 0")
     _check(0.0 <= args.final_lr_frac <= 1.0, f"-q {args.final_lr_frac}: the final lr fraction must be between 0 and 1")

@@ -284,6 +284,11 @@ def test_overfit_trains_on_val_without_shuffling(tmp_path):
     # found by a review of 2026-12-06: each of these once reached deepspeed.initialize or ran on silently
     (["-l", "inf"], {}, r"-l inf: the learning rate must be a finite number > 0"),
     (["-c", "inf"], {}, r"-c inf: weight decay must be a finite number >= 0"),
+    # the JSON's values are named as the JSON's (they were reported as -l and -c, flags the command line never had)
+    ([], {"optimizer": {"type": "AdamW", "params": {"lr": -1}}},
+     r"--ds_config .*ds.json: optimizer.params.lr = -1: the learning rate must be a finite number > 0"),
+    ([], {"optimizer": {"type": "AdamW", "params": {"weight_decay": -0.1}}},
+     r"--ds_config .*ds.json: optimizer.params.weight_decay = -0.1: weight decay must be a finite number >= 0"),
     (["-nk", "2"], {}, r"-nk 2: only -n N \(checkpoint every N steps\) reads it"),
     (["-nm", "5", "-o", "out"], {}, r"-nm 5: only -n N \(checkpoint every N steps\) reads it"),
     (["-f", "2"], {}, r"-f 2: expected 0 or 1"),
