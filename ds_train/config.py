@@ -21,11 +21,11 @@ from ds_train.flash_attention import LEVELS as FLASH_ATTENTION_LEVELS
 from ds_train.gelu_fusion import LEVELS as GELU_FUSION_LEVELS
 from ds_train.model import RECOMPUTE_LEVELS, GPTConfig, config_from_descriptor
 from ds_train.schedule import SCHEDULES
+from ds_train.sources import ASSETS, HELLASWAG_SHIPPED
 
-ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 DEFAULT_TRAIN = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_train.bin")
 DEFAULT_VAL = os.path.join(ASSETS, "tinyshakespeare", "tiny_shakespeare_val.bin")
-DEFAULT_HELLASWAG = os.path.join(ASSETS, "hellaswag", "hellaswag_val.jsonl.gz")
+DEFAULT_HELLASWAG = HELLASWAG_SHIPPED  # the copy ds_train ships, which `prepare hellaswag` also falls back to
 # what a run without --ds_config takes, as llm.c's train_gpt2cu runs without flags: the small-run JSON (ZeRO-1,
 # bf16 on a GPU and fp32 on CPU, clipping at 1.0), which leaves the batch to the flags
 DEFAULT_DS_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ds_configs",
