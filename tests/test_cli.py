@@ -88,6 +88,23 @@ def test_torchs_warning_of_no_cuda_runtime_is_left_out_and_its_other_warnings_ar
     assert "No CUDA runtime" not in proc.stderr and "another warning" in proc.stderr, proc.stderr
 
 
+def test_deepspeeds_warning_that_it_found_no_gpu_is_left_out_and_its_other_warnings_are_not():
+    """DeepSpeed, imported where torch sees no GPU and DS_ACCELERATOR is unset (a CPU machine: the quickstart), warns
+    that it chose the CPU and could not detect a GPU; after ds_train is imported that line is left out, and DeepSpeed's
+    logger still shows its other warnings. Without ds_train, the same import prints it (so the test can tell)."""
+    env = {key: value for key, value in child_env().items() if key != "DS_ACCELERATOR"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    outputs = []
+    for first in ("ds_train", "os"):
+        code = f"import {first}, deepspeed; deepspeed.utils.logger.warning('another warning')"
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+    with_ds_train, without = outputs
+    assert "Setting accelerator to CPU" not in with_ds_train and "another warning" in with_ds_train, with_ds_train
+    assert "Setting accelerator to CPU. If you have GPU" in without, without
+
+
 def test_a_build_lock_left_by_a_killed_build_is_named_not_waited_on(tmp_path):
     """An hour-old lock file: where the file is the lock (torch <= 2.13) torch would wait on it for ever, so the run
     stops at once naming it; where an flock is (torch >= 2.14), finished builds leave such files and the run
