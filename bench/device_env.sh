@@ -10,9 +10,12 @@ if [ -d .whl ] && ! "$PYTHON" -c 'import deepspeed' 2>/dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-# random_shards: llm.c shards of random tokens in $DATA (20M train, 1M val), written once
+# random_shards: llm.c shards of random tokens in $DATA (20M train, 1M val; RANDOM_TOKENS="TRAIN VAL" for others,
+# as the tests' tiny runs take), written once
 random_shards() {
-  [ -e "$DATA/random_val_000000.bin" ] || "$PYTHON" bench/random_shards.py "$DATA" --train 20000000 --val 1000000 >/dev/null
+  local sizes=(${RANDOM_TOKENS:-20000000 1000000})
+  [ -e "$DATA/random_val_000000.bin" ] ||
+    "$PYTHON" bench/random_shards.py "$DATA" --train "${sizes[0]}" --val "${sizes[1]}" >/dev/null
 }
 # main.py's flags for those shards, with evaluation cut to one val batch at step 0 and no sampling (a run's own
 # flags come after these and win)

@@ -71,7 +71,7 @@ def test_the_scaling_script_launches_each_rank_count_at_the_same_per_rank_batch(
     run against the 1-rank one."""
     out = tmp_path / "out"
     env = dict(child_env(), MODELS="tiny", STAGES="1", OUT=str(out), DATA=str(tmp_path / "data"),
-               PYTHON=sys.executable, MASTER_PORT=str(free_port()))
+               PYTHON=sys.executable, MASTER_PORT=str(free_port()), RANDOM_TOKENS="100000 10000")
     script = subprocess.run(["bash", "bench/scaling.sh", "1", "2"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=600)
     assert script.returncode == 0, script.stderr[-2000:]

@@ -140,9 +140,11 @@ def test_smoke_runs_survive_a_crash_and_finish(tmp_path):
 def test_the_loop_gives_up_on_a_crash_that_recurs_before_any_checkpoint(tmp_path):
     """A crash that comes back on every try before any progress (a lost node, a broken install): each rank is killed
     with SIGKILL as soon as it starts. With MAX_FAILS=2 the loop launches twice, then stops with the last status and
-    says why, instead of relaunching for ever as llm.c's scripts do (MAX_FAILS=0)."""
+    says why, instead of relaunching for ever as llm.c's scripts do (MAX_FAILS=0). Under mpirun, whose launch costs
+    no Python of its own (the loop is the same for every launcher)."""
     out = str(tmp_path / "run")
-    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "script.log", NUM_GPUS=1, MAX_FAILS=2)
+    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "script.log", NUM_GPUS=1, MAX_FAILS=2, LAUNCHER="mpirun",
+                      MPIRUN_ARGS="--oversubscribe -x MASTER_PORT")
     killed, deadline = set(), time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         for rank in ranks_of(proc):
