@@ -13,6 +13,23 @@ requirements=requirements.txt
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+# Without a GPU DeepSpeed JIT-builds C++ ops on first use, once per environment: the shared-memory all-reduce that
+# every CPU run loads (about 50 CPU-seconds on 2 cores) and, for the tests' offload runs, CPU Adam (about 190). They
+# build in the background while pip installs the rest, which leaves one of two cores idle; a run that needs one
+# before it is done waits on its build lock (ds_train says so). Their output: .venv/op_builds.log.
+ops=""
+if [ "${1:-}" = "--dev" ]; then
+  ops="ShareMemCommBuilder CPUAdamBuilder"  # the tests' runs are CPU ranks, on a GPU machine too
+elif [ -z "${1:-}" ] && .venv/bin/python -c "import torch, sys; sys.exit(torch.cuda.is_available())"; then
+  ops="ShareMemCommBuilder"
+fi
+if [ -n "$ops" ]; then
+  .venv/bin/python -m pip install -q "$(grep -E '^deepspeed' requirements.txt | cut -d' ' -f1)"
+  for op in $ops; do  # the environment of ds_train's CPU runs (and the tests'), so that they find these builds
+    DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES="" nohup .venv/bin/python -c "from deepspeed.accelerator import \
+get_accelerator; get_accelerator().create_op_builder('$op').load()" >> .venv/op_builds.log 2>&1 &
+  done
+fi
 .venv/bin/python -m pip install -q -r "$requirements"
 if [ "${1:-}" = "--gpu" ]; then
   cuda=$(.venv/bin/python -c "import torch; print((torch.version.cuda or '').split('.')[0])")
