@@ -130,8 +130,8 @@ def rank_model_states_line(engine) -> str:
             f"fp32 master + AdamW {mib(1)}{where(engine.zero_offload_optimizer())}")
 
 
-# torch's CPU allocator raises a plain RuntimeError (a CUDA allocation, torch.OutOfMemoryError) when the kernel
-# refuses memory, which it does at once for a request beyond what the machine has (or under a ulimit -v)
+# torch's CPU allocator raises a plain RuntimeError (a CUDA allocation, torch.OutOfMemoryError, a subclass of it) when
+# the kernel refuses memory, which it does at once for a request beyond what the machine has (or under a ulimit -v)
 _HOST_ALLOCATION_FAILED = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes")
 
 
@@ -143,10 +143,8 @@ def explain_out_of_memory(run: RunConfig, doing: str, model_states: bool = False
     (exit status 2): the same settings run out the same way, so the scripts' resume loop stops instead of retrying."""
     try:
         yield
-    except torch.OutOfMemoryError as e:
-        raise UserError(out_of_memory_line(run, doing, e, model_states)) from None
     except RuntimeError as e:
-        if not _HOST_ALLOCATION_FAILED.search(str(e)):
+        if not (isinstance(e, torch.OutOfMemoryError) or _HOST_ALLOCATION_FAILED.search(str(e))):
             raise
         raise UserError(out_of_memory_line(run, doing, e, model_states)) from None
 
