@@ -2,7 +2,10 @@
 
 Each function takes the model (a GPT module; under DeepSpeed, engine.module) and works on any number of
 ranks: every rank runs the same number of forward passes, as ZeRO-3's parameter gathering requires, and the
-results are summed over ranks.
+results are summed over ranks. The val loss and HellaSwag, which can take minutes, take a `stop`: a collective
+check (every rank calls it at the same batches, so every rank sees the same answer) that a stop signal came, on
+which they give up and return None, so that a preempted run saves within the launcher's or the scheduler's grace
+time instead of being killed mid-evaluation.
 """
 
 import math
@@ -25,14 +28,21 @@ def _all_reduce_sum(values: list, device) -> list:
     return tensor.tolist()
 
 
+VAL_BATCHES_PER_STOP_CHECK = 8  # each check waits for the GPU: the val loss's batches otherwise queue unhindered
+
+
 @torch.no_grad()
-def val_loss(model, loader, num_batches: int) -> float:
-    """Mean loss over the first `num_batches` val batches of every rank, averaged over ranks."""
+def val_loss(model, loader, num_batches: int, stop=None):
+    """Mean loss over the first `num_batches` val batches of every rank, averaged over ranks; None where `stop`
+    said to stop first."""
     model.eval()
     device = _device(model)
     loader.reset()
     total = torch.zeros((), device=device)
-    for _ in range(num_batches):
+    for i in range(num_batches):
+        if stop and i and i % VAL_BATCHES_PER_STOP_CHECK == 0 and stop():
+            model.train()
+            return None
         x, y = loader.next_batch()
         total += model(x.to(device), y.to(device)).float()
     model.train()
@@ -97,8 +107,9 @@ def score_endings(model, examples: list, device):
 
 
 @torch.no_grad()
-def hellaswag(model, examples: list, token_budget: int) -> HellaSwagResult:
-    """llm.c's HellaSwag: each ending scored by its mean token loss given the context, lowest wins.
+def hellaswag(model, examples: list, token_budget: int, stop=None):
+    """llm.c's HellaSwag: each ending scored by its mean token loss given the context, lowest wins -> a
+    HellaSwagResult, or None where `stop` (checked before each forward after the first) said to stop first.
 
     Examples are split across ranks in contiguous ranges; the four endings of several examples share one
     forward pass (up to `token_budget` tokens, padded to the longest row).
@@ -116,6 +127,9 @@ def hellaswag(model, examples: list, token_budget: int) -> HellaSwagResult:
         most = int(most_tensor.item())
     correct_norm = correct = 0
     for i in range(most):
+        if stop and i and stop():  # each forward's result is read at once anyway: the check adds no wait
+            model.train()
+            return None
         if i >= len(batches):  # this rank has fewer examples: keep step with the others, count nothing
             score_endings(model, examples[:1], device)
             continue

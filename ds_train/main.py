@@ -291,7 +291,10 @@ def train(argv=None):
             resume.load_engine(engine, run, resume_step, saved)
         checkpoint.set_rng_state(rng)
         start_step = resume_step
-    log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step)
+    # a stop signal that cut the saved step's evaluation short: the resumed run evaluates that step again
+    evaluation_pending = resume_step is not None and not resume.step_evaluated(saved)
+    log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step,
+                          resume_step_evaluated=not evaluation_pending)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print_setup(print0, run, place, num_steps, val_batches, device, notes, ds_config)
     if resume_step is not None:
@@ -309,9 +312,10 @@ def train(argv=None):
     flops_per_step = run.model.flops_per_token(run.T) * run.B * run.T * run.grad_accum  # per GPU, as llm.c counts
     throughput = metrics.Throughput()
     monitor = metrics.Monitor(engine)
+    stop = distributed.StopSignal()  # SIGTERM / SIGUSR1 / Ctrl-C: save at the next step boundary and exit 0
 
-    def save(step):
-        checkpoint.save(engine, run.output_dir, step, resume.run_state(run, step, guard),
+    def save(step, evaluated=True):
+        checkpoint.save(engine, run.output_dir, step, resume.run_state(run, step, guard, evaluated),
                         {"train_loader": train_loader.state_dict(), "rng": checkpoint.rng_state()},
                         keep_last=run.checkpoints_keep, keep_every=run.major_checkpoint_every)
         print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")
@@ -319,19 +323,25 @@ def train(argv=None):
     def checkpoint_due(step, last_step):
         return run.checkpoint_every and ((step > 0 and step % run.checkpoint_every == 0) or last_step)
 
-    def evaluate_and_save(step, last_step):
+    def evaluate_and_save(step, last_step, resumed_here):
+        """The evaluations due at `step`, then its checkpoint if one is due (not again at the step a run resumed
+        from) -> (whether it waited for the GPU, what a stop signal cut short: None, or which evaluation)."""
         timings = []
         every_v = run.val_every and step % run.val_every == 0  # -v 0 (as llm.c's train_gpt2.py): the last step only
         if every_v or last_step:
             start = time.perf_counter()
-            loss = val_loss(engine.module, val_loader, val_batches)
+            loss = val_loss(engine.module, val_loader, val_batches, stop=stop.requested)
+            if loss is None:
+                return True, "the val loss"
             timings.append(("val loss", time.perf_counter() - start))
             print0(f"val loss {loss:.6f}")
             log.val(step, loss)
             monitor.log(step, **{"Val/loss": loss})
         if hellaswag_examples and ((step > 0 and every_v) or last_step):
             start = time.perf_counter()
-            result = hellaswag(engine.module, hellaswag_examples, token_budget=run.B * run.T)
+            result = hellaswag(engine.module, hellaswag_examples, token_budget=run.B * run.T, stop=stop.requested)
+            if result is None:
+                return True, "HellaSwag"
             timings.append(("HellaSwag", time.perf_counter() - start))
             print0(f"HellaSwag: {result.correct_norm}/{result.total} = {result.acc_norm:.6f} (acc_norm), "
                    f"acc {result.acc:.6f}, {timings[-1][1]:.1f} s")
@@ -345,32 +355,38 @@ def train(argv=None):
         if timings:  # what -v, -h and -s cost, to weigh against the step time
             print0(f"eval at step {step}: {sum(t for _, t in timings):.2f} s (" +
                    ", ".join(f"{what} {t:.2f} s" for what, t in timings) + ")")
-        saving = checkpoint_due(step, last_step)
+        saving = checkpoint_due(step, last_step) and not resumed_here
         if saving:
             with memory.explain_out_of_memory(run, f"saving the checkpoint of step {step}"):
                 save(step)
-        return bool(timings) or saving
+        return bool(timings) or saving, None
 
     nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
-    stop = distributed.StopSignal()  # SIGTERM / SIGUSR1 / Ctrl-C: save at the next step boundary and exit 0
     step_end = None  # when the step before this one ended, if training went straight on from it
     for step in range(start_step, num_steps + 1):
         last_step = step == num_steps
         resumed_here = step == start_step and resume_step is not None
-        # (the run that saved this step had already evaluated, sampled and logged it)
-        with memory.explain_out_of_memory(run, f"evaluating at step {step}"):
-            evaluated = not resumed_here and evaluate_and_save(step, last_step)
-        if evaluated:
-            step_end = None  # it waited for the GPU: the next step is timed from its own start
-        if last_step:
-            break
-        if stop.requested():
+        cut_short = None
+        # the run that saved this step had already evaluated, sampled and logged it, unless a stop cut that short
+        if not resumed_here or evaluation_pending:
+            if resumed_here:
+                print0(f"evaluating step {step} again: a stop signal cut its evaluation short in the run that saved it")
+            with memory.explain_out_of_memory(run, f"evaluating at step {step}"):
+                waited, cut_short = evaluate_and_save(step, last_step, resumed_here)
+            if waited:
+                step_end = None  # it waited for the GPU: the next step is timed from its own start
+        if cut_short or (not last_step and stop.requested()):
+            if cut_short:  # within the grace time a launcher or scheduler gives before it kills the ranks
+                print0(f"{cut_short} at step {step} cut short on {stop.name}" +
+                       (f": a run resumed from step {step} evaluates it again" if run.output_dir else ""))
             if not run.output_dir:
                 print0(f"stopping at step {step} on {stop.name}: nothing saved (no -o)")
                 break
-            if not (resumed_here or checkpoint_due(step, last_step)):
-                save(step)
+            if not (resumed_here or (checkpoint_due(step, last_step) and not cut_short)):
+                save(step, evaluated=not cut_short)
             print0(f"stopping at step {step} on {stop.name}: checkpoint saved; resume with -y 1 -o {run.output_dir}")
+            break
+        if last_step:
             break
         if run.overfit_single_batch:
             train_loader.reset()

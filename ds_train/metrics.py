@@ -20,9 +20,10 @@ def peak_bf16_flops(device_name: str):
 class MainLog:
     """llm.c's main.log: `s:%d tel:%.4f` (val) and `s:%d trl:%.4f lr:%.6f norm:%.2f` (train) lines, rank 0 only."""
 
-    def __init__(self, output_dir, enabled: bool, resume_step=None):
+    def __init__(self, output_dir, enabled: bool, resume_step=None, resume_step_evaluated=True):
         """A new log, or with `resume_step` the existing one cut back to what the checkpoint at that step had
-        seen (train lines before it, val and eval lines up to it), so that no step appears twice."""
+        seen (train lines before it, val and eval lines up to it, or before it where a stop signal cut that step's
+        evaluation short and the resumed run does it again), so that no step appears twice."""
         self.file = None
         if output_dir and enabled:
             path = os.path.join(output_dir, "main.log")
@@ -30,17 +31,17 @@ class MainLog:
                 kept = []
                 if resume_step is not None and os.path.exists(path):
                     with open(path) as f:
-                        kept = [line for line in f if self._before(line, resume_step)]
+                        kept = [line for line in f if self._before(line, resume_step, resume_step_evaluated)]
                 self.file = open(path, "w")
                 self.file.writelines(kept)
             except OSError as e:
                 raise UserError(f"-o {output_dir}: cannot write {path}: {e.strerror}") from None
 
     @staticmethod
-    def _before(line: str, step: int) -> bool:
+    def _before(line: str, step: int, evaluated: bool) -> bool:
         m = re.match(r"s:(\d+) (\w+):", line)
         return bool(m) and line.endswith("\n") and (int(m.group(1)) < step or
-                                                   (int(m.group(1)) == step and m.group(2) != "trl"))
+                                                   (int(m.group(1)) == step and m.group(2) != "trl" and evaluated))
 
     def _write(self, line: str):
         if self.file:

@@ -11,11 +11,18 @@ from ds_train.errors import UserError
 from ds_train.outliers import UpdateGuard
 
 
-def run_state(run: RunConfig, step: int, guard: UpdateGuard) -> dict:
-    """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it)."""
+def run_state(run: RunConfig, step: int, guard: UpdateGuard, evaluated: bool = True) -> dict:
+    """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it);
+    `evaluated`: False where a stop signal cut the step's evaluation short, which the resumed run then does."""
     return {"step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
             "world_size": run.world_size, "B": run.B, "T": run.T, "total_batch_size": run.total_batch_size,
-            "update_guard": guard.state_dict(), "run": run.to_dict()}
+            "update_guard": guard.state_dict(), "run": run.to_dict(), "evaluated": evaluated}
+
+
+def step_evaluated(saved: dict) -> bool:
+    """Whether the run that saved this checkpoint finished the evaluation of its step (checkpoints from before
+    the record was kept: yes, since such runs always did)."""
+    return saved.get("evaluated", True)
 
 
 def check_settings(saved: dict, run: RunConfig, where: str):

@@ -204,6 +204,36 @@ def test_distributed_hellaswag_on_two_ranks_equals_one(tmp_path):
     assert "2 process(es)" in two.stdout
 
 
+def test_the_val_loss_and_hellaswag_give_up_when_their_stop_check_says_so():
+    """The check a stop signal answers (distributed.StopSignal.requested, a collective): the val loss asks it every
+    VAL_BATCHES_PER_STOP_CHECK batches, HellaSwag before each forward after its first; on yes each returns None,
+    with the model back in training mode."""
+    from ds_train.data import ShardLoader
+    from ds_train.evals import VAL_BATCHES_PER_STOP_CHECK, hellaswag, val_loss
+    model = GPT(config_from_descriptor("gpt2:d1:c32:h2"))
+    loader = ShardLoader(VAL_SHARD, 2, 16, 0, 1, shuffle=False, flag="-j")
+    examples = load_rendered(DEFAULT_HELLASWAG)[:6]
+    asked = []
+
+    def stop_after(n):
+        def stop():
+            asked.append(len(asked))
+            return len(asked) > n
+        return stop
+
+    full = val_loss(model, loader, 2 * VAL_BATCHES_PER_STOP_CHECK + 1, stop=stop_after(99))
+    assert len(asked) == 2 and full == val_loss(model, loader, 2 * VAL_BATCHES_PER_STOP_CHECK + 1)
+    asked.clear()
+    assert val_loss(model, loader, 2 * VAL_BATCHES_PER_STOP_CHECK + 1, stop=stop_after(1)) is None and len(asked) == 2
+    assert model.training
+    asked.clear()
+    result = hellaswag(model, examples, token_budget=1, stop=stop_after(99))  # one example a forward: 6 forwards
+    assert len(asked) == 5 and result == hellaswag(model, examples, token_budget=1)
+    asked.clear()
+    assert hellaswag(model, examples, token_budget=1, stop=stop_after(2)) is None and len(asked) == 3
+    assert model.training
+
+
 def test_in_the_training_loop_hellaswag_main_log_and_the_deepspeed_monitor(tmp_path):
     """At ZeRO-3 with 29 examples on 2 ranks (15 and 14 forwards of one example each): the ranks must keep in
     step through every forward, as ZeRO-3 gathers the weights collectively."""

@@ -3,6 +3,7 @@ SIGTERM at chosen moments, then resumed with -y 1. The train split is shuffled, 
 and RNG must come back exactly for the losses to match; on the CPU in fp32 they match bit for bit.
 """
 
+import gzip
 import json
 import os
 import random
@@ -21,6 +22,7 @@ import pytest
 from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse,
                       train, wait_for, with_sigint)
 from ds_train import checkpoint
+from ds_train.config import DEFAULT_HELLASWAG
 
 STEPS = 8
 # shuffled data, warmup then decay, val every 4 steps; checkpoints every 2 steps
@@ -110,6 +112,36 @@ def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
     assert f"resumed from {out}/checkpoints/step_{step:08d} at step {step}" in resumed.stdout
     assert stopped.losses + resumed.losses == ref.losses
     assert main_log(out) == main_log(ref.output_dir)
+
+
+def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_step_again(tmp_path):
+    """A preemption's grace time (the deepspeed launcher kills ranks 30 s after passing SIGTERM on; SLURM's KillWait
+    is 30 s by default) can be shorter than a big model's HellaSwag. SIGTERM to rank 1 while both ranks score the
+    shipped 10,042 examples (thousands of forwards here) stops both at the next forward, with a checkpoint that
+    records the evaluation as unfinished; the resumed run evaluates step 4 again (here on 5 examples), and main.log
+    holds each evaluation once. Without the check the ranks would finish HellaSwag first and print its score."""
+    ref = reference()
+    out = str(tmp_path / "run")
+    proc, log = launch(out, "-n", 0, "-h", 1)  # -v 4: the val loss, then HellaSwag, at step 4
+    wait_for(log, r"^step    4/8[\s\S]*^val loss", proc)
+    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in p.cmdline())
+    rank1.send_signal(signal.SIGTERM)
+    stopped = finish(proc, log)
+    assert stopped.returncode == 0, stopped.stdout[-3000:]
+    assert "HellaSwag at step 4 cut short on a signal to another rank: a run resumed from step 4 evaluates it " \
+           "again" in stopped.stdout and "HellaSwag: " not in stopped.stdout, stopped.stdout[-3000:]
+    assert f"stopping at step 4 on a signal to another rank: checkpoint saved; resume with -y 1 -o {out}" \
+           in stopped.stdout
+    assert checkpoints_in(out) == ([4], [4])
+    few = tmp_path / "hs.jsonl"
+    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:
+        few.write_text("".join(f.readlines()[:5]))
+    resumed = resume(out, "-n", 0, "-h", 1, "--hellaswag_data", few).check()
+    assert "evaluating step 4 again: a stop signal cut its evaluation short" in resumed.stdout
+    assert resumed.stdout.count("HellaSwag: ") == 2 and "/5 = " in resumed.stdout  # steps 4 and 8
+    assert stopped.losses + resumed.losses == ref.losses  # an evaluation draws on no training state
+    assert [line.split()[0] for line in main_log(out).splitlines() if "trl:" not in line] == [
+        "s:0", "s:4", "s:4", "s:8", "s:8"]  # the val loss at 0, 4 and 8, HellaSwag at 4 and 8, each once
 
 
 def test_ctrl_c_under_the_launcher_saves_at_the_step_boundary(tmp_path):
@@ -453,7 +485,10 @@ def test_prune_keeps_what_the_flags_say_and_clears_dead_saves(tmp_path):
     assert checkpoints_in(tmp_path) == ([6, 9, 10], [6, 9, 10, 11])
 
 
-def test_main_log_is_cut_back_to_the_resumed_step(tmp_path):
+@pytest.mark.parametrize("evaluated", [True, False])
+def test_main_log_is_cut_back_to_the_resumed_step(tmp_path, evaluated):
+    """Back to what the checkpoint of step 4 had seen: step 4's val and eval lines too, unless a stop signal cut
+    that step's evaluation short (the resumed run evaluates it again)."""
     from ds_train.metrics import MainLog
 
     log = MainLog(str(tmp_path), enabled=True)
@@ -464,9 +499,10 @@ def test_main_log_is_cut_back_to_the_resumed_step(tmp_path):
         log.train(step, 4.0, 1e-3, 1.0)
     log.file.write("s:6 trl:3.9")  # a line cut short by a kill
     log.file.close()
-    MainLog(str(tmp_path), enabled=True, resume_step=4).file.close()
+    MainLog(str(tmp_path), enabled=True, resume_step=4, resume_step_evaluated=evaluated).file.close()
     assert [re.match(r"s:\d+ \w+", line).group() for line in main_log(tmp_path).splitlines()] == [
-        "s:0 tel", "s:0 eval", "s:0 trl", "s:1 trl", "s:2 tel", "s:2 eval", "s:2 trl", "s:3 trl", "s:4 tel", "s:4 eval"]
+        "s:0 tel", "s:0 eval", "s:0 trl", "s:1 trl", "s:2 tel", "s:2 eval", "s:2 trl", "s:3 trl"] + (
+        ["s:4 tel", "s:4 eval"] if evaluated else [])
 
 
 @pytest.mark.parametrize("B", [4, 2])  # the checkpoint's own layout (llm.c's loader), another (the replay loader)
