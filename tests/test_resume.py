@@ -13,14 +13,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import psutil
 import pytest
 
-from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse,
-                      train, wait_for, with_sigint)
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse, start,
+                      train, wait_all, wait_for, with_sigint)
 from ds_train import checkpoint
 from ds_train.config import DEFAULT_HELLASWAG
 
@@ -49,6 +50,17 @@ def launch(out_dir, *extra):
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(threads=1), stdout=log, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, preexec_fn=with_sigint(signal.SIG_DFL))
     return proc, log
+
+
+def start_ranks(out_dir, *extra):
+    """The run's two ranks started directly (forked from the zygote), as torchrun or srun start them: for a stop
+    whose launcher is not what is tested, without the launcher's seconds. -> (the ranks, rank 0's output file)."""
+    port, files = str(free_port()), [tempfile.TemporaryFile("w+") for _ in range(4)]
+    cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, [*RESUMABLE, "-o", out_dir, *extra])]
+    ranks = [start(cmd, dict(child_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port), REPO, files[2 * rank], files[2 * rank + 1])
+             for rank in range(2)]
+    return ranks, files[0]
 
 
 def resume(out_dir, *extra):
@@ -116,18 +128,20 @@ def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
 
 def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_step_again(tmp_path):
     """A preemption's grace time (the deepspeed launcher kills ranks 30 s after passing SIGTERM on; SLURM's KillWait
-    is 30 s by default) can be shorter than a big model's HellaSwag. SIGTERM to rank 1 while both ranks score the
+    is 30 s by default) can be shorter than a big model's HellaSwag. SIGTERM to rank 1 (started, as rank 0, by
+    srun or torchrun here) while both ranks score the
     shipped 10,042 examples (thousands of forwards here) stops both at the next forward, with a checkpoint that
     records the evaluation as unfinished; the resumed run evaluates step 4 again (here on 5 examples), and main.log
     holds each evaluation once. Without the check the ranks would finish HellaSwag first and print its score."""
     ref = reference()
     out = str(tmp_path / "run")
-    proc, log = launch(out, "-n", 0, "-h", 1)  # -v 4: the val loss, then HellaSwag, at step 4
-    wait_for(log, r"^step    4/8[\s\S]*^val loss", proc)
-    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in p.cmdline())
-    rank1.send_signal(signal.SIGTERM)
-    stopped = finish(proc, log)
-    assert stopped.returncode == 0, stopped.stdout[-3000:]
+    ranks, log = start_ranks(out, "-n", 0, "-h", 1)  # -v 4: the val loss, then HellaSwag, at step 4
+    wait_for(log, r"^step    4/8[\s\S]*^val loss", ranks[0])
+    os.kill(ranks[1].pid, signal.SIGTERM)
+    wait_all(ranks, 300)
+    log.seek(0)
+    stopped = parse(subprocess.CompletedProcess([], ranks[0].returncode, log.read(), ""))
+    assert [rank.returncode for rank in ranks] == [0, 0], stopped.stdout[-3000:]
     assert "HellaSwag at step 4 cut short on a signal to another rank: a run resumed from step 4 evaluates it " \
            "again" in stopped.stdout and "HellaSwag: " not in stopped.stdout, stopped.stdout[-3000:]
     assert f"stopping at step 4 on a signal to another rank: checkpoint saved; resume with -y 1 -o {out}" \
