@@ -158,6 +158,28 @@ def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_
         "s:0", "s:4", "s:4", "s:8", "s:8"]  # the val loss at 0, 4 and 8, HellaSwag at 4 and 8, each once
 
 
+def test_a_stop_during_the_last_steps_evaluation_saves_the_final_checkpoint_and_y1_evaluates_it(tmp_path):
+    """At the last step the evaluation comes before the loop's end: cut short there, the run still saves (the final
+    checkpoint, its evaluation recorded as unfinished), and -y 1 on the finished run trains nothing and evaluates."""
+    out = str(tmp_path / "run")
+    ranks, log = start_ranks(out, "-x", 4, "-n", 0, "-h", 1)
+    wait_for(log, r"^step    4/4[\s\S]*^val loss", ranks[0])
+    os.kill(ranks[1].pid, signal.SIGTERM)
+    wait_all(ranks, 300)
+    log.seek(0)
+    stopped = log.read()
+    assert [rank.returncode for rank in ranks] == [0, 0], stopped[-3000:]
+    assert "HellaSwag at step 4 cut short on a signal to another rank" in stopped and "HellaSwag: " not in stopped
+    assert checkpoints_in(out) == ([4], [4])
+    few = tmp_path / "hs.jsonl"
+    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:
+        few.write_text("".join(f.readlines()[:5]))
+    again = resume(out, "-x", 4, "-n", 0, "-h", 1, "--hellaswag_data", few).check()
+    assert "step 4 is the last step (-x 4): nothing left to train" in again.stdout and not again.losses
+    assert "evaluating step 4 again" in again.stdout and again.stdout.count("HellaSwag: ") == 1
+    assert [line.split()[0] for line in main_log(out).splitlines() if "trl:" not in line] == ["s:0", "s:4", "s:4"]
+
+
 def test_ctrl_c_under_the_launcher_saves_at_the_step_boundary(tmp_path):
     """A terminal's Ctrl-C: SIGINT to the deepspeed launcher and both ranks at once (one process group). The ranks
     stop together at the next step boundary with a checkpoint, rank 0 says so on the first Ctrl-C, and the run
