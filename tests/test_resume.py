@@ -63,6 +63,14 @@ def start_ranks(out_dir, *extra):
     return ranks, files[0]
 
 
+def five_hellaswag_examples(tmp_path) -> str:
+    """The shipped HellaSwag's first 5 examples in a file of their own: for a resumed run's quick evaluation."""
+    path = tmp_path / "hs.jsonl"
+    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:
+        path.write_text("".join(f.readlines()[:5]))
+    return str(path)
+
+
 def resume(out_dir, *extra):
     """-y 1 on the run in out_dir, its two ranks started directly, as the reference's were. After a stop under the
     launcher what is left to check is the checkpoint it left, and ranks forked from the zygote spare the launcher's
@@ -128,11 +136,11 @@ def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
 
 def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_step_again(tmp_path):
     """A preemption's grace time (the deepspeed launcher kills ranks 30 s after passing SIGTERM on; SLURM's KillWait
-    is 30 s by default) can be shorter than a big model's HellaSwag. SIGTERM to rank 1 (started, as rank 0, by
-    srun or torchrun here) while both ranks score the
-    shipped 10,042 examples (thousands of forwards here) stops both at the next forward, with a checkpoint that
-    records the evaluation as unfinished; the resumed run evaluates step 4 again (here on 5 examples), and main.log
-    holds each evaluation once. Without the check the ranks would finish HellaSwag first and print its score."""
+    is 30 s by default) can be shorter than a big model's HellaSwag. SIGTERM to rank 1 (the ranks started as srun or
+    torchrun start them) while both score the shipped 10,042 examples (thousands of forwards here) stops both at
+    the next forward, with a checkpoint that records the evaluation as unfinished; the resumed run evaluates step 4
+    again (here on 5 examples), and main.log holds each evaluation once. Without the check the ranks would finish
+    HellaSwag first and print its score."""
     ref = reference()
     out = str(tmp_path / "run")
     ranks, log = start_ranks(out, "-n", 0, "-h", 1)  # -v 4: the val loss, then HellaSwag, at step 4
@@ -147,10 +155,7 @@ def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_
     assert f"stopping at step 4 on a signal to another rank: checkpoint saved; resume with -y 1 -o {out}" \
            in stopped.stdout
     assert checkpoints_in(out) == ([4], [4])
-    few = tmp_path / "hs.jsonl"
-    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:
-        few.write_text("".join(f.readlines()[:5]))
-    resumed = resume(out, "-n", 0, "-h", 1, "--hellaswag_data", few).check()
+    resumed = resume(out, "-n", 0, "-h", 1, "--hellaswag_data", five_hellaswag_examples(tmp_path)).check()
     assert "evaluating step 4 again: a stop signal cut its evaluation short" in resumed.stdout
     assert resumed.stdout.count("HellaSwag: ") == 2 and "/5 = " in resumed.stdout  # steps 4 and 8
     assert stopped.losses + resumed.losses == ref.losses  # an evaluation draws on no training state
@@ -171,10 +176,7 @@ def test_a_stop_during_the_last_steps_evaluation_saves_the_final_checkpoint_and_
     assert [rank.returncode for rank in ranks] == [0, 0], stopped[-3000:]
     assert "HellaSwag at step 4 cut short on a signal to another rank" in stopped and "HellaSwag: " not in stopped
     assert checkpoints_in(out) == ([4], [4])
-    few = tmp_path / "hs.jsonl"
-    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:
-        few.write_text("".join(f.readlines()[:5]))
-    again = resume(out, "-x", 4, "-n", 0, "-h", 1, "--hellaswag_data", few).check()
+    again = resume(out, "-x", 4, "-n", 0, "-h", 1, "--hellaswag_data", five_hellaswag_examples(tmp_path)).check()
     assert "step 4 is the last step (-x 4): nothing left to train" in again.stdout and not again.losses
     assert "evaluating step 4 again" in again.stdout and again.stdout.count("HellaSwag: ") == 1
     assert [line.split()[0] for line in main_log(out).splitlines() if "trl:" not in line] == ["s:0", "s:4", "s:4"]
