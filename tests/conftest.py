@@ -246,6 +246,17 @@ def wait_for(log, pattern, proc, timeout=300):
     raise AssertionError(f"no {pattern!r} within {timeout} s")
 
 
+def start_ranks(cmd, ranks, env: dict, world_size: int = None, fork: bool = FORK_RUNS):
+    """run_ranks' ranks, started and left running -> (the processes, each one's (stdout, stderr) files)."""
+    port = str(free_port())
+    started = list(range(ranks)) if isinstance(ranks, int) else list(ranks)
+    world_size = world_size or len(started)
+    outputs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in started]
+    rank_envs = [dict({"MASTER_ADDR": "127.0.0.1", **env}, RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size), MASTER_PORT=port) for rank in started]
+    return [start(cmd, rank_env, REPO, out, err, fork) for rank_env, (out, err) in zip(rank_envs, outputs)], outputs
+
+
 def run_ranks(cmd, ranks, env: dict, timeout: int, world_size: int = None,
               fork: bool = FORK_RUNS) -> subprocess.CompletedProcess:
     """The ranks started directly, each with RANK, LOCAL_RANK, WORLD_SIZE and MASTER_ADDR/PORT set, as torchrun
@@ -254,13 +265,7 @@ def run_ranks(cmd, ranks, env: dict, timeout: int, world_size: int = None,
     and the hostfile and /dev/shm tests). `ranks`: how many, or which (a list) of `world_size` (default: all)
     to start. MASTER_ADDR is 127.0.0.1 unless `env` has one. -> the first started rank's stdout, every rank's
     stderr, the first failing status."""
-    port = str(free_port())
-    started = list(range(ranks)) if isinstance(ranks, int) else list(ranks)
-    world_size = world_size or len(started)
-    outputs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in started]
-    rank_envs = [dict({"MASTER_ADDR": "127.0.0.1", **env}, RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size), MASTER_PORT=port) for rank in started]
-    procs = [start(cmd, rank_env, REPO, out, err, fork) for rank_env, (out, err) in zip(rank_envs, outputs)]
+    procs, outputs = start_ranks(cmd, ranks, env, world_size, fork)
     wait_all(procs, timeout)
     texts = [(read_back(out), read_back(err)) for out, err in outputs]
     status = next((proc.returncode for proc in procs if proc.returncode), 0)

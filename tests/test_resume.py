@@ -13,15 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import psutil
 import pytest
 
-from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse, start,
-                      train, wait_all, wait_for, with_sigint)
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse,
+                      start_ranks, train, wait_all, wait_for, with_sigint)
 from ds_train import checkpoint
 from ds_train.config import DEFAULT_HELLASWAG
 
@@ -52,15 +51,12 @@ def launch(out_dir, *extra):
     return proc, log
 
 
-def start_ranks(out_dir, *extra):
+def start_two_ranks(out_dir, *extra):
     """The run's two ranks started directly (forked from the zygote), as torchrun or srun start them: for a stop
-    whose launcher is not what is tested, without the launcher's seconds. -> (the ranks, rank 0's output file)."""
-    port, files = str(free_port()), [tempfile.TemporaryFile("w+") for _ in range(4)]
+    whose launcher is not what is tested, without the launcher's seconds. -> (the ranks, rank 0's stdout file)."""
     cmd = [sys.executable, MAIN, "--ds_config", CPU_CONFIG, *map(str, [*RESUMABLE, "-o", out_dir, *extra])]
-    ranks = [start(cmd, dict(child_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                             MASTER_ADDR="127.0.0.1", MASTER_PORT=port), REPO, files[2 * rank], files[2 * rank + 1])
-             for rank in range(2)]
-    return ranks, files[0]
+    ranks, outputs = start_ranks(cmd, 2, child_env())
+    return ranks, outputs[0][0]
 
 
 def five_hellaswag_examples(tmp_path) -> str:
@@ -143,7 +139,7 @@ def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_
     HellaSwag first and print its score."""
     ref = reference()
     out = str(tmp_path / "run")
-    ranks, log = start_ranks(out, "-n", 0, "-h", 1)  # -v 4: the val loss, then HellaSwag, at step 4
+    ranks, log = start_two_ranks(out, "-n", 0, "-h", 1)  # -v 4: the val loss, then HellaSwag, at step 4
     wait_for(log, r"^step    4/8[\s\S]*^val loss", ranks[0])
     os.kill(ranks[1].pid, signal.SIGTERM)
     wait_all(ranks, 300)
@@ -167,7 +163,7 @@ def test_a_stop_during_the_last_steps_evaluation_saves_the_final_checkpoint_and_
     """At the last step the evaluation comes before the loop's end: cut short there, the run still saves (the final
     checkpoint, its evaluation recorded as unfinished), and -y 1 on the finished run trains nothing and evaluates."""
     out = str(tmp_path / "run")
-    ranks, log = start_ranks(out, "-x", 4, "-n", 0, "-h", 1)
+    ranks, log = start_two_ranks(out, "-x", 4, "-n", 0, "-h", 1)
     wait_for(log, r"^step    4/4[\s\S]*^val loss", ranks[0])
     os.kill(ranks[1].pid, signal.SIGTERM)
     wait_all(ranks, 300)
