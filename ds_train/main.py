@@ -323,9 +323,9 @@ def train(argv=None):
     def checkpoint_due(step, last_step):
         return run.checkpoint_every and ((step > 0 and step % run.checkpoint_every == 0) or last_step)
 
-    def evaluate_and_save(step, last_step, resumed_here):
-        """The evaluations due at `step`, then its checkpoint if one is due (not again at the step a run resumed
-        from) -> (whether it waited for the GPU, what a stop signal cut short: None, or which evaluation)."""
+    def evaluate(step, last_step):
+        """The evaluations due at `step` -> (whether any ran, waiting for the GPU; what a stop signal cut short:
+        None, or which evaluation)."""
         timings = []
         every_v = run.val_every and step % run.val_every == 0  # -v 0 (as llm.c's train_gpt2.py): the last step only
         if every_v or last_step:
@@ -355,24 +355,25 @@ def train(argv=None):
         if timings:  # what -v, -h and -s cost, to weigh against the step time
             print0(f"eval at step {step}: {sum(t for _, t in timings):.2f} s (" +
                    ", ".join(f"{what} {t:.2f} s" for what, t in timings) + ")")
-        saving = checkpoint_due(step, last_step) and not resumed_here
-        if saving:
-            with memory.explain_out_of_memory(run, f"saving the checkpoint of step {step}"):
-                save(step)
-        return bool(timings) or saving, None
+        return bool(timings), None
 
     nan_at_step = int(os.environ.get("DS_TRAIN_NAN_AT_STEP", -1))  # test hook: the NaN guard at work
     step_end = None  # when the step before this one ended, if training went straight on from it
     for step in range(start_step, num_steps + 1):
         last_step = step == num_steps
         resumed_here = step == start_step and resume_step is not None
+        saved = resumed_here  # this step's checkpoint is on disk
         cut_short = None
         # the run that saved this step had already evaluated, sampled and logged it, unless a stop cut that short
         if not resumed_here or evaluation_pending:
             if resumed_here:
                 print0(f"evaluating step {step} again: a stop signal cut its evaluation short in the run that saved it")
             with memory.explain_out_of_memory(run, f"evaluating at step {step}"):
-                waited, cut_short = evaluate_and_save(step, last_step, resumed_here)
+                waited, cut_short = evaluate(step, last_step)
+            if not (cut_short or saved) and checkpoint_due(step, last_step):
+                with memory.explain_out_of_memory(run, f"saving the checkpoint of step {step}"):
+                    save(step)
+                saved = waited = True
             if waited:
                 step_end = None  # it waited for the GPU: the next step is timed from its own start
         if cut_short or (not last_step and stop.requested()):
@@ -382,7 +383,7 @@ def train(argv=None):
             if not run.output_dir:
                 print0(f"stopping at step {step} on {stop.name}: nothing saved (no -o)")
                 break
-            if not (resumed_here or (checkpoint_due(step, last_step) and not cut_short)):
+            if not saved:
                 save(step, evaluated=not cut_short)
             print0(f"stopping at step {step} on {stop.name}: checkpoint saved; resume with -y 1 -o {run.output_dir}")
             break
