@@ -11,8 +11,13 @@ charge. The marker also lists every file of the checkpoint with its size and sha
 empty; an empty marker is accepted, and then each of the step's torch files must at least open as the zip
 archive torch.save writes), so a checkpoint truncated or corrupted after the fact is noticed and passed over.
 The ranks share the hashing out, at save and at resume.
+
+`EVAL_PENDING_%08d` beside a DONE marker says that a stop signal cut that step's evaluation short: the checkpoint is
+whole, and a run resumed from it evaluates the step again, then removes the marker (so scripts/' resume loop counts a
+run done only at the last step's DONE marker without one).
 """
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -31,6 +36,7 @@ from ds_train.model import GPTConfig
 
 CHECKPOINTS = "checkpoints"
 DONE = "DONE_%08d"
+EVAL_PENDING = "EVAL_PENDING_%08d"
 
 
 def tag(step: int) -> str:
@@ -70,8 +76,10 @@ def _write_atomically(path: str, text: str):
     os.replace(path + ".tmp", path)
 
 
-def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_last: int = 0, keep_every: int = 0):
-    """Save step `step` on every rank; rank 0 marks it DONE once all have written, then applies retention."""
+def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_last: int = 0, keep_every: int = 0,
+         evaluation_pending: bool = False):
+    """Save step `step` on every rank; rank 0 marks it DONE once all have written, then applies retention.
+    `evaluation_pending`: a stop cut the step's evaluation short (the EVAL_PENDING marker)."""
     root = os.path.join(out_dir, CHECKPOINTS)
     where = step_dir(out_dir, step)
     rank = torch.distributed.get_rank()
@@ -94,8 +102,23 @@ def save(engine, out_dir: str, step: int, state: dict, rank_state: dict, keep_la
     torch.distributed.all_gather_object(everyone, mine)
     if rank == 0:
         files = {name: part[name] for part in everyone for name in part}
+        set_evaluation_pending(out_dir, step, evaluation_pending)  # before DONE: a whole checkpoint never lacks it
         _write_atomically(os.path.join(out_dir, DONE % step), json.dumps({"step": step, "files": files}, indent=1))
         prune(out_dir, keep_last, keep_every)
+
+
+def evaluation_pending(out_dir: str, step: int) -> bool:
+    return os.path.exists(os.path.join(out_dir, EVAL_PENDING % step))
+
+
+def set_evaluation_pending(out_dir: str, step: int, pending: bool):
+    path = os.path.join(out_dir, EVAL_PENDING % step)
+    if pending:
+        _write_atomically(path, f"a stop signal cut step {step}'s evaluation short; a run resumed from its checkpoint "
+                                "(-y 1) evaluates that step again and removes this file\n")
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _save_error(error: Exception, out_dir: str, step: int) -> Exception:
@@ -144,6 +167,7 @@ def prune(out_dir: str, keep_last: int, keep_every: int, say=print):
                 break
     for s in doomed:
         os.remove(os.path.join(out_dir, DONE % s))  # the marker first: a half-deleted checkpoint never looks complete
+        set_evaluation_pending(out_dir, s, False)
         shutil.rmtree(os.path.join(out_dir, CHECKPOINTS, tag(s)), ignore_errors=True)
     for path in glob.glob(os.path.join(out_dir, CHECKPOINTS, "step_*")):
         m = re.fullmatch(r"step_(\d{8})", os.path.basename(path))

@@ -292,7 +292,7 @@ def train(argv=None):
         checkpoint.set_rng_state(rng)
         start_step = resume_step
     # a stop signal that cut the saved step's evaluation short: the resumed run evaluates that step again
-    evaluation_pending = resume_step is not None and not resume.step_evaluated(saved)
+    evaluation_pending = resume_step is not None and resume.evaluation_pending(run, resume_step)
     log = metrics.MainLog(run.output_dir, enabled=place.rank == 0, resume_step=resume_step,
                           resume_step_evaluated=not evaluation_pending)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -315,9 +315,10 @@ def train(argv=None):
     stop = distributed.StopSignal()  # SIGTERM / SIGUSR1 / Ctrl-C: save at the next step boundary and exit 0
 
     def save(step, evaluated=True):
-        checkpoint.save(engine, run.output_dir, step, resume.run_state(run, step, guard, evaluated),
+        checkpoint.save(engine, run.output_dir, step, resume.run_state(run, step, guard),
                         {"train_loader": train_loader.state_dict(), "rng": checkpoint.rng_state()},
-                        keep_last=run.checkpoints_keep, keep_every=run.major_checkpoint_every)
+                        keep_last=run.checkpoints_keep, keep_every=run.major_checkpoint_every,
+                        evaluation_pending=not evaluated)
         print0(f"saved checkpoint {run.output_dir}/{checkpoint.CHECKPOINTS}/{checkpoint.tag(step)}")
 
     def checkpoint_due(step, last_step):
@@ -370,6 +371,8 @@ def train(argv=None):
                 print0(f"evaluating step {step} again: a stop signal cut its evaluation short in the run that saved it")
             with memory.explain_out_of_memory(run, f"evaluating at step {step}"):
                 waited, cut_short = evaluate(step, last_step)
+            if resumed_here and not cut_short and place.rank == 0:  # done at last: the resume loop may count it
+                checkpoint.set_evaluation_pending(run.output_dir, step, False)
             if not (cut_short or saved) and checkpoint_due(step, last_step):
                 with memory.explain_out_of_memory(run, f"saving the checkpoint of step {step}"):
                     save(step)

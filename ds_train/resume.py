@@ -4,6 +4,8 @@ loader, weights and optimizer state that continue it, resharded when the ranks o
 import os
 from dataclasses import asdict
 
+import torch
+
 from ds_train import checkpoint, distributed, reshard
 from ds_train.config import RunConfig
 from ds_train.data import ReplayLoader, ShardLoader
@@ -11,18 +13,19 @@ from ds_train.errors import UserError
 from ds_train.outliers import UpdateGuard
 
 
-def run_state(run: RunConfig, step: int, guard: UpdateGuard, evaluated: bool = True) -> dict:
-    """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it);
-    `evaluated`: False where a stop signal cut the step's evaluation short, which the resumed run then does."""
+def run_state(run: RunConfig, step: int, guard: UpdateGuard) -> dict:
+    """What a checkpoint records about the run as a whole (each rank's data position and RNGs go beside it)."""
     return {"step": step, "model": asdict(run.model), "init": run.init, "zero_stage": run.zero_stage,
             "world_size": run.world_size, "B": run.B, "T": run.T, "total_batch_size": run.total_batch_size,
-            "update_guard": guard.state_dict(), "run": run.to_dict(), "evaluated": evaluated}
+            "update_guard": guard.state_dict(), "run": run.to_dict()}
 
 
-def step_evaluated(saved: dict) -> bool:
-    """Whether the run that saved this checkpoint finished the evaluation of its step (checkpoints from before
-    the record was kept: yes, since such runs always did)."""
-    return saved.get("evaluated", True)
+def evaluation_pending(run: RunConfig, step: int) -> bool:
+    """Whether a stop signal cut short the evaluation of checkpoint `step`'s step (its EVAL_PENDING marker), as rank
+    0 sees it: every rank evaluates that step again, or none (the evaluations are collective)."""
+    pending = [checkpoint.evaluation_pending(run.output_dir, step) if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(pending, src=0)
+    return pending[0]
 
 
 def check_settings(saved: dict, run: RunConfig, where: str):

@@ -3,6 +3,7 @@ under the deepspeed launcher, or under mpirun."""
 
 import atexit
 import fcntl
+import gzip
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import pytest
 
+from ds_train.config import DEFAULT_HELLASWAG
 from ds_train.distributed import free_port  # noqa: F401 (the tests' MASTER_PORTs, as a single run picks its own)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +61,14 @@ class Run:
     def check(self):
         assert self.returncode == 0, f"run failed ({self.returncode}):\n{self.stdout[-3000:]}\n{self.stderr[-3000:]}"
         return self
+
+
+def five_hellaswag_examples(tmp_path) -> str:
+    """The shipped HellaSwag's first 5 examples in a file of their own: for a resumed run's quick evaluation."""
+    path = tmp_path / "hellaswag_5.jsonl"
+    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:
+        path.write_text("".join(f.readlines()[:5]))
+    return str(path)
 
 
 def parse(proc) -> Run:

@@ -3,7 +3,6 @@ SIGTERM at chosen moments, then resumed with -y 1. The train split is shuffled, 
 and RNG must come back exactly for the losses to match; on the CPU in fp32 they match bit for bit.
 """
 
-import gzip
 import json
 import os
 import random
@@ -19,10 +18,9 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, free_port, parse,
-                      start_ranks, train, wait_all, wait_for, with_sigint)
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, five_hellaswag_examples,
+                      free_port, parse, start_ranks, train, wait_all, wait_for, with_sigint)
 from ds_train import checkpoint
-from ds_train.config import DEFAULT_HELLASWAG
 
 STEPS = 8
 # shuffled data, warmup then decay, val every 4 steps; checkpoints every 2 steps
@@ -59,14 +57,6 @@ def start_two_ranks(out_dir, *extra):
     return ranks, outputs[0][0]
 
 
-def five_hellaswag_examples(tmp_path) -> str:
-    """The shipped HellaSwag's first 5 examples in a file of their own: for a resumed run's quick evaluation."""
-    path = tmp_path / "hs.jsonl"
-    with gzip.open(DEFAULT_HELLASWAG, "rt") as f:
-        path.write_text("".join(f.readlines()[:5]))
-    return str(path)
-
-
 def resume(out_dir, *extra):
     """-y 1 on the run in out_dir, its two ranks started directly, as the reference's were. After a stop under the
     launcher what is left to check is the checkpoint it left, and ranks forked from the zygote spare the launcher's
@@ -84,6 +74,11 @@ def checkpoints_in(run_dir):
     done = sorted(int(name[5:]) for name in os.listdir(run_dir) if re.fullmatch(r"DONE_\d{8}", name))
     folders = sorted(int(name[5:]) for name in os.listdir(os.path.join(run_dir, "checkpoints")) if name.startswith("step_"))
     return done, folders
+
+
+def pending_evaluations(run_dir):
+    """The steps whose checkpoint carries an EVAL_PENDING marker: a stop cut their evaluation short."""
+    return sorted(int(m.group(1)) for name in os.listdir(run_dir) if (m := re.fullmatch(r"EVAL_PENDING_(\d{8})", name)))
 
 
 def test_retention_keeps_the_last_k_and_multiples_of_m():
@@ -134,8 +129,8 @@ def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_
     """A preemption's grace time (the deepspeed launcher kills ranks 30 s after passing SIGTERM on; SLURM's KillWait
     is 30 s by default) can be shorter than a big model's HellaSwag. SIGTERM to rank 1 (the ranks started as srun or
     torchrun start them) while both score the shipped 10,042 examples (thousands of forwards here) stops both at
-    the next forward, with a checkpoint that records the evaluation as unfinished; the resumed run evaluates step 4
-    again (here on 5 examples), and main.log holds each evaluation once. Without the check the ranks would finish
+    the next forward, with a checkpoint marked EVAL_PENDING; the resumed run evaluates step 4 again (here on 5
+    examples) and removes the marker, and main.log holds each evaluation once. Without the check the ranks would finish
     HellaSwag first and print its score."""
     ref = reference()
     out = str(tmp_path / "run")
@@ -150,9 +145,10 @@ def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_
            "again" in stopped.stdout and "HellaSwag: " not in stopped.stdout, stopped.stdout[-3000:]
     assert f"stopping at step 4 on a signal to another rank: checkpoint saved; resume with -y 1 -o {out}" \
            in stopped.stdout
-    assert checkpoints_in(out) == ([4], [4])
+    assert checkpoints_in(out) == ([4], [4]) and pending_evaluations(out) == [4]
     resumed = resume(out, "-n", 0, "-h", 1, "--hellaswag_data", five_hellaswag_examples(tmp_path)).check()
     assert "evaluating step 4 again: a stop signal cut its evaluation short" in resumed.stdout
+    assert pending_evaluations(out) == []
     assert resumed.stdout.count("HellaSwag: ") == 2 and "/5 = " in resumed.stdout  # steps 4 and 8
     assert stopped.losses + resumed.losses == ref.losses  # an evaluation draws on no training state
     assert [line.split()[0] for line in main_log(out).splitlines() if "trl:" not in line] == [
@@ -161,7 +157,7 @@ def test_sigterm_mid_hellaswag_cuts_it_short_and_the_resumed_run_evaluates_that_
 
 def test_a_stop_during_the_last_steps_evaluation_saves_the_final_checkpoint_and_y1_evaluates_it(tmp_path):
     """At the last step the evaluation comes before the loop's end: cut short there, the run still saves (the final
-    checkpoint, its evaluation recorded as unfinished), and -y 1 on the finished run trains nothing and evaluates."""
+    checkpoint, marked EVAL_PENDING), and -y 1 on the finished run trains nothing, evaluates and removes the marker."""
     out = str(tmp_path / "run")
     ranks, log = start_two_ranks(out, "-x", 4, "-n", 0, "-h", 1)
     wait_for(log, r"^step    4/4[\s\S]*^val loss", ranks[0])
@@ -171,10 +167,11 @@ def test_a_stop_during_the_last_steps_evaluation_saves_the_final_checkpoint_and_
     stopped = log.read()
     assert [rank.returncode for rank in ranks] == [0, 0], stopped[-3000:]
     assert "HellaSwag at step 4 cut short on a signal to another rank" in stopped and "HellaSwag: " not in stopped
-    assert checkpoints_in(out) == ([4], [4])
+    assert checkpoints_in(out) == ([4], [4]) and pending_evaluations(out) == [4]
     again = resume(out, "-x", 4, "-n", 0, "-h", 1, "--hellaswag_data", five_hellaswag_examples(tmp_path)).check()
     assert "step 4 is the last step (-x 4): nothing left to train" in again.stdout and not again.losses
     assert "evaluating step 4 again" in again.stdout and again.stdout.count("HellaSwag: ") == 1
+    assert pending_evaluations(out) == []
     assert [line.split()[0] for line in main_log(out).splitlines() if "trl:" not in line] == ["s:0", "s:4", "s:4"]
 
 
@@ -504,8 +501,11 @@ def test_prune_keeps_what_the_flags_say_and_clears_dead_saves(tmp_path):
             files = {"model_states.pt": {"bytes": step, "sha256": "not checked here"}}
             (tmp_path / (checkpoint.DONE % step)).write_text(json.dumps({"step": step, "files": files}))
     os.makedirs(tmp_path / "checkpoints" / checkpoint.tag(11))  # a save in progress
+    for step in (2, 3):  # stops cut these steps' evaluations short: the markers go or stay with their checkpoints
+        checkpoint.set_evaluation_pending(str(tmp_path), step, True)
     checkpoint.prune(str(tmp_path), keep_last=2, keep_every=3)
     assert checkpoints_in(tmp_path) == ([3, 6, 9, 10], [3, 6, 9, 10, 11])
+    assert pending_evaluations(tmp_path) == [3]
 
     # step 9 truncated since its save: -nk 2 keeps it but counts the whole step 6 as the second of the two
     (tmp_path / "checkpoints" / checkpoint.tag(9) / "model_states.pt").write_bytes(b"x")

@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, child_env, free_port, kill_tree, run_process, wait_for
+from conftest import REPO, child_env, five_hellaswag_examples, free_port, kill_tree, run_process, wait_for
 from ds_train import distributed
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "run_*.sh")))
@@ -89,9 +89,9 @@ def ranks_of(proc):
             and os.path.basename(p.cmdline()[0]).startswith("python")]
 
 
-def start(script, out_dir, log_path, **env):
+def start(script, out_dir, log_path, args=(), **env):
     log = open(log_path, "w+")
-    proc = subprocess.Popen(["bash", os.path.join(REPO, "scripts", script)], cwd=REPO, stdout=log,
+    proc = subprocess.Popen(["bash", os.path.join(REPO, "scripts", script), *args], cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=script_env(SMOKE=1, OUT_DIR=out_dir, **env))
     return proc, log
@@ -178,6 +178,31 @@ def test_sigterm_to_the_script_saves_and_stops_it(tmp_path):
     assert proc.returncode == 0 and os.path.exists(os.path.join(out, "DONE_00000006")), text[-3000:]
     logged = [int(m.group(1)) for m in re.finditer(r"^s:(\d+) trl:", open(os.path.join(out, "main.log")).read(), re.M)]
     assert logged == list(range(6))
+
+
+def test_a_stop_during_the_last_evaluation_leaves_it_to_the_same_command_again(tmp_path):
+    """SIGTERM to the script while the last step's HellaSwag runs (the shipped 10,042 examples: minutes on 2 CPU
+    ranks): the ranks cut it short and save the final checkpoint with an EVAL_PENDING marker beside its DONE, and the
+    same command again resumes at the last step, evaluates it (here on 5 examples) and only then calls the run
+    complete; before the marker it counted the run done at the DONE marker and the final evaluation never ran."""
+    out = str(tmp_path / "run")
+    evaluation = ["-v", "6", "-h", "1"]  # the val loss at steps 0 and 6, HellaSwag at step 6
+    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "script.log", args=evaluation)
+    wait_for(log, r"^step +6/6[\s\S]*^val loss", proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    text = finish(proc, log)
+    assert proc.returncode == 143, text[-3000:]
+    assert "HellaSwag at step 6 cut short on SIGTERM" in text and "HellaSwag: " not in text, text[-3000:]
+    assert "stopped on SIGTERM; run the same command again" in text and "the run is complete" not in text
+    assert os.path.exists(os.path.join(out, "DONE_00000006")) and os.path.exists(os.path.join(out, "EVAL_PENDING_00000006"))
+    proc, log = start("run_gpt2_124M.sh", out, tmp_path / "again.log",
+                      args=[*evaluation, "--hellaswag_data", five_hellaswag_examples(tmp_path)])
+    text = finish(proc, log)
+    assert proc.returncode == 0, text[-3000:]
+    assert "evaluating step 6 again" in text and text.count("HellaSwag: ") == 1 and "/5 = " in text, text[-3000:]
+    assert "the run is complete" in text and not os.path.exists(os.path.join(out, "EVAL_PENDING_00000006"))
+    with open(os.path.join(out, "main.log")) as f:
+        assert [line.split()[0] for line in f if "trl:" not in line] == ["s:0", "s:6", "s:6"]  # each evaluation once
 
 
 def test_mpirun_variant(tmp_path):
