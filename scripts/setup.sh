@@ -16,11 +16,12 @@ requirements=requirements.txt
 # Without a GPU DeepSpeed JIT-builds C++ ops on first use, once per environment: the shared-memory all-reduce that
 # every CPU run loads (about 50 CPU-seconds on 2 cores) and, for the tests' offload runs, CPU Adam (about 190). They
 # build in the background while pip installs the rest, which leaves one of two cores idle; a run that needs one
-# before it is done waits on its build lock (ds_train says so). Their output: .venv/op_builds.log.
+# before it is done waits on its build lock (ds_train says so). Their output: .venv/op_builds.log. (-W ignore below:
+# numpy comes with the requirements, after this, and torch warns on import that it is missing.)
 ops=""
 if [ "${1:-}" = "--dev" ]; then
   ops="ShareMemCommBuilder CPUAdamBuilder"  # the tests' runs are CPU ranks, on a GPU machine too
-elif [ -z "${1:-}" ] && .venv/bin/python -c "import torch, sys; sys.exit(torch.cuda.is_available())"; then
+elif [ -z "${1:-}" ] && .venv/bin/python -W ignore -c "import torch, sys; sys.exit(torch.cuda.is_available())"; then
   ops="ShareMemCommBuilder"
 fi
 if [ -n "$ops" ]; then
