@@ -6,7 +6,7 @@
 # ds_train/weight_grad.py, c0c1451):
 #   mkdir .base && git archive 5a94f21 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
 # Parts (all by default, in this order; about 40 minutes on an H200 with the extensions to build, scaling aside):
-#   tests     every test that skips without a GPU (17 on CPU), in the files that hold them, with the extensions
+#   tests     every test that skips without a GPU (18 on CPU), in the files that hold them, with the extensions
 #             built first, on 4 pytest workers (2026-12-06 on an H100: 85 passed, none skipped)
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (AB_ROUNDS=N: N times; bench/ab_trees.sh)
 #   ab_d24    d24 B=64 x 8 likewise, alternating twice (2026-12-05 on an H100: no difference, 2381.1 against 2382.8 ms;

@@ -6,7 +6,10 @@ micro-step. FlashAttention-4 (the `flash-attn-4` package, its CuTe DSL kernels; 
 installs it) reads q, k and v as strided (B, T, H, D) views of the projection's output and writes their
 gradients into strided views of one (B, T, 3, H, D) buffer, so the copy goes away, and on Hopper its kernels
 are FlashAttention-3's design. `bench/attention_kernels.py` times it against SDPA; in the trainer it gave d12
-3.1%, d24 2.2% and d48 1.4% more tokens/s on an H200 (README, Performance).
+3.1%, d24 2.2% and d48 1.4% more tokens/s on an H200 (README, Performance). On Hopper the forward is cuDNN's
+(through PyTorch's op for SDPA's cuDNN backend), whose kernel ran 22-24% faster than FlashAttention-4's on d12's,
+d24's and d48's shapes, and FlashAttention-4's backward takes its output and log-sum-exp as from its own forward
+(`bench/attention_mix.py`): the faster kernel of each direction.
 
 Both directions are torch custom ops, so torch.compile keeps each whole in a block's graph. Their CPU kernels
 are the same arithmetic written out (scores, log-sum-exp, the softmax gradient): what the tests check the
@@ -74,6 +77,28 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def cudnn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """cuDNN's causal attention forward of (B, T, H, D) q, k, v on Hopper -> (out (B, T, H, D), lse (B, H, T) float32,
+    the natural log-sum-exp of the scaled scores, as FlashAttention-4's forward gives them), or None where that is not
+    the faster forward (Blackwell, FlashAttention-4's own target, was not measured) or PyTorch cannot run cuDNN's
+    attention on these inputs."""
+    if _capability(q.device)[0] != 9:
+        return None
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D) views, as SDPA takes them
+    if not torch.backends.cuda.can_use_cudnn_attention(torch.backends.cuda.SDPAParams(q, k, v, None, 0.0, True, False)):
+        return None
+    out, lse, *_ = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True)
+    return out.transpose(1, 2).contiguous(), lse.reshape(q.shape[:3]).contiguous()  # (B, H, T, 1) -> (B, H, T)
+
+
+def flash_attention_4_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """FlashAttention-4's causal attention forward of (B, T, H, D) q, k, v -> (out (B, T, H, D), lse (B, H, T))."""
+    with _kernel_call():
+        out, lse, *_ = _kernels()._flash_attn_fwd(q, k, v, causal=True, return_lse=True,
+                                                  tile_mn=forward_tile_mn(q.shape[1], q.shape[-1], _capability(q.device)))
+    return out, lse
+
+
 def forward_tile_mn(T: int, head_dim: int, capability: tuple[int, int]) -> tuple[int, int] | None:
     """The forward kernel's tile shape (query rows, key columns), or None for flash-attn-4's own choice. On
     Hopper that is 192 x 128 for head size 64, tuned by its authors across sequence lengths; at T <= 1024
@@ -107,11 +132,7 @@ def attention_qkv(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lse (B, H, T) float32, each query row's log-sum-exp of scaled scores, for backward)."""
     q, k, v = qkv.unbind(2)
     if qkv.is_cuda:
-        with _kernel_call():
-            out, lse, *_ = _kernels()._flash_attn_fwd(q, k, v, causal=True, return_lse=True,
-                                                      tile_mn=forward_tile_mn(q.shape[1], q.shape[-1],
-                                                                              _capability(q.device)))
-        return out, lse
+        return cudnn_forward(q, k, v) or flash_attention_4_forward(q, k, v)
     out, lse = _reference_forward(q, k, v)
     return out.transpose(1, 2).to(qkv.dtype).contiguous(), lse
 

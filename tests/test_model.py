@@ -395,6 +395,31 @@ def test_flash_attention_forward_tiles_are_128_by_128_on_hopper_up_to_1024_token
 
 @pytest.mark.skipif(flash_attention.unavailable_reason() is not None,
                     reason=f"FlashAttention-4: {flash_attention.unavailable_reason()}")
+def test_cudnns_forward_feeds_flash_attention_4s_backward_as_its_own_forward_does():
+    """On Hopper -fa 1's forward is cuDNN's (the faster kernel there) and its backward FlashAttention-4's: the two
+    forwards agree (their outputs to bf16, their log-sum-exps to float32's rounding), and the backward gives the same
+    q/k/v gradients from either's output and log-sum-exp."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        assert flash_attention.cudnn_forward(*torch.zeros(1, 16, 3, 1, 64, device="cuda").unbind(2)) is None
+        pytest.skip("cuDNN's forward is -fa 1's on Hopper only")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, D = 4, 1024, 6, 64
+    qkv = torch.randn(B, T, 3, H, D, device="cuda", generator=gen).bfloat16()
+    grad_out = torch.randn(B, T, H, D, device="cuda", generator=gen).bfloat16()
+    out_cudnn, lse_cudnn = flash_attention.cudnn_forward(*qkv.unbind(2))
+    out_fa4, lse_fa4 = flash_attention.flash_attention_4_forward(*qkv.unbind(2))
+    assert out_cudnn.shape == out_fa4.shape and out_cudnn.is_contiguous()
+    assert lse_cudnn.shape == lse_fa4.shape == (B, H, T) and lse_cudnn.is_contiguous()
+    assert (lse_cudnn - lse_fa4).abs().max() <= 1e-4
+    assert (out_cudnn - out_fa4).float().abs().max() <= 1e-2 * out_fa4.float().abs().max()
+    grad_cudnn, grad_fa4 = (flash_attention.attention_qkv_backward(qkv, out, lse, grad_out)
+                            for out, lse in ((out_cudnn, lse_cudnn), (out_fa4, lse_fa4)))
+    assert (grad_cudnn - grad_fa4).float().norm() <= 1e-2 * grad_fa4.float().norm()
+    assert torch.equal(flash_attention.attention_qkv(qkv)[1], lse_cudnn)  # the op's forward is cuDNN's here
+
+
+@pytest.mark.skipif(flash_attention.unavailable_reason() is not None,
+                    reason=f"FlashAttention-4: {flash_attention.unavailable_reason()}")
 @pytest.mark.parametrize("T", [512, 2048])  # ds_train's forward tiles, then flash-attn-4's own
 def test_flash_attention_kernels_match_sdpa_on_the_gpu(T):
     """FlashAttention-4's output and q/k/v gradients (written into one strided buffer) against SDPA's in bf16,
