@@ -105,12 +105,13 @@ run_until_done() {
   local done_file pending_file status before fails=0
   done_file=$(printf '%s/DONE_%08d' "$OUT_DIR" "$STEPS")
   pending_file=$(printf '%s/EVAL_PENDING_%08d' "$OUT_DIR" "$STEPS")  # a stop cut the last step's evaluation short
+  run_done() { [ -f "$done_file" ] && [ ! -f "$pending_file" ]; }
   set_launch
   trap 'forward_stop INT' INT
   trap 'forward_stop TERM' TERM
   # as llm.c's scripts: if the run stalls or crashes, resume it (-y 1) until the last step's checkpoint exists (and,
   # unlike theirs, until its evaluation is done: a resumed run evaluates a step whose evaluation a stop cut short)
-  while [ ! -f "$done_file" ] || [ -f "$pending_file" ]; do
+  while ! run_done; do
     before=$(newest_checkpoint)
     setsid "${LAUNCH[@]}" "${flags[@]}" -o "$OUT_DIR" -y 1 &  # in a process group of its own: see forward_stop
     CHILD=$!
@@ -119,7 +120,7 @@ run_until_done() {
     while kill -0 "$CHILD" 2>/dev/null; do status=0; wait "$CHILD" || status=$?; done  # a trap interrupted wait
     while kill -0 -- "-$CHILD" 2>/dev/null; do sleep 0.5; done  # ranks still saving after their launcher left
     CHILD=""
-    [ -f "$done_file" ] && [ ! -f "$pending_file" ] && break
+    run_done && break
     if [ -n "$STOP_REQUESTED" ]; then
       echo "$0: stopped on SIG$STOP_REQUESTED; run the same command again to resume from $OUT_DIR" >&2
       exit $([ "$STOP_REQUESTED" = INT ] && echo 130 || echo 143)
