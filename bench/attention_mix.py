@@ -16,34 +16,19 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ds_train import flash_attention  # noqa: E402
 from ds_train.model import config_from_descriptor  # noqa: E402
+from attention_tiles import kernel_ms  # noqa: E402  (bench/, the script's own folder: 20 calls, torch.profiler)
 
 SHAPES = [("d12", 64), ("d24", 64), ("d48", 16)]  # model, micro-batch (the 124M/350M/1558M scripts' -b)
 T = 1024
-CALLS = 20
-
-
-def kernel_ms(fn) -> float:
-    """The GPU time of the kernels one call of fn launches, averaged over CALLS calls after three warm-ups."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(CALLS):
-            fn()
-        torch.cuda.synchronize()
-    total_us = sum(event.time_range.elapsed_us() for event in prof.events()
-                   if event.device_type == torch.autograd.DeviceType.CUDA)  # kernels, copies and memsets
-    return total_us / 1000 / CALLS
 
 
 def main():
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | cuDNN {torch.backends.cudnn.version()} | "
-          f"bf16, T={T}, head size 64, causal | kernel ms per call (torch.profiler, {CALLS} calls)")
+          f"bf16, T={T}, head size 64, causal | kernel ms per call (torch.profiler, 20 calls)")
     reason = flash_attention.unavailable_reason()
     if reason:
         sys.exit(f"attention_mix.py: FlashAttention-4 cannot run here: {reason}")
