@@ -5,7 +5,7 @@
 #   LLMC_DIR=.llmc bash bench/llmc_side_by_side.sh [SHAPE...]     (from the repo root; default d12)
 # SHAPE: d12 (GPT-2 124M, B=64 x 8), d12_b128 (B=128 x 4, both trainers), d24 (350M, B=32 x 16; ds_train at
 # -ge 1, faster than -ge 2 at this micro-batch), d24_b64 (B=64 x 8, as scripts/run_gpt2_350M.sh; ds_train at its
-# default -ge 2, faster than -ge 1 here on an H200). LLMC_FLAGS adds flags to every llm.c run (e.g. -ge 2).
+# default -ge 2, faster than -ge 1 here on an H200 and an H100). LLMC_FLAGS adds flags to every llm.c run (e.g. -ge 2).
 # Both trainers run at the same learning rate (LR, default llm.c's scripts' 6e-4, no warmup, no decay, as both
 # trainers' defaults) for the same number of steps, so the table's last column but one compares their losses at that
 # step (on random tokens both head for ln(50257) = 10.825; the same batches, as ds_train shuffles as llm.c does, but
