@@ -212,6 +212,15 @@ def wait_all(procs, timeout):
                 kill_tree(proc)
 
 
+def cmdline(process: psutil.Process) -> list[str]:
+    """process's command line, or [] once it has ended: a process listed among another's children may exit before
+    its command line is read (a zombie until its parent reaps it, which psutil refuses to read)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def kill_tree(proc):
     """SIGKILL to `proc`'s process group and to every process below it: Open MPI's mpirun puts each rank in a
     process group of its own, which a killed mpirun cannot pass the signal on to, so a hung mpirun test left
