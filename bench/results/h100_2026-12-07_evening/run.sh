@@ -1,4 +1,4 @@
-# The job of this folder (bash bench/lent_machine.sh start 540 bench/results/gpu_2026-12-07_evening/run.sh, carrying
+# The job of this folder (bash bench/lent_machine.sh start 560 bench/results/h100_2026-12-07_evening/run.sh, carrying
 # .fa4b and .llmc after `park`): what the afternoon's job left owed, then FlashAttention-4's backward settings, quickest
 # first as the device time may end it early: bench/attention_mix.py with its current timer, bench/attention_bwd_tiles.py
 # (the backward's tile and pipeline settings against flash-attn-4's own, d24 first), d12 beside llm.c with the current
