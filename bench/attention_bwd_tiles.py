@@ -93,8 +93,8 @@ def sweep(descriptor):
                 grad = backward()
                 torch.cuda.synchronize()
         except Exception as e:  # a setting the kernel rejects: say so and go on with the rest
-            print(f"{descriptor} B={B:<4}{name:<22} failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:90]}",
-                  flush=True)
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            print(f"{descriptor} B={B:<4}{name:<22} failed: {first_line[:90]}", flush=True)
             del caches[name]
             continue
         diffs[name] = (grad - reference).abs().max().item() / scale
