@@ -113,19 +113,17 @@ def sweep(descriptor):
 
 
 def main():
+    if reason := flash_attention.unavailable_reason():
+        sys.exit(f"bench/attention_bwd_tiles.py: FlashAttention-4 cannot run here: {reason}")
     if len(sys.argv) > 1 and sys.argv[1] == "--train":
         if len(sys.argv) < 4 or sys.argv[2] not in SETTINGS:
             sys.exit(f"bench/attention_bwd_tiles.py --train: expected one of {', '.join(SETTINGS)} and then "
                      "ds_train/main.py and its flags")
-        if reason := flash_attention.unavailable_reason():
-            sys.exit(f"bench/attention_bwd_tiles.py: FlashAttention-4 cannot run here: {reason}")
         name, script = sys.argv[2], sys.argv[3]
         sys.argv = sys.argv[3:]
         with backward_setting(name):
             runpy.run_path(script, run_name="__main__")
         return
-    if reason := flash_attention.unavailable_reason():
-        sys.exit(f"bench/attention_bwd_tiles.py: FlashAttention-4 cannot run here: {reason}")
     shapes = sys.argv[1:] or ["d24", "d12", "d48"]
     if unknown := [s for s in shapes if s not in SHAPES]:
         sys.exit(f"bench/attention_bwd_tiles.py: unknown shape {unknown[0]} (expected some of {', '.join(SHAPES)})")
