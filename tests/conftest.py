@@ -221,14 +221,19 @@ def cmdline(process: psutil.Process) -> list[str]:
         return []
 
 
+def descendants(proc) -> list[psutil.Process]:
+    """Every process below `proc` (a Popen), or [] once it has ended."""
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 def kill_tree(proc):
     """SIGKILL to `proc`'s process group and to every process below it: Open MPI's mpirun puts each rank in a
     process group of its own, which a killed mpirun cannot pass the signal on to, so a hung mpirun test left
     its ranks running (and holding their ports and memory) after killpg alone."""
-    try:
-        below = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        below = []
+    below = descendants(proc)
     os.killpg(proc.pid, signal.SIGKILL)
     for child in below:
         try:

@@ -14,7 +14,8 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, child_env, cmdline, five_hellaswag_examples, free_port, kill_tree, run_process, wait_for
+from conftest import (REPO, child_env, cmdline, descendants, five_hellaswag_examples, free_port, kill_tree, run_process,
+                      wait_for)
 from ds_train import distributed
 
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "scripts", "run_*.sh")))
@@ -86,11 +87,7 @@ def test_a_bad_json_stops_the_resume_loop_at_once(tmp_path):
 def ranks_of(proc):
     """The training ranks below the script's process: Python running ds_train/main.py, not its dry run (none once
     the script has ended; a rank that ends while they are listed is not one)."""
-    try:
-        below = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    return [p for p, args in ((p, cmdline(p)) for p in below)
+    return [p for p, args in ((p, cmdline(p)) for p in descendants(proc))
             if any(arg.endswith("ds_train/main.py") for arg in args) and "--dry_run" not in args
             and os.path.basename(args[0]).startswith("python")]
 
