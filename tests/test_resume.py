@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, cmdline,
+from conftest import (BIN, CPU_CONFIG, MAIN, REPO, TINY, VAL_SHARD, cached_train, child_env, cmdline, descendants,
                       five_hellaswag_examples, free_port, parse, start_ranks, train, wait_all, wait_for, with_sigint)
 from ds_train import checkpoint
 
@@ -111,7 +111,7 @@ def test_sigterm_to_one_rank_saves_at_the_step_boundary_and_exits_0(tmp_path):
     out = str(tmp_path / "run")
     proc, log = launch(out, "-y", 1, "-n", 0)  # no periodic checkpoints: the one on disk is the signal's
     wait_for(log, r"^step    3/8", proc)
-    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in cmdline(p))
+    rank1 = next(p for p in descendants(proc) if "--local_rank=1" in cmdline(p))
     rank1.send_signal(signal.SIGTERM)
     stopped = finish(proc, log)
     assert stopped.returncode == 0, stopped.stdout[-3000:]
@@ -482,7 +482,7 @@ def test_a_new_total_batch_on_resume_is_taken_when_asked(tmp_path):
 def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path):
     proc, log = launch(str(tmp_path / "run"), "-x", 1000, "-n", 0)
     wait_for(log, r"^step    2/1000", proc)
-    rank1 = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank=1" in cmdline(p))
+    rank1 = next(p for p in descendants(proc) if "--local_rank=1" in cmdline(p))
     killed_at = time.time()
     rank1.kill()
     run = finish(proc, log, timeout=120)

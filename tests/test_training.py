@@ -22,8 +22,8 @@ import torch
 from ds_train.data import read_shard, write_shard
 from ds_train.model import GPT, config_from_descriptor
 from conftest import (BIN, COMMON, CPU_CONFIG, MAIN, REPO, STEPS, TINY, TRAIN_SHARD, VAL_SHARD, cached_train, child_env,
-                      free_port, kill_tree, one_rank_run, parse, run_process, run_ranks, settings_table, train, with_sigint,
-                      zero_run)
+                      descendants, free_port, kill_tree, one_rank_run, parse, run_process, run_ranks, settings_table,
+                      train, with_sigint, zero_run)
 
 TOLERANCE = 2e-5
 
@@ -746,7 +746,7 @@ def test_a_hung_mpirun_job_is_killed_with_its_ranks():
                             env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     for _ in range(2):
         assert proc.stdout.readline() == "up\n"
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("python")]
+    ranks = [p for p in descendants(proc) if p.name().startswith("python")]
     assert len(ranks) == 2 and all(os.getpgid(rank.pid) != proc.pid for rank in ranks)  # why killpg is not enough
     kill_tree(proc)
     assert psutil.wait_procs(ranks, timeout=10)[1] == []  # none left alive
