@@ -8,8 +8,9 @@ faster than flash-attn-4's own (`bench/attention_tiles.py`). This times the back
 (`flash_attention.attention_qkv_backward`, cuDNN's forward's output and log-sum-exp, dq/dk/dv written into one
 (B, T, 3, H, D) buffer) with each setting below in place of flash-attn-4's, in interleaved rounds so that clock and
 power drift fall on all alike: the GPU time of the whole call (preprocess, main kernel, postprocess) and of the main
-kernel alone, by `attention_tiles.kernel_ms`, and the largest difference of the gradient from the default's,
-relative to its largest value. A setting the kernel rejects prints its error and the rest go on.
+kernel alone, both from one profile a round by `attention_tiles.kernels_ms`, and the largest difference of the
+gradient from the default's, relative to its largest value. A setting the kernel rejects prints its error and the
+rest go on.
     python bench/attention_bwd_tiles.py [d24 d12 d48]     (a Hopper GPU and flash-attn-4)
 The trainer with one of these settings, for an A/B against the default (ds_train itself is not changed):
     python bench/attention_bwd_tiles.py --train SETTING ds_train/main.py FLAGS...
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ds_train import flash_attention  # noqa: E402
 from ds_train.model import config_from_descriptor  # noqa: E402
-from attention_tiles import kernel_ms  # noqa: E402  (bench/, the script's own folder: 20 calls, torch.profiler)
+from attention_tiles import kernels_ms  # noqa: E402  (bench/, the script's own folder: 20 calls, torch.profiler)
 
 SHAPES = {"d12": 64, "d24": 64, "d48": 16}  # the 124M/350M/1558M scripts' micro-batches, T=1024
 # name -> fields of flash-attn-4's BwdConfig changed from its own choice for head size 64 on sm90 (128 x 128 tiles of
@@ -102,8 +103,9 @@ def sweep(descriptor):
     for _ in range(ROUNDS):
         for name, cache in caches.items():
             with backward_setting(name, cache):
-                times[name][0].append(kernel_ms(backward))
-                times[name][1].append(kernel_ms(backward, kernel="FlashAttentionBackwardSm90"))
+                call, main_kernel = kernels_ms(backward, (None, "FlashAttentionBackwardSm90"))
+                times[name][0].append(call)
+                times[name][1].append(main_kernel)
     median = {name: [sorted(t)[ROUNDS // 2] for t in pair] for name, pair in times.items()}
     base = median["default"][0]
     for name in caches:

@@ -44,16 +44,24 @@ def kernel_ms(fn, reps=20, kernel=None):
     """The GPU time of one call of fn, the mean over reps calls, as torch.profiler saw its kernels run (CUDA
     events around a call would hold its host time too): of the kernels whose name holds `kernel` (one a call),
     or of all of them."""
+    return kernels_ms(fn, (kernel,), reps)[0]
+
+
+def kernels_ms(fn, kernels, reps=20):
+    """kernel_ms for each name in `kernels` (None: all of a call's kernels), from one profile of reps calls."""
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    kernels = [e.device_time_total for e in prof.events()
-               if e.device_type == torch.autograd.DeviceType.CUDA and (kernel is None or kernel in e.name)]
-    assert kernel is None or len(kernels) == reps, f"expected {reps} {kernel} kernels, found {len(kernels)}"
-    return sum(kernels) / reps / 1000
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    times = []
+    for kernel in kernels:
+        matched = [e.device_time_total for e in events if kernel is None or kernel in e.name]
+        assert kernel is None or len(matched) == reps, f"expected {reps} {kernel} kernels, found {len(matched)}"
+        times.append(sum(matched) / reps / 1000)
+    return times
 
 
 def label(config):
