@@ -1,7 +1,8 @@
 """bench/'s scripts where they need no GPU, on real ds_train runs: bench/scaling_table.py, which turns
 bench/scaling.sh's runs at 1, 2, 4 and 8 GPUs into tokens/s per GPU and the weak-scaling efficiency,
 bench/scaling.sh itself on CPU ranks, bench/host_probe.py, which each of those scripts runs into its results
-folder, and bench/profile_step.py's reports on a CPU (the host's time by phase, DeepSpeed's Python by function)."""
+folder, bench/profile_step.py's reports on a CPU (the host's time by phase, DeepSpeed's Python by function), and
+the matmul problems that bench/gemm_algos.py hands cuBLASLt."""
 
 import os
 import platform
@@ -161,5 +162,41 @@ def test_the_owed_script_checks_its_arguments_before_any_work(tmp_path):
     no_tree = owed(str(tmp_path / "missing"))
     assert no_tree.returncode == 2 and "BASE_TREE: expected the folder of the code to compare with" in no_tree.stderr
     bad_part = owed(str(tmp_path), "tests", "ab_d13")
-    assert bad_part.returncode == 2 and "unknown part 'ab_d13' (expected some of: tests ab_d12" in bad_part.stderr
+    assert bad_part.returncode == 2 and "unknown part 'ab_d13' (expected some of: tests gemm_algos ab_d12" in bad_part.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
+def column_major(t: torch.Tensor, rows: int, cols: int, ld: int) -> torch.Tensor:
+    """The (rows, cols) matrix that cuBLASLt reads from t's memory as column-major with leading dimension ld."""
+    return t.flatten()[: cols * ld].view(cols, ld)[:, :rows].T.float()
+
+
+def test_the_gemm_sweep_poses_each_matmul_as_the_trainer_computes_it(monkeypatch):
+    """bench/gemm_algos.py hands cuBLASLt each of the trainer's matmuls as a column-major problem on the trainer's
+    row-major tensors: computed here by cuBLASLt's rules (op(A) @ op(B), then the epilogue's bias, GELU or GELU's
+    derivative, into D's memory), each problem gives the trainer's own result, so a candidate that the sweep times
+    does the trainer's work. On the CPU, at d12's width and a few rows."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
+    import gemm_algos as sweep
+    monkeypatch.setattr(sweep, "DEVICE", "cpu")
+    monkeypatch.setitem(sweep.MICRO_BATCH, "d12", 1)
+    monkeypatch.setattr(sweep, "HEAD_ROWS", 64)
+    monkeypatch.setattr(sweep, "VOCAB", 320)
+    problems = sweep.matmuls("d12")
+    assert len(problems) == 15  # four linears' forward, input and weight gradients, and the head's three
+    for name, flops, _, lt, ref in problems:
+        m, n, k = lt["m"], lt["n"], lt["k"]
+        a = column_major(lt["A"], k if lt["transa"] else m, m if lt["transa"] else k, lt["lda"])
+        b = column_major(lt["B"], n if lt["transb"] else k, k if lt["transb"] else n, lt["ldb"])
+        d = (a.T if lt["transa"] else a) @ (b.T if lt["transb"] else b)
+        assert flops == 2 * m * n * k, name
+        if lt["epilogue"] in (sweep.BIAS, sweep.GELU_AUX_BIAS):
+            d = d + lt["bias"].float()[:, None]
+        if lt["epilogue"] == sweep.GELU_AUX_BIAS:
+            d = torch.nn.functional.gelu(d, approximate="tanh")
+        if lt["epilogue"] == sweep.DGELU:
+            d = torch.ops.aten.gelu_backward(d, column_major(lt["aux"], m, n, m), approximate="tanh")
+        assert lt["D"].numel() == m * n and lt["ldd"] == m, name
+        in_memory = d.T.flatten()  # D, column-major (m, n) with leading dimension m, as the row-major result holds it
+        scale = ref.float().abs().max()
+        assert ((in_memory - ref.float().flatten()).abs().max() / scale).item() < 1e-2, name
