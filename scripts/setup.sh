@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv in the repo (once) and installs ds_train's requirements into it.
 #   bash scripts/setup.sh          runtime dependencies
-#   bash scripts/setup.sh --dev    plus what the tests need
+#   bash scripts/setup.sh --dev    plus what the tests need (and cuBLAS's headers where nvcc lacks them)
 #   bash scripts/setup.sh --gpu    plus FlashAttention-4 (requirements-gpu.txt; -fa 1, for Hopper or newer GPUs),
 #                                  with its CUDA 13 libraries where torch is a CUDA 13 build
 # torch: an importable torch in .venv is kept (install your CUDA build there first if you need a specific
@@ -32,6 +32,8 @@ get_accelerator; get_accelerator().create_op_builder('$op').load()" >> .venv/op_
   done
 fi
 .venv/bin/python -m pip install -q -r "$requirements"
+# the CUDA sources' compile check (tests/test_csrc.py) on a machine whose nvcc came without cuBLAS's headers
+if [ "${1:-}" = "--dev" ]; then bash scripts/cuda_headers.sh; fi
 if [ "${1:-}" = "--gpu" ]; then
   cuda=$(.venv/bin/python -c "import torch; print((torch.version.cuda or '').split('.')[0])")
   [ -n "$cuda" ] || { echo "setup.sh --gpu: the torch in .venv is a CPU build; install a CUDA build of torch there first" >&2; exit 1; }
