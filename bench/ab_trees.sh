@@ -8,7 +8,9 @@
 # when both have the same ds_train/csrc: torch's build files name each source by its path, so one folder shared by
 # two trees rebuilt ds_train's extensions at every switch (a minute a run, 2026-12-04).
 # Logs in $OUT/NAME (default bench_out/ab). FIRST=new runs this tree first in each round (a second call in the other
-# order, where a single round per call is all the device time allows).
+# order, where a single round per call is all the device time allows). NEW_ENV="VAR=value ..." sets those for this
+# tree's runs only; with BASE_TREE . (this tree) that is the same code with and without them, one extensions folder
+# for both (bench/owed.sh's gemm_ab part: bench/gemm_algos.py's choices in the trainer).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 base=$(cd "$1" && pwd) name=$2 rounds=$3 steps=$4
@@ -23,10 +25,18 @@ extensions=${TORCH_EXTENSIONS_DIR}
 
 order="base new"
 [ "${FIRST:-base}" = new ] && order="new base"
+read -ra new_env <<< "${NEW_ENV:-}"
+[ ${#new_env[@]} -eq 0 ] || echo "${new_env[*]}" > "$OUT/new_env.txt"  # what the new side's runs had set
 for i in $(seq "$rounds"); do
   for side in $order; do
     tree=$([ $side = base ] && echo "$base" || pwd)
-    (cd "$tree" && TORCH_EXTENSIONS_DIR="$extensions/$side" train_run "${side}_$i" "$steps" "$@")
+    folder=$side
+    [ "$base" = "$(pwd)" ] && folder=shared
+    (
+      cd "$tree"
+      if [ $side = new ]; then for setting in "${new_env[@]}"; do export "$setting"; done; fi
+      TORCH_EXTENSIONS_DIR="$extensions/$folder" train_run "${side}_$i" "$steps" "$@"
+    )
   done
 done
 "$PYTHON" bench/summarize.py "$OUT"/base_*.log "$OUT"/new_*.log --first 4 --last "$steps" 2>&1 | tee "$OUT/summary.txt"

@@ -6,12 +6,16 @@
 # ds_train/weight_grad.py, c0c1451):
 #   mkdir .base && git archive 5a94f21 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
 # Parts (all by default, in this order; about 40 minutes on an H200 with the extensions to build, scaling aside):
-#   tests     every test that skips without a GPU (18 on CPU), in the files that hold them, with the extensions
+#   tests     every test that skips without a GPU (19 on CPU), in the files that hold them, with the extensions
 #             built first, on 4 pytest workers (2026-12-06 on an H100: 85 passed, none skipped)
 #   gemm_algos  bench/gemm_algos.py: each of d24's, d48's and d12's matmuls against every algorithm cuBLASLt offers
 #             for it, at the power cap (written 2026-12-07 and not yet run: no GPU came that evening). The matmuls are
 #             71-76% of d24's and d48's steps, and where another algorithm is quicker than the heuristic's first by a
 #             few percent at the cap, d24's and d48's goals are within reach
+#   gemm_ab   for d24 and d48, where gemm_algos' `choice` line names settings (TORCH_BLAS_PREFER_CUBLASLT=1, torch's
+#             switch to cuBLASLt; DS_TRAIN_GELU_ALGO_RANKS=F,B, the GELU epilogues' candidates), the trainer with them
+#             against without, alternating twice (bench/ab_trees.sh . with NEW_ENV): whether a quicker matmul at the
+#             cap is a quicker step (written 2026-12-07 beside gemm_algos, not yet run)
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (AB_ROUNDS=N: N times; bench/ab_trees.sh)
 #   ab_d24    d24 B=64 x 8 likewise, alternating twice (2026-12-05 on an H100: no difference, 2381.1 against 2382.8 ms;
 #             once each on an H200 the same day: the new tree 0.8% slower, run second at a 2% lower sampled clock)
@@ -48,7 +52,7 @@ cd "$(dirname "$0")/.."
 [ -d "${1:-}" ] || { echo "owed.sh: BASE_TREE: expected the folder of the code to compare with (got '${1:-}')" >&2; exit 2; }
 base=$(cd "$1" && pwd)
 shift
-all_parts="tests gemm_algos ab_d12 ab_d24 ab_d48 bias_grad profiles r3 eval zero3 zero3_profile zero3_fa h100 scaling"
+all_parts="tests gemm_algos gemm_ab ab_d12 ab_d24 ab_d48 bias_grad profiles r3 eval zero3 zero3_profile zero3_fa h100 scaling"
 parts=${*:-$all_parts}
 for part in $parts; do
   [[ " $all_parts " == *" $part "* ]] || { echo "owed.sh: unknown part '$part' (expected some of: $all_parts)" >&2; exit 2; }
@@ -88,6 +92,18 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
     ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 "$rounds" 12 "${D24[@]}" -z 1 ;;
     ab_d48) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d48_z1 "$rounds" 10 "${D48[@]}" -z 1 ;;
     gemm_algos) "$PYTHON" bench/gemm_algos.py --models d24 d48 d12 > "$OUT/gemm_algos.txt" 2>&1 ;;
+    gemm_ab)
+      for model in d24 d48; do
+        settings=$(sed -n "s/^choice $model: \(.*\) | .*/\1/p" "$OUT/gemm_algos.txt" 2>/dev/null)
+        if [ -z "$settings" ] || [ "$settings" = none ]; then
+          echo "owed.sh: gemm_ab: no choice for $model in $OUT/gemm_algos.txt (${settings:-no such line})" >&2
+          continue
+        fi
+        flags=("${D24[@]}") steps=12
+        [ $model = d48 ] && flags=("${D48[@]}") steps=10
+        NEW_ENV=$settings TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh . "gemm_$model" "$rounds" \
+          "$steps" "${flags[@]}" -z 1
+      done ;;
     bias_grad) "$PYTHON" bench/bias_grad.py > "$OUT/bias_grad.txt" 2>&1 ;;
     profiles)
       for run in d48 d24; do

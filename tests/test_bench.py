@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, child_env, free_port, one_rank_run, settings_table, zero_run
@@ -162,7 +163,7 @@ def test_the_owed_script_checks_its_arguments_before_any_work(tmp_path):
     no_tree = owed(str(tmp_path / "missing"))
     assert no_tree.returncode == 2 and "BASE_TREE: expected the folder of the code to compare with" in no_tree.stderr
     bad_part = owed(str(tmp_path), "tests", "ab_d13")
-    assert bad_part.returncode == 2 and "unknown part 'ab_d13' (expected some of: tests gemm_algos ab_d12" in bad_part.stderr
+    assert bad_part.returncode == 2 and "unknown part 'ab_d13' (expected some of: tests gemm_algos gemm_ab ab_d12" in bad_part.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
@@ -184,6 +185,7 @@ def test_the_gemm_sweep_poses_each_matmul_as_the_trainer_computes_it(monkeypatch
     monkeypatch.setattr(sweep, "VOCAB", 320)
     problems = sweep.matmuls("d12")
     assert len(problems) == 15  # four linears' forward, input and weight gradients, and the head's three
+    assert set(sweep.GELU_MATMULS) <= {name for name, *_ in problems}  # what the choice line looks for
     for name, flops, _, lt, ref in problems:
         m, n, k = lt["m"], lt["n"], lt["k"]
         a = column_major(lt["A"], k if lt["transa"] else m, m if lt["transa"] else k, lt["lda"])
@@ -200,3 +202,48 @@ def test_the_gemm_sweep_poses_each_matmul_as_the_trainer_computes_it(monkeypatch
         in_memory = d.T.flatten()  # D, column-major (m, n) with leading dimension m, as the row-major result holds it
         scale = ref.float().abs().max()
         assert ((in_memory - ref.float().flatten()).abs().max() / scale).item() < 1e-2, name
+
+
+def test_the_gemm_sweep_chooses_only_what_beat_the_trainers_own_calls(monkeypatch):
+    """bench/gemm_algos.py's choice line: a GELU candidate only where it beat the heuristic's first in every round
+    and by the margin in the median, torch's cuBLASLt switch only where it shortens PyTorch's matmuls of a
+    micro-step by its margin, and the micro-step's matmul time counted with each matmul's calls (a block's once a
+    layer, the head's once a chunk)."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
+    import gemm_algos as sweep
+    layers, chunks = 12, sweep.MICRO_BATCH["d12"] * 1024 // sweep.HEAD_ROWS
+    own = {"c_attn forward": {"torch": [1.0, 1.0, 1.0], "torch-lt": [0.9, 0.9, 0.9], "#0": [1.0, 1.0, 1.0]},
+           "head logits": {"torch": [2.0, 2.0, 2.0], "torch-lt": [2.1, 2.1, 2.1], "#0": [2.0, 2.0, 2.0]},
+           "mlp.c_fc forward +GELU": {"#0": [1.0, 1.0, 1.0], "#1": [0.97, 0.99, 0.97], "#2": [0.95, 0.95, 1.01],
+                                      "#3": [0.96, 0.96, 0.96]},
+           "mlp.c_proj input grad +DGELU": {"#0": [1.0, 1.0, 1.0], "#1": [0.99, 0.99, 0.99]}}
+    env, before, after = sweep.choices("d12", own)
+    # #2's median is the lowest but it lost a round; #1 won every round by 1-3%, under 2% in the median; #3 is taken.
+    # torch-lt: 12 x -0.1 + 16 x 0.1 ms: slower in all, so not taken
+    assert env == {"DS_TRAIN_GELU_ALGO_RANKS": "3,0"}
+    assert before == pytest.approx(layers * (1.0 + 1.0 + 1.0) + chunks * 2.0)
+    assert after == pytest.approx(before - layers * 0.04)
+    own["head logits"]["torch-lt"] = [1.9, 1.9, 1.9]
+    env, _, lt_after = sweep.choices("d12", own)
+    assert env == {"TORCH_BLAS_PREFER_CUBLASLT": "1", "DS_TRAIN_GELU_ALGO_RANKS": "3,0"}
+    assert lt_after == pytest.approx(after - layers * 0.1 - chunks * 0.1)
+    assert sweep.choices("d12", own, min_gelu_gain=0.05, min_lt_gain=0.5)[0] == {}
+
+
+def test_the_ab_script_sets_new_env_for_this_trees_runs_only(tmp_path):
+    """bench/ab_trees.sh with BASE_TREE . and NEW_ENV (bench/owed.sh's gemm_ab part): the same code with and
+    without the settings, alternating, then bench/summarize.py over both sides. Here the setting is the NaN hook,
+    which shows in a run's log, at 1 CPU rank of the scaling test's tiny model."""
+    out = tmp_path / "out"
+    env = dict(child_env(), OUT=str(out), DATA=str(tmp_path / "data"), PYTHON=sys.executable,
+               RANDOM_TOKENS="100000 10000", NEW_ENV="DS_TRAIN_NAN_AT_STEP=2", MASTER_PORT=str(free_port()))
+    flags = ["--ds_config", "ds_configs/quickstart.json", "-e", "gpt2:d2:c64:h2", "-b", "8", "-t", "32", "-z", "1"]
+    script = subprocess.run(["bash", "bench/ab_trees.sh", ".", "nan_hook", "1", "5", *flags], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert script.returncode == 0 and "exit status" not in script.stderr, script.stderr[-2000:]
+    base, new = ((out / "nan_hook" / f"{side}_1.log").read_text() for side in ("base", "new"))
+    assert "skipped the update of step 3: non-finite loss" in new  # the hook counts steps from 0
+    assert "skipped the update" not in base
+    assert len(STEP_MS.findall(base)) == len(STEP_MS.findall(new)) == 5
+    assert (out / "nan_hook" / "summary.txt").read_text() == script.stdout
+    assert (out / "nan_hook" / "new_env.txt").read_text() == "DS_TRAIN_NAN_AT_STEP=2\n"
