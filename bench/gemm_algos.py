@@ -12,7 +12,9 @@ step), the candidates in turn, --rounds times, beside the trainer's own call (Py
 PyTorch's with cuBLASLt preferred; for the GELU matmuls, which ds_train's extension makes, the heuristic's first,
 #0). A candidate whose result differs from PyTorch's by more than bf16's rounding is left out. Prints per matmul
 the medians, the best candidate, its gain over the trainer's call and its kernel, and the GPU's mean power and SM
-clock over the matmul's windows (nvidia-smi, sampled every 200 ms).
+clock over the matmul's windows (nvidia-smi, sampled every 200 ms). The trainer takes a GELU epilogue's candidate #i
+as the last of a list of i + 1; each #i of the sweep's list that such a list would not give is named and left out
+of the choice.
 After each model's rows a `choice` line gives what the trainer could take instead, as environment settings for a
 trainer A/B (bench/owed.sh's gemm_ab part): TORCH_BLAS_PREFER_CUBLASLT=1 (torch's own switch to cuBLASLt for every
 matmul it makes) where that takes --min_lt_gain off the time of PyTorch's matmuls in a micro-step, and
@@ -128,6 +130,8 @@ def choices(model, timings, min_gelu_gain=0.02, min_lt_gain=0.01):
         calls = calls_per_micro_step(model, name)
         median = {label: statistics.median(t) for label, t in times.items()}
         own = "torch" if "torch" in times else "#0"
+        if own not in times:  # the trainer's own algorithm was not among those timed: nothing to weigh against
+            continue
         before += calls * median[own]
         ms = median[own]
         if name in GELU_MATMULS and own == "#0":
@@ -224,6 +228,14 @@ def main():
             timings = {}
             for name, flops, torch_call, lt, ref in matmuls(model):
                 problem = ext.setup(*(lt[key] for key in SETUP_ARGS), args.candidates)
+                # the trainer takes the GELU epilogues' candidate #i from a list of i + 1 (gelu_matmul.cpp): the same
+                # algorithm as this list's #i where the heuristic ranks alike whatever the list's length
+                unlike = [] if name not in GELU_MATMULS else [
+                    f"#{i}" for i in range(ext.algo_count(problem))
+                    if ext.describe(ext.setup(*(lt[key] for key in SETUP_ARGS), i + 1), i) != ext.describe(problem, i)]
+                if unlike:
+                    print(f"{model:<6}{name:<28}the trainer would not get {', '.join(unlike)} of this list "
+                          f"(a list of i + 1 has another #i): left out of the choice")
                 entries = {}  # label -> run(calls)
                 if torch_call is not None:
                     entries["torch"] = lambda calls, c=torch_call: [c() for _ in range(calls)]
@@ -252,7 +264,7 @@ def main():
                     for label in labels[r % len(labels):] + labels[:r % len(labels)]:
                         times[label].append(window_ms(entries[label], calls))
                 watts, mhz = power_samples(smi_log, since, time.time())
-                timings[name] = times
+                timings[name] = {label: t for label, t in times.items() if label not in unlike}
                 median = {label: statistics.median(t) for label, t in times.items()}
                 alternatives = [label for label in median if label.startswith("#")]
                 best = min(alternatives, key=median.get)

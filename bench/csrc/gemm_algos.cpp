@@ -95,7 +95,8 @@ void launch(int64_t problem, int64_t algo, int64_t calls) {
   }
 }
 
-// The algorithm's configuration as cuBLASLt names it: tile, stages, split-K, cluster shape (ids of its enums).
+// The algorithm's configuration as cuBLASLt names it: tile, stages, split-K and its reduction, CTA swizzling, custom
+// option, cluster shape (ids of its enums).
 std::string describe(int64_t problem, int64_t algo) {
   const cublasLtMatmulAlgo_t& a = problems.at(problem).algos.at(algo).algo;
   auto get = [&](cublasLtMatmulAlgoConfigAttributes_t attr) {  // the attributes are 2 or 4 bytes wide
@@ -109,7 +110,8 @@ std::string describe(int64_t problem, int64_t algo) {
   };
   return "id=" + get(CUBLASLT_ALGO_CONFIG_ID) + " tile=" + get(CUBLASLT_ALGO_CONFIG_TILE_ID) +
          " stages=" + get(CUBLASLT_ALGO_CONFIG_STAGES_ID) + " splitk=" + get(CUBLASLT_ALGO_CONFIG_SPLITK_NUM) +
-         " cluster=" + get(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
+         " reduction=" + get(CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME) + " swizzle=" + get(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING) +
+         " custom=" + get(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION) + " cluster=" + get(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
 }
 
 void clear() { problems.clear(); }
