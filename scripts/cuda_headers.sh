@@ -2,7 +2,7 @@
 # cuBLAS's, cuSPARSE's and cuSOLVER's headers for tests/test_csrc.py, which compiles ds_train's CUDA sources with
 # nvcc and torch's headers on a machine without a GPU (torch's CUDA headers include all three). A CUDA toolkit that
 # has nvcc but not the math libraries (this project's CI machines) gets them from NVIDIA's wheels of the toolkit's
-# release, headers only, into .venv/cuda_include: about 0.8 GB downloaded, under 3 MB kept. Nothing to do where
+# release, headers only, into .venv/cuda_include: about 0.8 GB downloaded, 1.2 MB kept. Nothing to do where
 # there is no nvcc or its toolkit has the headers. scripts/setup.sh --dev runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,10 @@ esac
 download=$(mktemp -d)
 trap 'rm -rf "$download"' EXIT
 echo "cuda_headers.sh: cuBLAS, cuSPARSE and cuSOLVER headers for CUDA $release into $dest (the wheels are ~0.8 GB)"
-.venv/bin/python -m pip download -q --no-deps --dest "$download" "${wheels[@]}"
+if ! .venv/bin/python -m pip download -q --no-deps --dest "$download" "${wheels[@]}"; then
+  echo "cuda_headers.sh: could not download ${wheels[*]}; tests/test_csrc.py will skip" >&2
+  exit 0  # the headers serve one test file: the rest of the suite runs without them
+fi
 .venv/bin/python - "$download" "$download/include" <<'EOF'
 import os, sys, zipfile
 download, dest = sys.argv[1:]
