@@ -23,9 +23,9 @@ SOURCES = {  # source -> the Python files that call its functions
     "bench/csrc/gemm_algos.cpp": ["bench/gemm_algos.py"],
 }
 TORCH_VERSION = tuple(int(part) for part in re.findall(r"\d+", torch.__version__)[:2])
-# torch's extension tools build as C++17 up to torch 2.12 (the GPU machines' torch 2.11) and as C++20 from 2.13,
-# whose headers still accept C++17 (2.14's do not): each standard that some supported torch builds with
-STANDARDS = [std for std, used in (("c++17", TORCH_VERSION < (2, 14)), ("c++20", TORCH_VERSION >= (2, 13))) if used]
+# torch's extension tools build as C++17 on the GPU machines' torch 2.11 and as C++20 on newer releases (this
+# machine's 2.13, whose headers still take C++17; 2.14's refuse it): each standard these headers are built with
+STANDARDS = [std for std, used in (("c++17", TORCH_VERSION < (2, 14)), ("c++20", TORCH_VERSION >= (2, 12))) if used]
 ARCH = "-gencode=arch=compute_90,code=sm_90"  # the H100's and H200's, where ds_train's GPU figures come from
 # A header that CUDA builds of torch generate and its CPU builds leave out; this is its content in a CUDA build
 CMAKE_MACROS = "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n"
