@@ -155,6 +155,13 @@ def choices(model, timings, min_gelu_gain=0.02, min_lt_gain=0.01):
     return env, before, after
 
 
+def choice_line(model, env, before, after):
+    """The line bench/owed.sh's gemm_ab part reads a model's settings from (`none` where there are none)."""
+    settings = " ".join(f"{name}={value}" for name, value in env.items()) or "none"
+    change = f"{100 * (after - before) / before:+.1f}%" if before else "-"
+    return f"choice {model}: {settings} | a micro-step's matmuls {before:.1f} -> {after:.1f} ms ({change})"
+
+
 def window_ms(run, calls):
     """GPU time per call of `calls` back-to-back calls, queued behind a 2 ms GPU sleep so that the host is ahead."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -279,10 +286,7 @@ def main():
                 print(f"{model:<6}{name:<28}{fmt('torch'):>8}{fmt('torch-lt'):>9}{fmt('#0'):>8}{median[best]:>8.4f}"
                       f"{100 * (base - median[best]) / base:>6.1f}%{flops / median[best] / 1e9:>9.0f}{watts:>6.0f}"
                       f"{mhz:>6.0f}  {best} {ext.describe(problem, int(best[1:]))} of {len(alternatives)}", flush=True)
-            env, before, after = choices(model, timings, args.min_gelu_gain, args.min_lt_gain)
-            settings = " ".join(f"{k}={v}" for k, v in env.items()) or "none"
-            print(f"choice {model}: {settings} | a micro-step's matmuls {before:.1f} -> {after:.1f} ms "
-                  f"({100 * (after - before) / before:+.1f}%)\n", flush=True)
+            print(choice_line(model, *choices(model, timings, args.min_gelu_gain, args.min_lt_gain)) + "\n", flush=True)
             ext.clear()
             torch.cuda.empty_cache()
     finally:

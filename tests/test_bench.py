@@ -167,6 +167,27 @@ def test_the_owed_script_checks_its_arguments_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
+def test_the_owed_scripts_gemm_ab_part_reads_the_sweeps_choice_lines(tmp_path, monkeypatch):
+    """bench/owed.sh's gemm_ab part takes each model's settings from bench/gemm_algos.py's choice line, and with
+    none (or no line) says so and runs nothing."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
+    import gemm_algos as sweep
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gemm_algos.txt").write_text(f"{sweep.choice_line('d24', {}, 1234.5, 1234.5)}\n")
+    env = {**os.environ, "DATA": str(tmp_path / "data"), "OUT": str(out), "PYTHON": sys.executable,
+           "RANDOM_TOKENS": "100000 10000"}
+    owed = subprocess.run(["bash", "bench/owed.sh", str(tmp_path), "gemm_ab"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert owed.returncode == 0, owed.stderr[-2000:]
+    assert f"gemm_ab: no choice for d24 in {out}/gemm_algos.txt (none)" in owed.stderr
+    assert f"gemm_ab: no choice for d48 in {out}/gemm_algos.txt (no such line)" in owed.stderr
+    assert (out / "gemm_ab.done").exists() and not list(out.glob("gemm_d*"))
+    line = sweep.choice_line("d48", {"TORCH_BLAS_PREFER_CUBLASLT": "1", "DS_TRAIN_GELU_ALGO_RANKS": "3,0"}, 100.0, 98.0)
+    assert line == "choice d48: TORCH_BLAS_PREFER_CUBLASLT=1 DS_TRAIN_GELU_ALGO_RANKS=3,0 | a micro-step's matmuls " \
+                   "100.0 -> 98.0 ms (-2.0%)"
+
+
 def column_major(t: torch.Tensor, rows: int, cols: int, ld: int) -> torch.Tensor:
     """The (rows, cols) matrix that cuBLASLt reads from t's memory as column-major with leading dimension ld."""
     return t.flatten()[: cols * ld].view(cols, ld)[:, :rows].T.float()
