@@ -9,8 +9,8 @@
 # two trees rebuilt ds_train's extensions at every switch (a minute a run, 2026-12-04).
 # Logs in $OUT/NAME (default bench_out/ab). FIRST=new runs this tree first in each round (a second call in the other
 # order, where a single round per call is all the device time allows). NEW_ENV="VAR=value ..." sets those for this
-# tree's runs only; with BASE_TREE . (this tree) that is the same code with and without them, one extensions folder
-# for both (bench/owed.sh's gemm_ab part: bench/gemm_algos.py's choices in the trainer).
+# tree's runs only; with BASE_TREE . (this tree) that is the same code with and without them, both building into
+# TORCH_EXTENSIONS_DIR itself (bench/owed.sh's gemm_ab part: bench/gemm_algos.py's choices in the trainer).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 base=$(cd "$1" && pwd) name=$2 rounds=$3 steps=$4
@@ -30,12 +30,12 @@ read -ra new_env <<< "${NEW_ENV:-}"
 for i in $(seq "$rounds"); do
   for side in $order; do
     tree=$([ $side = base ] && echo "$base" || pwd)
-    folder=$side
-    [ "$base" = "$(pwd)" ] && folder=shared
+    folder=$extensions/$side
+    [ "$base" = "$(pwd)" ] && folder=$extensions  # one tree: nothing to keep apart
     (
       cd "$tree"
       if [ $side = new ]; then for setting in "${new_env[@]}"; do export "$setting"; done; fi
-      TORCH_EXTENSIONS_DIR="$extensions/$folder" train_run "${side}_$i" "$steps" "$@"
+      TORCH_EXTENSIONS_DIR=$folder train_run "${side}_$i" "$steps" "$@"
     )
   done
 done

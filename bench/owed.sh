@@ -101,8 +101,8 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
         fi
         flags=("${D24[@]}") steps=12
         [ $model = d48 ] && flags=("${D48[@]}") steps=10
-        NEW_ENV=$settings TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh . "gemm_$model" "$rounds" \
-          "$steps" "${flags[@]}" -z 1
+        # this tree's extensions folder, where the tests part built them
+        NEW_ENV=$settings OUT=$OUT bash bench/ab_trees.sh . "gemm_$model" "$rounds" "$steps" "${flags[@]}" -z 1
       done ;;
     bias_grad) "$PYTHON" bench/bias_grad.py > "$OUT/bias_grad.txt" 2>&1 ;;
     profiles)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO, child_env, free_port, one_rank_run, settings_table, zero_run
+from ds_train.build_locks import extensions_root
 
 SCALING_TABLE = os.path.join(REPO, "bench", "scaling_table.py")
 STEP_MS = re.compile(r"^step\s+(\d+)/\d+ \|.*?\| (\S+) ms \|", re.M)
@@ -73,7 +74,8 @@ def test_the_scaling_script_launches_each_rank_count_at_the_same_per_rank_batch(
     run against the 1-rank one."""
     out = tmp_path / "out"
     env = dict(child_env(), MODELS="tiny", STAGES="1", OUT=str(out), DATA=str(tmp_path / "data"),
-               PYTHON=sys.executable, MASTER_PORT=str(free_port()), RANDOM_TOKENS="100000 10000")
+               PYTHON=sys.executable, MASTER_PORT=str(free_port()), RANDOM_TOKENS="100000 10000",
+               TORCH_EXTENSIONS_DIR=extensions_root())  # the suite's DeepSpeed ops, not the GPU scripts' /tmp folder
     script = subprocess.run(["bash", "bench/scaling.sh", "1", "2"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=600)
     assert script.returncode == 0, script.stderr[-2000:]
@@ -260,7 +262,8 @@ def test_the_ab_script_sets_new_env_for_this_trees_runs_only(tmp_path):
     which shows in a run's log, at 1 CPU rank of the scaling test's tiny model."""
     out = tmp_path / "out"
     env = dict(child_env(), OUT=str(out), DATA=str(tmp_path / "data"), PYTHON=sys.executable,
-               RANDOM_TOKENS="100000 10000", NEW_ENV="DS_TRAIN_NAN_AT_STEP=2", MASTER_PORT=str(free_port()))
+               RANDOM_TOKENS="100000 10000", NEW_ENV="DS_TRAIN_NAN_AT_STEP=2", MASTER_PORT=str(free_port()),
+               TORCH_EXTENSIONS_DIR=extensions_root())
     flags = ["--ds_config", "ds_configs/quickstart.json", "-e", "gpt2:d2:c64:h2", "-b", "8", "-t", "32", "-z", "1"]
     script = subprocess.run(["bash", "bench/ab_trees.sh", ".", "nan_hook", "1", "5", *flags], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
