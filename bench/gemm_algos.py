@@ -113,6 +113,18 @@ def matmuls(model):
     return out
 
 
+def trainer_would_not_get(ext, lt, problem):
+    """The labels of the problem's candidates #i that the trainer would not get: for a GELU epilogue it asks cuBLASLt
+    for a list of i + 1 and takes the last (ds_train/csrc/gelu_matmul.cpp), the same algorithm as this list's #i
+    where the heuristic ranks alike whatever the list's length."""
+    unlike = []
+    for i in range(ext.algo_count(problem)):
+        short = ext.setup(*(lt[key] for key in SETUP_ARGS), i + 1)
+        if ext.algo_count(short) <= i or ext.describe(short, i) != ext.describe(problem, i):
+            unlike.append(f"#{i}")
+    return unlike
+
+
 def calls_per_micro_step(model, name):
     """A block's matmuls run once a layer; the head's once a chunk of rows (ds_train/loss.py)."""
     if name.startswith("head"):
@@ -235,11 +247,7 @@ def main():
             timings = {}
             for name, flops, torch_call, lt, ref in matmuls(model):
                 problem = ext.setup(*(lt[key] for key in SETUP_ARGS), args.candidates)
-                # the trainer takes the GELU epilogues' candidate #i from a list of i + 1 (gelu_matmul.cpp): the same
-                # algorithm as this list's #i where the heuristic ranks alike whatever the list's length
-                unlike = [] if name not in GELU_MATMULS else [
-                    f"#{i}" for i in range(ext.algo_count(problem))
-                    if ext.describe(ext.setup(*(lt[key] for key in SETUP_ARGS), i + 1), i) != ext.describe(problem, i)]
+                unlike = trainer_would_not_get(ext, lt, problem) if name in GELU_MATMULS else []
                 if unlike:
                     print(f"{model:<6}{name:<28}the trainer would not get {', '.join(unlike)} of this list "
                           f"(a list of i + 1 has another #i): left out of the choice")

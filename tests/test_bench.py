@@ -274,3 +274,34 @@ def test_the_ab_script_sets_new_env_for_this_trees_runs_only(tmp_path):
     assert len(STEP_MS.findall(base)) == len(STEP_MS.findall(new)) == 5
     assert (out / "nan_hook" / "summary.txt").read_text() == script.stdout
     assert (out / "nan_hook" / "new_env.txt").read_text() == "DS_TRAIN_NAN_AT_STEP=2\n"
+
+
+def test_the_gemm_sweep_names_the_candidates_the_trainer_would_not_get(monkeypatch):
+    """The trainer takes a GELU epilogue's candidate #i as the last of a list of i + 1 that it asks cuBLASLt for;
+    bench/gemm_algos.py compares each such list's last with its own #i. Here heuristic lists stand in for
+    cuBLASLt's: one that ranks #2 differently when asked for three, and one that offers fewer than asked."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
+    import gemm_algos as sweep
+
+    class Lists:  # setup(..., count) -> a problem whose algorithms are the first `count` of lists[count]
+        def __init__(self, lists):
+            self.lists, self.problems = lists, []
+
+        def setup(self, *args):
+            self.problems.append(self.lists[args[-1]][:args[-1]])
+            return len(self.problems) - 1
+
+        def algo_count(self, problem):
+            return len(self.problems[problem])
+
+        def describe(self, problem, algo):
+            return self.problems[problem][algo]
+
+    lt = {key: None for key in sweep.SETUP_ARGS}
+    full = ["a", "b", "c", "d"]
+    ext = Lists({1: full, 2: full, 3: ["a", "c", "b"], 4: full})
+    assert sweep.trainer_would_not_get(ext, lt, ext.setup(*lt.values(), 4)) == ["#2"]
+    ext = Lists({1: full, 2: full, 3: ["a", "b"], 4: full})
+    assert sweep.trainer_would_not_get(ext, lt, ext.setup(*lt.values(), 4)) == ["#2"]
+    ext = Lists({n: full for n in (1, 2, 3, 4)})
+    assert sweep.trainer_would_not_get(ext, lt, ext.setup(*lt.values(), 4)) == []
