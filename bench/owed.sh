@@ -8,10 +8,10 @@
 # Parts (all by default, in this order; about 40 minutes on an H200 with the extensions to build, scaling aside):
 #   tests     every test that skips without a GPU (19 on CPU), in the files that hold them, with the extensions
 #             built first, on 4 pytest workers (2026-12-06 on an H100: 85 passed, none skipped)
-#   gemm_algos  bench/gemm_algos.py: each of d24's, d48's and d12's matmuls against every algorithm cuBLASLt offers
-#             for it, at the power cap (written 2026-12-07 and not yet run: no GPU came that evening). The matmuls are
-#             71-76% of d24's and d48's steps, and where another algorithm is quicker than the heuristic's first by a
-#             few percent at the cap, d24's and d48's goals are within reach
+#   gemm_algos  bench/gemm_algos.py: each of d24's and d48's matmuls (GEMM_MODELS="d24 d48 d12" adds d12's, whose
+#             goal is met) against every algorithm cuBLASLt offers for it, at the power cap (written 2026-12-07). The
+#             matmuls are 71-76% of d24's and d48's steps, and where another algorithm is quicker than the heuristic's
+#             first by a few percent at the cap, d24's and d48's goals are within reach
 #   gemm_ab   for d24 and d48, where gemm_algos' `choice` line names settings (TORCH_BLAS_PREFER_CUBLASLT=1, torch's
 #             switch to cuBLASLt; DS_TRAIN_GELU_ALGO_RANKS=F,B, the GELU epilogues' candidates), the trainer with them
 #             against without, alternating twice (bench/ab_trees.sh . with NEW_ENV): whether a quicker matmul at the
@@ -91,7 +91,7 @@ print('extensions built')" > "$OUT/prebuild.log" 2>&1
     ab_d12) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d12_z1 "$rounds" 16 "${D12[@]}" -z 1 ;;
     ab_d24) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d24_z1 "$rounds" 12 "${D24[@]}" -z 1 ;;
     ab_d48) TORCH_EXTENSIONS_DIR=$extensions OUT=$OUT bash bench/ab_trees.sh "$base" d48_z1 "$rounds" 10 "${D48[@]}" -z 1 ;;
-    gemm_algos) "$PYTHON" bench/gemm_algos.py --models d24 d48 d12 > "$OUT/gemm_algos.txt" 2>&1 ;;
+    gemm_algos) "$PYTHON" bench/gemm_algos.py --models ${GEMM_MODELS:-d24 d48} > "$OUT/gemm_algos.txt" 2>&1 ;;
     gemm_ab)
       for model in d24 d48; do
         settings=$(sed -n "s/^choice $model: \(.*\) | .*/\1/p" "$OUT/gemm_algos.txt" 2>/dev/null)
