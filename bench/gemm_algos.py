@@ -12,14 +12,12 @@ step), the candidates in turn, --rounds times, beside the trainer's own call (Py
 PyTorch's with cuBLASLt preferred; for the GELU matmuls, which ds_train's extension makes, the heuristic's first,
 #0). A candidate whose result differs from PyTorch's by more than bf16's rounding is left out. Prints per matmul
 the medians, the best candidate, its gain over the trainer's call and its kernel, and the GPU's mean power and SM
-clock over the matmul's windows (nvidia-smi, sampled every 200 ms). The trainer takes a GELU epilogue's candidate #i
-as the last of a list of i + 1; each #i of the sweep's list that such a list would not give is named and left out
-of the choice.
+clock over the matmul's windows (nvidia-smi, sampled every 200 ms).
 After each model's rows a `choice` line gives what the trainer could take instead, as environment settings for a
 trainer A/B (bench/owed.sh's gemm_ab part): TORCH_BLAS_PREFER_CUBLASLT=1 (torch's own switch to cuBLASLt for every
-matmul it makes) where that takes --min_lt_gain off the time of PyTorch's matmuls in a micro-step, and
-DS_TRAIN_GELU_ALGO_RANKS=F,B (ds_train/gelu_fusion.py) where a candidate for a GELU matmul beat the heuristic's
-first in every round and by --min_gelu_gain in the median; with the matmul time of a micro-step before and after.
+matmul it makes) where that takes --min_lt_gain off the time of PyTorch's matmuls in a micro-step, with the matmul
+time of a micro-step before and after. (The GELU matmuls' other candidates have no switch in the trainer: on an H100
+on 2026-12-07 none beat the heuristic's first by 1% at the cap, bench/results/h100_2026-12-07_gemm_algos/.)
     python bench/gemm_algos.py [--models d24 d48] [--candidates 16] [--rounds 3] [--window_ms 100]
 """
 
@@ -37,7 +35,6 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ds_train.gelu_fusion import ALGO_RANKS_ENV  # noqa: E402
 from ds_train.model import config_from_descriptor  # noqa: E402
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "gemm_algos.cpp")
@@ -47,7 +44,6 @@ DEVICE = "cuda"
 SETUP_ARGS = ("A", "B", "D", "transa", "transb", "m", "n", "k", "lda", "ldb", "ldd", "epilogue", "bias", "aux")
 # cublasLtEpilogue_t values
 DEFAULT, BIAS, GELU_AUX_BIAS, DGELU = 1, 4, 164, 192
-GELU_MATMULS = ("mlp.c_fc forward +GELU", "mlp.c_proj input grad +DGELU")  # DS_TRAIN_GELU_ALGO_RANKS's order
 
 
 def extension():
@@ -113,18 +109,6 @@ def matmuls(model):
     return out
 
 
-def trainer_would_not_get(ext, lt, problem):
-    """The labels of the problem's candidates #i that the trainer would not get: for a GELU epilogue it asks cuBLASLt
-    for a list of i + 1 and takes the last (ds_train/csrc/gelu_matmul.cpp), the same algorithm as this list's #i
-    where the heuristic ranks alike whatever the list's length."""
-    unlike = []
-    for i in range(ext.algo_count(problem)):
-        short = ext.setup(*(lt[key] for key in SETUP_ARGS), i + 1)
-        if ext.algo_count(short) <= i or ext.describe(short, i) != ext.describe(problem, i):
-            unlike.append(f"#{i}")
-    return unlike
-
-
 def calls_per_micro_step(model, name):
     """A block's matmuls run once a layer; the head's once a chunk of rows (ds_train/loss.py)."""
     if name.startswith("head"):
@@ -132,39 +116,24 @@ def calls_per_micro_step(model, name):
     return config_from_descriptor(model).n_layer
 
 
-def choices(model, timings, min_gelu_gain=0.02, min_lt_gain=0.01):
+def choices(model, timings, min_lt_gain=0.01):
     """From one model's timings ({matmul: {label: [ms per call, one a round]}}): the environment settings that
     would have the trainer take the quicker calls ({name: value}, empty if none), and the matmul time of a
     micro-step in ms with the trainer's own calls and with those settings."""
-    before = after = lt_before = lt_change = 0.0
-    ranks = [0, 0]
+    before = lt_before = lt_change = 0.0
     for name, times in timings.items():
         calls = calls_per_micro_step(model, name)
-        median = {label: statistics.median(t) for label, t in times.items()}
         own = "torch" if "torch" in times else "#0"
         if own not in times:  # the trainer's own algorithm was not among those timed: nothing to weigh against
             continue
+        median = {label: statistics.median(t) for label, t in times.items()}
         before += calls * median[own]
-        ms = median[own]
-        if name in GELU_MATMULS and own == "#0":
-            better = [label for label in times if label.startswith("#") and label != "#0"
-                      and all(t < t0 for t, t0 in zip(times[label], times["#0"]))
-                      and median[label] <= (1 - min_gelu_gain) * median["#0"]]
-            if better:
-                best = min(better, key=median.get)
-                ranks[GELU_MATMULS.index(name)] = int(best[1:])
-                ms = median[best]
         if "torch-lt" in times:
             lt_before += calls * median["torch"]
             lt_change += calls * (median["torch-lt"] - median["torch"])
-        after += calls * ms
-    env = {}
     if lt_before and lt_change <= -min_lt_gain * lt_before:
-        env["TORCH_BLAS_PREFER_CUBLASLT"] = "1"
-        after += lt_change
-    if ranks != [0, 0]:
-        env[ALGO_RANKS_ENV] = f"{ranks[0]},{ranks[1]}"
-    return env, before, after
+        return {"TORCH_BLAS_PREFER_CUBLASLT": "1"}, before, before + lt_change
+    return {}, before, before
 
 
 def choice_line(model, env, before, after):
@@ -190,6 +159,14 @@ def kernel_names(run):
         run(1)
         torch.cuda.synchronize()
     return " + ".join(e.name[:70] for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) or "?"
+
+
+def repeated(call):
+    """run(calls): `calls` calls of `call`, each result dropped as the next is made (as the trainer's are)."""
+    def run(calls):
+        for _ in range(calls):
+            call()
+    return run
 
 
 def with_lt_preferred(call):
@@ -226,7 +203,6 @@ def main():
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window_ms", type=float, default=100.0)
-    parser.add_argument("--min_gelu_gain", type=float, default=0.02)
     parser.add_argument("--min_lt_gain", type=float, default=0.01)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -247,13 +223,9 @@ def main():
             timings = {}
             for name, flops, torch_call, lt, ref in matmuls(model):
                 problem = ext.setup(*(lt[key] for key in SETUP_ARGS), args.candidates)
-                unlike = trainer_would_not_get(ext, lt, problem) if name in GELU_MATMULS else []
-                if unlike:
-                    print(f"{model:<6}{name:<28}the trainer would not get {', '.join(unlike)} of this list "
-                          f"(a list of i + 1 has another #i): left out of the choice")
                 entries = {}  # label -> run(calls)
                 if torch_call is not None:
-                    entries["torch"] = lambda calls, c=torch_call: [c() for _ in range(calls)]
+                    entries["torch"] = repeated(torch_call)
                     entries["torch-lt"] = with_lt_preferred(torch_call)
                 scale = ref.float().abs().max().item()
                 for i in range(ext.algo_count(problem)):
@@ -279,7 +251,7 @@ def main():
                     for label in labels[r % len(labels):] + labels[:r % len(labels)]:
                         times[label].append(window_ms(entries[label], calls))
                 watts, mhz = power_samples(smi_log, since, time.time())
-                timings[name] = {label: t for label, t in times.items() if label not in unlike}
+                timings[name] = times
                 median = {label: statistics.median(t) for label, t in times.items()}
                 alternatives = [label for label in median if label.startswith("#")]
                 best = min(alternatives, key=median.get)
@@ -294,7 +266,7 @@ def main():
                 print(f"{model:<6}{name:<28}{fmt('torch'):>8}{fmt('torch-lt'):>9}{fmt('#0'):>8}{median[best]:>8.4f}"
                       f"{100 * (base - median[best]) / base:>6.1f}%{flops / median[best] / 1e9:>9.0f}{watts:>6.0f}"
                       f"{mhz:>6.0f}  {best} {ext.describe(problem, int(best[1:]))} of {len(alternatives)}", flush=True)
-            print(choice_line(model, *choices(model, timings, args.min_gelu_gain, args.min_lt_gain)) + "\n", flush=True)
+            print(choice_line(model, *choices(model, timings, args.min_lt_gain)) + "\n", flush=True)
             ext.clear()
             torch.cuda.empty_cache()
     finally:

@@ -6,16 +6,15 @@
 # ds_train/weight_grad.py, c0c1451):
 #   mkdir .base && git archive 5a94f21 ds_train ds_configs | tar -x -C .base    (the runs need no more of it)
 # Parts (all by default, in this order; about 40 minutes on an H200 with the extensions to build, scaling aside):
-#   tests     every test that skips without a GPU (19 on CPU), in the files that hold them, with the extensions
+#   tests     every test that skips without a GPU (18 on CPU), in the files that hold them, with the extensions
 #             built first, on 4 pytest workers (2026-12-06 on an H100: 85 passed, none skipped)
 #   gemm_algos  bench/gemm_algos.py: each of d24's and d48's matmuls (GEMM_MODELS="d24 d48 d12" adds d12's, whose
-#             goal is met) against every algorithm cuBLASLt offers for it, at the power cap (written 2026-12-07). The
-#             matmuls are 71-76% of d24's and d48's steps, and where another algorithm is quicker than the heuristic's
-#             first by a few percent at the cap, d24's and d48's goals are within reach
-#   gemm_ab   for d24 and d48, where gemm_algos' `choice` line names settings (TORCH_BLAS_PREFER_CUBLASLT=1, torch's
-#             switch to cuBLASLt; DS_TRAIN_GELU_ALGO_RANKS=F,B, the GELU epilogues' candidates), the trainer with them
-#             against without, alternating twice (bench/ab_trees.sh . with NEW_ENV): whether a quicker matmul at the
-#             cap is a quicker step (written 2026-12-07 beside gemm_algos, not yet run)
+#             goal is met) against every algorithm cuBLASLt offers for it, at the power cap (2026-12-07 on an H100:
+#             the heuristic's first quickest for the GELU matmuls, 1.6-1.8% of the matmul time at most to gain by any
+#             choice, and torch's cuBLASLt switch no quicker; bench/results/h100_2026-12-07_gemm_algos/)
+#   gemm_ab   for d24 and d48, where gemm_algos' `choice` line names a setting (TORCH_BLAS_PREFER_CUBLASLT=1, torch's
+#             switch to cuBLASLt), the trainer with it against without, alternating twice (bench/ab_trees.sh . with
+#             NEW_ENV); on 2026-12-07's H100 there was none to try
 #   ab_d12    d12 B=64 x 8 at ZeRO-1 against BASE_TREE, alternating twice (AB_ROUNDS=N: N times; bench/ab_trees.sh)
 #   ab_d24    d24 B=64 x 8 likewise, alternating twice (2026-12-05 on an H100: no difference, 2381.1 against 2382.8 ms;
 #             once each on an H200 the same day: the new tree 0.8% slower, run second at a 2% lower sampled clock)

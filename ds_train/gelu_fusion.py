@@ -23,41 +23,21 @@ import torch
 import torch.nn.functional as F
 
 from ds_train import recompute, weight_grad
-from ds_train.errors import UserError
 
 SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "gelu_matmul.cpp")
 LEVELS = {0: "none", 1: "forward", 2: "forward + backward"}
-# "F,B": which of cuBLASLt's heuristic candidates the forward and backward epilogues take, for trying
-# bench/gemm_algos.py's choices in the trainer (bench/owed.sh's gemm_ab part); unset, the heuristic's first
-ALGO_RANKS_ENV = "DS_TRAIN_GELU_ALGO_RANKS"
-
-
-def algo_ranks() -> tuple[int, int]:
-    """The candidates (forward, backward) that ALGO_RANKS_ENV asks for: (0, 0), the heuristic's first, if unset."""
-    value = os.environ.get(ALGO_RANKS_ENV, "0,0")
-    parts = [part.strip() for part in value.split(",")]
-    if len(parts) != 2 or not all(part.isdigit() for part in parts):
-        raise UserError(f"{ALGO_RANKS_ENV}={value}: expected two candidate numbers from 0, the forward's and the "
-                        "backward's, e.g. 3,0")
-    return int(parts[0]), int(parts[1])
 
 
 @functools.cache
 def extension():
     from torch.utils.cpp_extension import load
-    ranks = algo_ranks()
-    ext = load(name="ds_train_gelu_matmul", sources=[SOURCE], extra_ldflags=["-lcublasLt"], with_cuda=True)
-    if ranks != (0, 0):
-        ext.set_algo_ranks(*ranks)
-    return ext
+    return load(name="ds_train_gelu_matmul", sources=[SOURCE], extra_ldflags=["-lcublasLt"], with_cuda=True)
 
 
 def build_error() -> str | None:
     """None once the extension is built and loaded, else why it could not be (the compiler's last line)."""
     try:
         extension()
-    except UserError:
-        raise
     except Exception as e:  # a missing compiler, header or library: the build's own message says which
         return (str(e).strip().splitlines() or [type(e).__name__])[-1]
     return None

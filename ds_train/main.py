@@ -223,9 +223,6 @@ def settle_kernels(args, run: config.RunConfig, notes: list) -> config.RunConfig
             raise UserError(f"-ge {args.gelu_fusion}: the cuBLASLt GELU kernels did not build ({error}); use -ge 0")
         notes.append(f"GELU fusion is off: its cuBLASLt kernels did not build ({error}); -ge 0 skips trying")
         run = dataclasses.replace(run, gelu_fusion=0)
-    if run.gelu_fusion and (ranks := gelu_fusion.algo_ranks()) != (0, 0):
-        notes.append(f"the GELU epilogues take cuBLASLt's candidates #{ranks[0]} (forward) and #{ranks[1]} (backward), "
-                     f"by {gelu_fusion.ALGO_RANKS_ENV}")
     if run.flash_attention and (reason := flash_attention.unavailable_reason()):
         if args.flash_attention > 0:
             raise UserError(f"-fa {args.flash_attention}: FlashAttention-4 cannot run here: {reason}; use -fa 0")

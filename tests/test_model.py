@@ -7,7 +7,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ds_train import flash_attention, gelu_fusion
-from ds_train.errors import UserError
 from ds_train.model import GPT, GPTConfig, config_from_descriptor
 
 # REFERENCE.md: descriptor -> (layers, channels, heads, max T)
@@ -317,42 +316,6 @@ def test_gelu_fusion_kernels_match_the_unfused_arithmetic_on_the_gpu():
     for recompute in (1, 2):  # GELU's output (and at 2 the LayerNorms') dropped in forward, computed again in backward
         model.set_recompute(recompute)
         assert_levels_agree(model, idx, model.set_gelu_fusion, 0, 2)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuBLASLt kernels need a CUDA GPU")
-def test_the_gelu_epilogues_take_the_candidate_asked_for_on_the_gpu():
-    """set_algo_ranks (DS_TRAIN_GELU_ALGO_RANKS, for trying bench/gemm_algos.py's choices in the trainer): another
-    of cuBLASLt's candidates gives the same products within bf16's rounding, and one past the heuristic's list is
-    refused with the count it has."""
-    import torch.nn.functional as F
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x, w_fc, b_fc, w_proj, grad_y = ((torch.randn(*shape, device="cuda", generator=gen) * scale).bfloat16() for shape, scale
-                                     in (((512, 256), 1), ((1024, 256), 0.05), ((1024,), 0.05), ((256, 1024), 0.05), ((512, 256), 1)))
-    ext = gelu_fusion.extension()
-    try:
-        for ranks in ((1, 1), (2, 0)):
-            ext.set_algo_ranks(*ranks)
-            out, pre = ext.linear_gelu(x, w_fc, b_fc)
-            pre_ref = F.linear(x.float(), w_fc.float(), b_fc.float())
-            torch.testing.assert_close(out, F.gelu(pre_ref, approximate="tanh").bfloat16())
-            grad_ref = torch.ops.aten.gelu_backward(grad_y.float() @ w_proj.float(), pre.float(), approximate="tanh")
-            torch.testing.assert_close(ext.matmul_gelu_backward(grad_y, w_proj, pre, False)[0], grad_ref.bfloat16())
-        ext.set_algo_ranks(10_000, 0)
-        with pytest.raises(RuntimeError, match=r"cuBLASLt has \d+ algorithms for this GELU epilogue .* candidate #10000"):
-            ext.linear_gelu(x, w_fc, b_fc)
-    finally:
-        ext.set_algo_ranks(*gelu_fusion.algo_ranks())
-
-
-def test_the_gelu_candidates_come_from_the_environment_or_are_the_heuristics_first(monkeypatch):
-    monkeypatch.delenv(gelu_fusion.ALGO_RANKS_ENV, raising=False)
-    assert gelu_fusion.algo_ranks() == (0, 0)
-    monkeypatch.setenv(gelu_fusion.ALGO_RANKS_ENV, "3, 1")
-    assert gelu_fusion.algo_ranks() == (3, 1)
-    for bad in ("3", "3,1,0", "-1,0", "a,b", ""):
-        monkeypatch.setenv(gelu_fusion.ALGO_RANKS_ENV, bad)
-        with pytest.raises(UserError, match=f"^DS_TRAIN_GELU_ALGO_RANKS={bad}: expected two candidate numbers"):
-            gelu_fusion.algo_ranks()
 
 
 def assert_levels_agree(model, idx, set_level, base, level):

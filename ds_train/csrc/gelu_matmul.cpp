@@ -11,7 +11,6 @@
 #include <map>
 #include <mutex>
 #include <tuple>
-#include <vector>
 
 #define CUBLASLT_CHECK(expr)                                                                           \
   do {                                                                                                 \
@@ -29,9 +28,6 @@ constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt may use for split
 using Key = std::tuple<int64_t, int64_t, int64_t, int, int, int, int64_t, int64_t, int64_t, int64_t, int>;
 std::map<Key, cublasLtMatmulAlgo_t> algo_cache;
 std::mutex algo_mutex;
-// Which of the heuristic's candidates to take for the forward (GELU) and backward (DGELU) epilogues: its first
-// unless set_algo_ranks says otherwise, for bench/gemm_algos.py's trials of the others in the trainer.
-int64_t forward_rank = 0, backward_rank = 0;
 
 // D (m x n, column-major) = op(A) @ op(B) with an epilogue: A is (k x m) if transa else (m x k), B is (n x k)
 // if transb else (k x n); bias has m entries (the epilogue's bias or bias gradient); aux is (m x n) with
@@ -71,15 +67,13 @@ void lt_matmul(bool transa, bool transb, int64_t m, int64_t n, int64_t k, const 
       size_t workspace_bytes = kWorkspaceBytes;
       CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                           &workspace_bytes, sizeof(workspace_bytes)));
-      const int64_t rank = epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ? forward_rank : backward_rank;
-      std::vector<cublasLtMatmulHeuristicResult_t> results(rank + 1);
+      cublasLtMatmulHeuristicResult_t result;
       int found_count = 0;
       CUBLASLT_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, desc, layout_a, layout_b, layout_d, layout_d, preference,
-                                                    static_cast<int>(rank + 1), results.data(), &found_count));
+                                                    1, &result, &found_count));
       cublasLtMatmulPreferenceDestroy(preference);
-      TORCH_CHECK(found_count > rank, "cuBLASLt has ", found_count, " algorithms for this GELU epilogue (m=", m,
-                  " n=", n, " k=", k, "), not the candidate #", rank, " asked for");
-      found = algo_cache.emplace(key, results[rank].algo).first;
+      TORCH_CHECK(found_count > 0, "cuBLASLt has no algorithm for this GELU epilogue (m=", m, " n=", n, " k=", k, ")");
+      found = algo_cache.emplace(key, result.algo).first;
     }
     algo = found->second;
   }
@@ -135,18 +129,8 @@ std::vector<at::Tensor> matmul_gelu_backward(const at::Tensor& grad_out, const a
   return {grad_pre};
 }
 
-// Take the heuristic's candidate #forward for the forward epilogue and #backward for the backward ones (0: its
-// first, the default), from the next problem on.
-void set_algo_ranks(int64_t forward, int64_t backward) {
-  TORCH_CHECK(forward >= 0 && backward >= 0, "candidate ranks are counted from 0");
-  std::lock_guard<std::mutex> lock(algo_mutex);
-  forward_rank = forward, backward_rank = backward;
-  algo_cache.clear();
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_gelu", &linear_gelu, "gelu(x @ weight.T + bias) and its input, by a cuBLASLt epilogue");
   m.def("matmul_gelu_backward", &matmul_gelu_backward,
         "(grad_out @ weight) * gelu'(pre_gelu) [and its column sums], by a cuBLASLt epilogue");
-  m.def("set_algo_ranks", &set_algo_ranks, "which of cuBLASLt's heuristic candidates the epilogues take");
 }
