@@ -64,14 +64,13 @@ def matmuls(model):
                               ("mlp.c_proj", C, 4 * C)):
         x, w, b = rand(M, n_in), rand(n_out, n_in, scale=0.02), rand(n_out, scale=0.02)
         flops = 2 * M * n_in * n_out
+        y = torch.empty(M, n_out, device=DEVICE, dtype=torch.bfloat16)
         if name == "mlp.c_fc":  # the GELU extension's forward: GELU's output and input from one matmul
-            y = torch.empty(M, n_out, device=DEVICE, dtype=torch.bfloat16)
             pre = torch.empty_like(y)
             ref = F.gelu(F.linear(x, w, b), approximate="tanh")
             out.append((f"{name} forward +GELU", flops, None, dict(A=w, B=x, D=y, transa=True, transb=False, m=n_out,
                         n=M, k=n_in, lda=n_in, ldb=n_in, ldd=n_out, epilogue=GELU_AUX_BIAS, bias=b, aux=pre), ref))
         else:
-            y = torch.empty(M, n_out, device=DEVICE, dtype=torch.bfloat16)
             out.append((f"{name} forward", flops, lambda x=x, w=w, b=b: F.linear(x, w, b), dict(
                 A=w, B=x, D=y, transa=True, transb=False, m=n_out, n=M, k=n_in, lda=n_in, ldb=n_in, ldd=n_out,
                 epilogue=BIAS, bias=b, aux=None), F.linear(x, w, b)))

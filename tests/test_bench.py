@@ -169,11 +169,17 @@ def test_the_owed_script_checks_its_arguments_before_any_work(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
-def test_the_owed_scripts_gemm_ab_part_reads_the_sweeps_choice_lines(tmp_path, monkeypatch):
+@pytest.fixture
+def sweep(monkeypatch):
+    """bench/gemm_algos.py as a module (bench/ is not a package)."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
+    import gemm_algos
+    return gemm_algos
+
+
+def test_the_owed_scripts_gemm_ab_part_reads_the_sweeps_choice_lines(tmp_path, sweep):
     """bench/owed.sh's gemm_ab part takes each model's settings from bench/gemm_algos.py's choice line, and with
     none (or no line) says so and runs nothing."""
-    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
-    import gemm_algos as sweep
     out = tmp_path / "out"
     out.mkdir()
     (out / "gemm_algos.txt").write_text(f"{sweep.choice_line('d24', {}, 1234.5, 1234.5)}\n")
@@ -194,13 +200,11 @@ def column_major(t: torch.Tensor, rows: int, cols: int, ld: int) -> torch.Tensor
     return t.flatten()[: cols * ld].view(cols, ld)[:, :rows].T.float()
 
 
-def test_the_gemm_sweep_poses_each_matmul_as_the_trainer_computes_it(monkeypatch):
+def test_the_gemm_sweep_poses_each_matmul_as_the_trainer_computes_it(sweep, monkeypatch):
     """bench/gemm_algos.py hands cuBLASLt each of the trainer's matmuls as a column-major problem on the trainer's
     row-major tensors: computed here by cuBLASLt's rules (op(A) @ op(B), then the epilogue's bias, GELU or GELU's
     derivative, into D's memory), each problem gives the trainer's own result, so a candidate that the sweep times
     does the trainer's work. On the CPU, at d12's width and a few rows."""
-    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
-    import gemm_algos as sweep
     monkeypatch.setattr(sweep, "DEVICE", "cpu")
     monkeypatch.setitem(sweep.MICRO_BATCH, "d12", 1)
     monkeypatch.setattr(sweep, "HEAD_ROWS", 64)
@@ -225,12 +229,10 @@ def test_the_gemm_sweep_poses_each_matmul_as_the_trainer_computes_it(monkeypatch
         assert ((in_memory - ref.float().flatten()).abs().max() / scale).item() < 1e-2, name
 
 
-def test_the_gemm_sweep_chooses_torchs_cublaslt_switch_only_where_it_pays(monkeypatch):
+def test_the_gemm_sweep_chooses_torchs_cublaslt_switch_only_where_it_pays(sweep):
     """bench/gemm_algos.py's choice line: torch's cuBLASLt switch only where it shortens PyTorch's matmuls of a
     micro-step by its margin, the micro-step's matmul time counted with each matmul's calls (a block's once a layer,
     the head's once a chunk of rows), the GELU matmuls (no PyTorch call: the heuristic's first, #0) counted as they run."""
-    monkeypatch.syspath_prepend(os.path.join(REPO, "bench"))
-    import gemm_algos as sweep
     layers, chunks = 12, sweep.MICRO_BATCH["d12"] * 1024 // sweep.HEAD_ROWS
     own = {"c_attn forward": {"torch": [1.0, 1.0, 1.0], "torch-lt": [0.9, 0.9, 0.9], "#0": [1.0, 1.0, 1.0]},
            "head logits": {"torch": [2.0, 2.0, 2.0], "torch-lt": [2.1, 2.1, 2.1], "#0": [2.0, 2.0, 2.0]},
